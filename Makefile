@@ -1,0 +1,60 @@
+# Two commands for newcomers: `make demo` and `make test`. Each sets itself up:
+# checks prerequisites, creates .venv/, installs the project, builds (once) or
+# reuses the cached cluster binaries (~/.cache/modelfleet, never in the repo).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.modelfleet-installed
+PYTEST_ARGS ?=
+
+.PHONY: test demo prereqs venv binaries unit integration e2e lint format crds down clean
+
+test: prereqs venv binaries
+	$(PY) -m modelfleet.cli crds check --out crds
+	$(VENV)/bin/ruff check operator worker_image tests bench
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests
+
+demo: prereqs venv binaries
+	$(PY) -m modelfleet.demo
+
+prereqs:
+	@PYTHON=$(PYTHON) bash scripts/prereqs.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[worker,dev]'
+	@touch $(STAMP)
+
+binaries: venv
+	$(PY) -m modelfleet.cli dev build
+
+unit: venv
+	$(PY) -m pytest -p no:cacheprovider tests/unit
+
+integration: venv binaries
+	$(PY) -m pytest -p no:cacheprovider tests/integration
+
+e2e: venv binaries
+	$(PY) -m pytest -p no:cacheprovider tests/e2e
+
+lint: venv
+	$(VENV)/bin/ruff format --check operator worker_image tests bench
+	$(VENV)/bin/ruff check operator worker_image tests bench
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff format operator worker_image tests bench
+	$(VENV)/bin/ruff check --fix operator worker_image tests bench
+
+crds: venv
+	$(PY) -m modelfleet.cli crds generate --out crds
+
+down: venv
+	$(PY) -m modelfleet.cli dev down
+
+clean: down
+	rm -rf $(VENV)

@@ -1,0 +1,284 @@
+"""Canary: shift a route's traffic from a stable pool to a candidate pool in steps."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from modelfleet.api.common import (
+    DNS_LABEL_PATTERN,
+    DURATION_PATTERN,
+    ApiModel,
+    Condition,
+    ObjectMeta,
+    cel,
+    parse_duration,
+)
+
+BuiltinMetric = Literal["error-rate", "latency-p95", "latency-p99"]
+CanaryPhase = Literal["Pending", "Progressing", "Paused", "Succeeded", "RolledBack", "Failed"]
+CheckResult = Literal["pass", "fail", "inconclusive"]
+
+DEFAULT_STEPS = [10, 30, 60, 100]
+
+
+class ProviderSpec(ApiModel):
+    """Where analysis metrics come from."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.type != 'prometheus' || has(self.address)",
+                    "spec.analysis.provider.address is required when type is prometheus",
+                    ".address",
+                )
+            ]
+        }
+    )
+
+    type: Literal["router", "prometheus"] = Field(
+        default="router",
+        description="router: read the routers' metrics directly; prometheus: PromQL over HTTP.",
+    )
+    address: str | None = Field(
+        default=None,
+        pattern=r"^https?://.+$",
+        max_length=512,
+        description="Provider base URL, e.g. http://prometheus.monitoring:9090.",
+    )
+
+    @model_validator(mode="after")
+    def _address_for_prometheus(self) -> ProviderSpec:
+        if self.type == "prometheus" and not self.address:
+            raise ValueError("spec.analysis.provider.address is required when type is prometheus")
+        return self
+
+
+class MetricSpec(ApiModel):
+    """One check: a built-in metric or a PromQL template, with at least one threshold."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.builtin) != has(self.query)",
+                    "spec.analysis.metrics[]: set exactly one of builtin or query",
+                ),
+                cel(
+                    "has(self.max) || has(self.maxRatioToStable)",
+                    "spec.analysis.metrics[]: set max, maxRatioToStable or both",
+                ),
+            ]
+        }
+    )
+
+    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="Check name.")
+    builtin: BuiltinMetric | None = Field(
+        default=None, description="error-rate (0-1), latency-p95 or latency-p99 (seconds)."
+    )
+    query: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description=(
+            "PromQL template; {{namespace}}, {{pool}}, {{stablePool}}, {{candidatePool}} and "
+            "{{interval}} are filled in, any other key is an error."
+        ),
+    )
+    max: float | None = Field(default=None, ge=0, description="Candidate value must be <= max.")
+    max_ratio_to_stable: float | None = Field(
+        default=None,
+        gt=0,
+        description="Candidate value must be <= this times the stable pool's value.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source_one_threshold(self) -> MetricSpec:
+        if (self.builtin is None) == (self.query is None):
+            raise ValueError(f"metric {self.name!r}: set exactly one of builtin or query")
+        if self.max is None and self.max_ratio_to_stable is None:
+            raise ValueError(f"metric {self.name!r}: set max, maxRatioToStable or both")
+        return self
+
+
+def _default_metrics() -> list[MetricSpec]:
+    return [
+        MetricSpec(name="error-rate", builtin="error-rate", max=0.05),
+        MetricSpec(name="latency-p95", builtin="latency-p95", max_ratio_to_stable=1.5),
+    ]
+
+
+class AnalysisSpec(ApiModel):
+    """How each step is judged."""
+
+    provider: ProviderSpec = Field(default_factory=ProviderSpec, description="Metric source.")
+    min_requests: int = Field(
+        default=20,
+        ge=0,
+        le=1000000,
+        description="Fewer candidate requests in a window makes the check inconclusive, not failed.",
+    )
+    failure_limit: int = Field(
+        default=1, ge=1, le=100, description="Consecutive failed analyses before rollback."
+    )
+    inconclusive_limit: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Consecutive inconclusive analyses before the canary pauses itself.",
+    )
+    metrics: list[MetricSpec] = Field(
+        default_factory=_default_metrics,
+        max_length=16,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+        description="Checks; defaults to error-rate <= 5% and p95 <= 1.5x stable.",
+    )
+
+
+class CanarySpec(ApiModel):
+    """Desired rollout."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.stablePool != self.candidatePool",
+                    "spec.candidatePool must differ from spec.stablePool",
+                    ".candidatePool",
+                )
+            ]
+        }
+    )
+
+    routing_policy: str = Field(
+        pattern=DNS_LABEL_PATTERN, max_length=63, description="RoutingPolicy holding the route."
+    )
+    route: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="Route to shift.")
+    stable_pool: str = Field(
+        pattern=DNS_LABEL_PATTERN, max_length=63, description="Pool serving the route today."
+    )
+    candidate_pool: str = Field(
+        pattern=DNS_LABEL_PATTERN, max_length=63, description="Pool taking over the route."
+    )
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=lambda: list(DEFAULT_STEPS),
+        min_length=1,
+        max_length=20,
+        json_schema_extra={
+            "x-kubernetes-list-type": "set",
+            "x-kubernetes-validations": [
+                cel("self.isSorted()", "spec.steps must be strictly increasing"),
+                cel(
+                    "size(self) > 0 && self[size(self) - 1] == 100",
+                     "spec.steps must end with exactly 100",
+                ),
+            ],
+        },
+        description="Candidate weights in percent, strictly increasing within 1-100, ending at 100.",
+    )
+    interval: str = Field(
+        default="60s",
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("duration(self) >= duration('1s')", "spec.interval must be at least 1s")
+            ]
+        },
+        description="Time at each step before it is analysed, e.g. 30s, 5m.",
+    )
+    progress_deadline: str = Field(
+        default="10m",
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description="How long to wait for pools to be ready before the canary fails.",
+    )
+    scale_down_delay: str = Field(
+        default="0s",
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description="After success, wait this long before scaling the old stable pool to 0.",
+    )
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Step analysis.")
+    paused: bool = Field(default=False, description="Hold at the current step while true.")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: list[int]) -> list[int]:
+        for i, s in enumerate(steps):
+            if not 1 <= s <= 100:
+                raise ValueError(f"spec.steps[{i}] = {s} must be within 1..100")
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError("spec.steps must be strictly increasing")
+        if steps[-1] != 100:
+            raise ValueError("spec.steps must end with exactly 100")
+        return steps
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: str) -> str:
+        if parse_duration(v).total_seconds() < 1:
+            raise ValueError("spec.interval must be at least 1s")
+        return v
+
+    @model_validator(mode="after")
+    def _pools_differ(self) -> CanarySpec:
+        if self.stable_pool == self.candidate_pool:
+            raise ValueError("spec.candidatePool must differ from spec.stablePool")
+        return self
+
+
+class MetricResult(ApiModel):
+    """The latest judgement of one check."""
+
+    name: str = Field(description="Check name.")
+    result: CheckResult = Field(description="pass, fail or inconclusive.")
+    value: float | None = Field(default=None, description="Candidate value.")
+    stable_value: float | None = Field(default=None, description="Stable pool's value.")
+    threshold: float | None = Field(default=None, description="Effective limit applied.")
+    samples: int | None = Field(default=None, description="Candidate requests in the window.")
+    message: str = Field(default="", description="Why, in words.")
+
+
+class StepRecord(ApiModel):
+    """One finished analysis, for the history."""
+
+    step: int = Field(description="Index into spec.steps.")
+    weight: int = Field(description="Candidate weight during the window.")
+    result: CheckResult = Field(description="Overall result of the analysis.")
+    time: str = Field(description="When it was judged (RFC 3339).")
+    metrics: list[MetricResult] = Field(default_factory=list, description="Per-check results.")
+
+
+class CanaryStatus(ApiModel):
+    """Observed state of a Canary; all the state machine needs survives restarts here."""
+
+    phase: CanaryPhase | None = Field(default=None, description="Lifecycle phase.")
+    current_step: int | None = Field(default=None, description="Index into spec.steps.")
+    canary_weight: int | None = Field(default=None, description="Candidate traffic percent.")
+    step_started_at: str | None = Field(default=None, description="When the step began.")
+    started_at: str | None = Field(default=None, description="When the canary began.")
+    finished_at: str | None = Field(default=None, description="When it finished.")
+    failed_checks: int = Field(default=0, description="Consecutive failed analyses.")
+    inconclusive_checks: int = Field(default=0, description="Consecutive inconclusive analyses.")
+    last_action: str | None = Field(default=None, description="Last manual action id handled.")
+    metrics: list[MetricResult] = Field(default_factory=list, description="Latest per-check results.")
+    history: list[StepRecord] = Field(default_factory=list, description="Analyses so far.")
+    message: str = Field(default="", description="What is happening, for people.")
+    observed_generation: int | None = Field(default=None, description="Generation acted on.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing.")
+
+
+class Canary(ApiModel):
+    """A stepped, analysed, automatically rolled back swap of a route's pool."""
+
+    api_version: str = Field(default="modelfleet.io/v1alpha1", alias="apiVersion")
+    kind: Literal["Canary"] = "Canary"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: CanarySpec
+    status: CanaryStatus | None = None

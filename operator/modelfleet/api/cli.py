@@ -1,0 +1,38 @@
+"""`modelfleet crds ...`: generate and check the CRDs from the pydantic models."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from modelfleet.api import crdgen
+
+
+def _generate(args: argparse.Namespace) -> int:
+    for path in crdgen.write(Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    stale = crdgen.stale_files(Path(args.out))
+    if stale:
+        print(
+            f"stale CRDs in {args.out}: {', '.join(stale)}; run `modelfleet crds generate`",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"CRDs in {args.out} are up to date")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    crds = sub.add_parser("crds", help="generate or check the CustomResourceDefinitions")
+    crds_sub = crds.add_subparsers(dest="crds_command", required=True, metavar="ACTION")
+    gen = crds_sub.add_parser("generate", help="write crds/*.yaml from the pydantic models")
+    gen.add_argument("--out", default="crds", help="output directory (default: crds)")
+    gen.set_defaults(handler=_generate)
+    check = crds_sub.add_parser("check", help="exit 1 when crds/ differs from the models")
+    check.add_argument("--out", default="crds", help="directory to check (default: crds)")
+    check.set_defaults(handler=_check)

@@ -1,0 +1,148 @@
+"""RoutingPolicy: which pool serves which request, with fallbacks and admission control."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from modelfleet.api.common import DNS_LABEL_PATTERN, ApiModel, Condition, ObjectMeta
+
+Tier = Literal["preview", "production"]
+
+
+class RouteMatch(ApiModel):
+    """What a request must have for a route to take it. Every listed criterion must hold;
+    an empty match takes everything (the catch-all)."""
+
+    tiers: list[Tier] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Request tiers (field `tier` or header X-ModelFleet-Tier): preview, production.",
+    )
+    tags: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="All of these must be in the request's `tags`.",
+    )
+    prompt_patterns: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Case-insensitive regular expressions; any match on the prompt selects the route.",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Request headers that must be present with these values."
+    )
+
+    @field_validator("prompt_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for i, p in enumerate(patterns):
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"promptPatterns[{i}] {p!r} is not a valid regex: {exc}") from exc
+        return patterns
+
+    def is_catch_all(self) -> bool:
+        return not (self.tiers or self.tags or self.prompt_patterns or self.headers)
+
+
+class ShadowSpec(ApiModel):
+    """Mirror a share of a route's requests to another pool; responses are discarded."""
+
+    pool: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="Shadow pool.")
+    percent: int = Field(default=10, ge=0, le=100, description="Share mirrored (0-100).")
+
+
+class Route(ApiModel):
+    """One route: a match, a pool that serves it and pools to fall back on."""
+
+    name: str = Field(
+        pattern=DNS_LABEL_PATTERN, max_length=63, description="Route name, unique in the policy."
+    )
+    match: RouteMatch = Field(default_factory=RouteMatch, description="Empty means catch-all.")
+    pool: str = Field(
+        pattern=DNS_LABEL_PATTERN, max_length=63, description="ModelPool serving this route."
+    )
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="ModelPools tried in order when the pool fails or has no ready workers.",
+    )
+    shadow: ShadowSpec | None = Field(default=None, description="Optional shadow traffic.")
+
+
+class AdmissionSpec(ApiModel):
+    """Load shedding: beyond these limits requests get 429 at once."""
+
+    max_in_flight: int = Field(
+        default=64, ge=1, le=100000, description="Requests forwarded at once (1-100000)."
+    )
+    max_queue: int = Field(
+        default=256, ge=0, le=100000, description="Requests waiting for a slot (0-100000)."
+    )
+    queue_timeout_ms: int = Field(
+        default=30000, ge=0, le=600000, description="Longest wait for a slot (0-600000 ms)."
+    )
+
+
+class RoutingPolicySpec(ApiModel):
+    """Desired routing."""
+
+    routes: list[Route] = Field(
+        min_length=1,
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+        description="Routes in order; the first match wins, the catch-all belongs last.",
+    )
+    admission: AdmissionSpec = Field(default_factory=AdmissionSpec, description="Admission.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RoutingPolicySpec:
+        seen: set[str] = set()
+        for i, route in enumerate(self.routes):
+            if route.name in seen:
+                raise ValueError(f"spec.routes[{i}].name {route.name!r} is not unique")
+            seen.add(route.name)
+        return self
+
+
+class PoolWeight(ApiModel):
+    """A pool and its share of a route's traffic."""
+
+    pool: str = Field(description="ModelPool name.")
+    weight: int = Field(ge=0, le=100, description="Percent of the route's traffic.")
+
+
+class CompiledRoute(ApiModel):
+    """A route as the router applies it, with canary weights folded in."""
+
+    name: str = Field(description="Route name.")
+    pools: list[PoolWeight] = Field(default_factory=list, description="Weighted pools.")
+    fallbacks: list[str] = Field(default_factory=list, description="Fallback pools in order.")
+
+
+class RoutingPolicyStatus(ApiModel):
+    """Observed state of a RoutingPolicy."""
+
+    observed_generation: int | None = Field(default=None, description="Generation compiled.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Degraded.")
+    routes: list[CompiledRoute] = Field(
+        default_factory=list, description="The compiled route table with current weights."
+    )
+
+
+class RoutingPolicy(ApiModel):
+    """Routes image requests to model pools by intent."""
+
+    api_version: str = Field(default="modelfleet.io/v1alpha1", alias="apiVersion")
+    kind: Literal["RoutingPolicy"] = "RoutingPolicy"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: RoutingPolicySpec
+    status: RoutingPolicyStatus | None = None

@@ -1,0 +1,214 @@
+"""Build the local control-plane binaries from their Go modules and cache them.
+
+Binaries live outside the repository, keyed by component and version, so a
+pin change triggers exactly one rebuild and nothing is ever committed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.35.4"
+ETCD_VERSION = "v3.6.5"  # the etcd client version k8s.io/kubernetes pins
+KWOK_VERSION = "v0.8.0"
+HELM_VERSION = "v3.22.0"
+
+# k8s.io/kubernetes resolves these to ./staging in its own go.mod; as a
+# dependency they must point at the published module of the matching version.
+STAGING_MODULES = (
+    "api apiextensions-apiserver apimachinery apiserver cli-runtime client-go "
+    "cloud-provider cluster-bootstrap code-generator component-base component-helpers "
+    "controller-manager cri-api cri-client csi-translation-lib dynamic-resource-allocation "
+    "endpointslice externaljwt kms kube-aggregator kube-controller-manager kube-proxy "
+    "kube-scheduler kubectl kubelet metrics mount-utils pod-security-admission "
+    "sample-apiserver sample-cli-plugin sample-controller"
+).split()
+
+KUBERNETES_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+
+
+class BuildError(RuntimeError):
+    """A binary could not be built; the message carries the tail of the build log."""
+
+
+def cache_root() -> Path:
+    env = os.environ.get("MODELFLEET_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "modelfleet"
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    version: str
+    binaries: tuple[str, ...]
+    go_mod: str | None = None  # wrapper module text, when `go install` cannot be used
+    packages: tuple[str, ...] = ()
+    ldflags: tuple[str, ...] = field(default_factory=tuple)
+    # go build names a binary after its package's last path element
+    renames: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def directory(self) -> Path:
+        return cache_root() / "bin" / f"{self.name}-{self.version}"
+
+    def is_built(self) -> bool:
+        return all((self.directory / b).is_file() for b in self.binaries)
+
+
+def _kubernetes_component() -> Component:
+    minor = KUBERNETES_VERSION.lstrip("v").split(".")
+    staging_version = f"v0.{minor[1]}.{minor[2]}"
+    replaces = "\n".join(f"\tk8s.io/{m} => k8s.io/{m} {staging_version}" for m in STAGING_MODULES)
+    go_mod = (
+        "module modelfleet.local/k8sbuild\n\ngo 1.25.0\n\n"
+        f"require k8s.io/kubernetes {KUBERNETES_VERSION}\n\n"
+        f"replace (\n{replaces}\n)\n"
+    )
+    version_pkg = "k8s.io/component-base/version"
+    ldflags = (
+        f"-X {version_pkg}.gitVersion={KUBERNETES_VERSION}",
+        f"-X {version_pkg}.gitMajor={minor[0]}",
+        f"-X {version_pkg}.gitMinor={minor[1]}",
+        f"-X {version_pkg}.gitTreeState=clean",
+        f"-X {version_pkg}.buildDate=1970-01-01T00:00:00Z",
+    )
+    return Component(
+        name="kubernetes",
+        version=KUBERNETES_VERSION,
+        binaries=KUBERNETES_BINARIES,
+        go_mod=go_mod,
+        packages=tuple(f"k8s.io/kubernetes/cmd/{b}" for b in KUBERNETES_BINARIES),
+        ldflags=ldflags,
+    )
+
+
+def _etcd_component() -> Component:
+    # etcd's server module replaces its siblings with relative paths, so it
+    # cannot be `go install`ed; a wrapper module pins the siblings instead.
+    go_mod = (
+        "module modelfleet.local/etcdbuild\n\ngo 1.24\n\n"
+        f"require (\n\tgo.etcd.io/etcd/server/v3 {ETCD_VERSION}\n"
+        f"\tgo.etcd.io/etcd/api/v3 {ETCD_VERSION}\n"
+        f"\tgo.etcd.io/etcd/client/pkg/v3 {ETCD_VERSION}\n"
+        f"\tgo.etcd.io/etcd/client/v3 {ETCD_VERSION}\n"
+        f"\tgo.etcd.io/etcd/pkg/v3 {ETCD_VERSION}\n)\n"
+    )
+    return Component(
+        name="etcd",
+        version=ETCD_VERSION,
+        binaries=("etcd",),
+        go_mod=go_mod,
+        packages=("go.etcd.io/etcd/server/v3",),
+        renames=(("server", "etcd"),),
+    )
+
+
+def components() -> list[Component]:
+    return [
+        _etcd_component(),
+        _kubernetes_component(),
+        Component(
+            name="kwok",
+            version=KWOK_VERSION,
+            binaries=("kwok",),
+            packages=(f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}",),
+            ldflags=(f"-X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}",),
+        ),
+        Component(
+            name="helm",
+            version=HELM_VERSION,
+            binaries=("helm",),
+            packages=(f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}",),
+            ldflags=(f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",),
+        ),
+    ]
+
+
+def binary_path(name: str) -> Path:
+    for component in components():
+        if name in component.binaries:
+            return component.directory / name
+    raise KeyError(name)
+
+
+def bin_dirs() -> list[Path]:
+    return [c.directory for c in components()]
+
+
+def missing_prerequisites() -> list[str]:
+    return [] if shutil.which("go") else ["Go toolchain (`go` not on PATH; install Go 1.25+)"]
+
+
+def _log(msg: str) -> None:
+    print(f"[modelfleet build] {msg}", file=sys.stderr, flush=True)
+
+
+def _run_logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, label: str) -> None:
+    start = time.monotonic()
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # Progress lines keep a long cold build from looking hung in CI.
+        while True:
+            try:
+                rc = proc.wait(timeout=60)
+                break
+            except subprocess.TimeoutExpired:
+                _log(f"{label}: still building ({time.monotonic() - start:.0f}s)")
+    if rc != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise BuildError(f"building {label} failed (exit {rc}); last lines of {log}:\n{tail}")
+
+
+def build(component: Component, force: bool = False) -> float:
+    """Build one component unless cached; returns seconds spent (0 when cached)."""
+    if component.is_built() and not force:
+        return 0.0
+    missing = missing_prerequisites()
+    if missing:
+        raise BuildError("cannot build binaries: missing " + ", ".join(missing))
+    start = time.monotonic()
+    work = cache_root() / "build" / f"{component.name}-{component.version}"
+    work.mkdir(parents=True, exist_ok=True)
+    staging = component.directory.with_name(component.directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    log = work / "build.log"
+    log.write_text("")
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-trimpath -buildvcs=false")
+    ldflags = " ".join(("-s", "-w", *component.ldflags))
+    _log(f"building {component.name} {component.version} (log: {log})")
+    if component.go_mod is not None:
+        (work / "go.mod").write_text(component.go_mod)
+        (work / "main.go").write_text("package main\n\nfunc main() {}\n")
+        _run_logged(["go", "mod", "download"], work, env, log, f"{component.name} (download)")
+        cmd = ["go", "build", "-mod=mod", "-ldflags", ldflags, "-o", str(staging) + "/"]
+        _run_logged([*cmd, *component.packages], work, env, log, component.name)
+        for built, wanted in component.renames:
+            (staging / built).rename(staging / wanted)
+    else:
+        env["GOBIN"] = str(staging)
+        cmd = ["go", "install", "-ldflags", ldflags, *component.packages]
+        _run_logged(cmd, work, env, log, component.name)
+    shutil.rmtree(component.directory, ignore_errors=True)
+    staging.rename(component.directory)
+    spent = time.monotonic() - start
+    _log(f"built {component.name} {component.version} in {spent:.0f}s")
+    return spent
+
+
+def ensure_all(force: bool = False) -> dict[str, float]:
+    return {c.name: build(c, force=force) for c in components()}
+
+
+if __name__ == "__main__":
+    spent = ensure_all()
+    _log("all binaries ready: " + ", ".join(f"{k} {v:.0f}s" for k, v in spent.items()))

@@ -1,0 +1,109 @@
+"""Valid examples and invalid manifests shared by the pydantic unit tests and
+the admission integration tests: both layers must reject the same things."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def example(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((EXAMPLES / name).read_text())
+    return data
+
+
+def example_files() -> list[Path]:
+    return sorted(EXAMPLES.glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class Invalid:
+    id: str
+    base: str  # example file the case mutates
+    path: tuple[str | int, ...]  # where to set the value (None deletes)
+    value: Any
+    field: str  # the API server's message must name this field
+
+    def manifest(self) -> dict[str, Any]:
+        doc = copy.deepcopy(example(self.base))
+        target: Any = doc
+        for key in self.path[:-1]:
+            target = target[key]
+        last = self.path[-1]
+        if self.value is DELETE:
+            del target[last]
+        else:
+            target[last] = self.value
+        return doc
+
+
+DELETE = object()
+POOL, POLICY, CANARY = "modelpool-production.yaml", "routingpolicy.yaml", "canary.yaml"
+
+INVALID: list[Invalid] = [
+    # ModelPool
+    Invalid("pool-family-enum", POOL, ("spec", "model", "family"), "dalle", "spec.model.family"),
+    Invalid("pool-source-required", POOL, ("spec", "model", "source"), DELETE, "spec.model.source"),
+    Invalid("pool-source-scheme", POOL, ("spec", "model", "source"), "ftp://x/y", "spec.model.source"),
+    Invalid("pool-dtype-enum", POOL, ("spec", "model", "dtype"), "int4", "spec.model.dtype"),
+    Invalid("pool-replicas-max", POOL, ("spec", "replicas"), 1001, "spec.replicas"),
+    Invalid("pool-replicas-negative", POOL, ("spec", "replicas"), -1, "spec.replicas"),
+    Invalid("pool-batch-max", POOL, ("spec", "batching", "maxBatchSize"), 65, "spec.batching.maxBatchSize"),
+    Invalid("pool-batch-zero", POOL, ("spec", "batching", "maxBatchSize"), 0, "spec.batching.maxBatchSize"),
+    Invalid("pool-latency-max", POOL, ("spec", "batching", "maxLatencyMs"), 10001, "spec.batching.maxLatencyMs"),
+    Invalid("pool-gpu-count", POOL, ("spec", "gpu", "count"), 17, "spec.gpu.count"),
+    Invalid("pool-vae-family", POOL, ("spec", "model", "vae", "family"), "sd3", "spec.model.vae.family"),
+    Invalid("pool-unknown-field", POOL, ("spec", "replica"), 3, "replica"),
+    Invalid("pool-type", POOL, ("spec", "replicas"), "three", "spec.replicas"),
+    # RoutingPolicy
+    Invalid("policy-no-routes", POLICY, ("spec", "routes"), [], "spec.routes"),
+    Invalid(
+        "policy-duplicate-route",
+        POLICY,
+        ("spec", "routes"),
+        [{"name": "a", "pool": "x"}, {"name": "a", "pool": "y"}],
+        "spec.routes[1]",
+    ),
+    Invalid("policy-route-name", POLICY, ("spec", "routes", 0, "name"), "Bad_Name", "spec.routes[0].name"),
+    Invalid("policy-tier-enum", POLICY, ("spec", "routes", 1, "match", "tiers"), ["draft"], "spec.routes[1].match.tiers[0]"),
+    Invalid("policy-inflight-min", POLICY, ("spec", "admission", "maxInFlight"), 0, "spec.admission.maxInFlight"),
+    Invalid("policy-unknown-field", POLICY, ("spec", "routes", 0, "weight"), 5, "weight"),
+    # Canary
+    Invalid("canary-same-pools", CANARY, ("spec", "candidatePool"), "production", "spec.candidatePool"),
+    Invalid("canary-steps-order", CANARY, ("spec", "steps"), [10, 60, 30, 100], "spec.steps"),
+    Invalid("canary-steps-duplicate", CANARY, ("spec", "steps"), [10, 10, 100], "spec.steps"),
+    Invalid("canary-steps-last", CANARY, ("spec", "steps"), [10, 30, 60], "spec.steps"),
+    Invalid("canary-steps-range", CANARY, ("spec", "steps"), [0, 50, 100], "spec.steps[0]"),
+    Invalid("canary-steps-above", CANARY, ("spec", "steps"), [50, 100, 101], "spec.steps[2]"),
+    Invalid("canary-interval-format", CANARY, ("spec", "interval"), "5 minutes", "spec.interval"),
+    Invalid("canary-interval-min", CANARY, ("spec", "interval"), "500ms", "spec.interval"),
+    Invalid("canary-provider-enum", CANARY, ("spec", "analysis", "provider", "type"), "datadog", "spec.analysis.provider.type"),
+    Invalid(
+        "canary-prometheus-address",
+        CANARY,
+        ("spec", "analysis", "provider"),
+        {"type": "prometheus"},
+        "spec.analysis.provider.address",
+    ),
+    Invalid(
+        "canary-metric-source",
+        CANARY,
+        ("spec", "analysis", "metrics"),
+        [{"name": "m", "max": 1}],
+        "spec.analysis.metrics[0]",
+    ),
+    Invalid(
+        "canary-metric-threshold",
+        CANARY,
+        ("spec", "analysis", "metrics"),
+        [{"name": "m", "builtin": "error-rate"}],
+        "spec.analysis.metrics[0]",
+    ),
+    Invalid("canary-route-required", CANARY, ("spec", "route"), DELETE, "spec.route"),
+]

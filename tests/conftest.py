@@ -1,0 +1,79 @@
+"""Shared fixtures: the session-scoped local cluster and a namespace per test."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def wait_for(
+    check: Callable[[], T | None],
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class LocalCluster:
+    kubeconfig: Path
+    api: Any  # kubernetes.client.ApiClient
+
+    def env(self) -> dict[str, str]:
+        from modelfleet.dev import binaries
+
+        path = ":".join(str(d) for d in binaries.bin_dirs())
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": f"{path}:{os.environ['PATH']}"}
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    """Start the local control plane once per session, or reuse a running one."""
+    from modelfleet.dev import bootstrap
+    from modelfleet.dev.cluster import Cluster
+
+    c = Cluster()
+    started_here = not c.is_up()
+    c.up()
+    api = bootstrap.api_client(c.paths.kubeconfig)
+    yield LocalCluster(kubeconfig=c.paths.kubeconfig, api=api)
+    if started_here and not os.environ.get("MODELFLEET_KEEP_CLUSTER"):
+        c.down(quiet=True)
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test; deleted afterwards (deletion is not awaited)."""
+    from kubernetes import client as k8s
+
+    from modelfleet.dev import bootstrap
+
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
+    base = request.node.name.lower().replace("_", "-")
+    base = "".join(ch for ch in base if ch.isalnum() or ch == "-")[:40].strip("-")
+    name = f"t-{base}-{digest}"
+    core = k8s.CoreV1Api(cluster.api)
+    labels = getattr(request, "param", None) or {}
+    core.create_namespace({"metadata": {"name": name, "labels": {"modelfleet.io/test": "true", **labels}}})
+    bootstrap.wait_default_service_account(cluster.api, name, timeout=30)
+    yield name
+    core.delete_namespace(name)
