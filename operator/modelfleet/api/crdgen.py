@@ -116,8 +116,9 @@ class _CrdSchemaGenerator(GenerateJsonSchema):
 
 def _wire_default(value: Any) -> Any:
     if isinstance(value, BaseModel):
-        # Nested defaults are filled in by the API server from the sub-schema.
-        return {}
+        # The API server validates a default as written (CEL rules included),
+        # without filling in nested defaults first, so write it out in full.
+        return value.model_dump(by_alias=True, exclude_none=True, mode="json")
     if isinstance(value, list):
         return [v.model_dump(by_alias=True, exclude_none=True, mode="json")
                 if isinstance(v, BaseModel) else v for v in value]

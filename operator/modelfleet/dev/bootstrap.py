@@ -27,9 +27,10 @@ def gpu_node_name(index: int) -> str:
 
 
 def _pod_cidr(index: int) -> str:
-    # Pod IPs inside 127.0.0.0/8 are bindable here, so local processes can
-    # serve real traffic at the addresses EndpointSlices publish.
-    return f"127.{2 + index // 256}.{index % 256}.0/24"
+    # Inside the pods' network namespace (see cluster.POD_NETWORK, 10.250.0.0/15).
+    if index >= 500:
+        raise ValueError("at most 500 fake GPU nodes fit the local pod network")
+    return f"10.{250 + index // 256}.{index % 256}.0/24"
 
 
 def node_manifest(name: str, *, gpus: int, product: str | None, pod_cidr: str, zone: str) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def ensure_nodes(
     core = k8s.CoreV1Api(api)
     existing = {n.metadata.name for n in core.list_node().items}
     wanted = [
-        node_manifest(SYSTEM_NODE, gpus=0, product=None, pod_cidr="127.1.0.0/24", zone="dev-a")
+        node_manifest(SYSTEM_NODE, gpus=0, product=None, pod_cidr="10.251.254.0/24", zone="dev-a")
     ]
     wanted += [
         node_manifest(

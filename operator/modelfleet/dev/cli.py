@@ -7,6 +7,8 @@ import json
 import shlex
 import sys
 
+from kubernetes.client.rest import ApiException
+
 from modelfleet.dev import binaries
 from modelfleet.dev.cluster import Cluster, ClusterError
 
@@ -21,6 +23,10 @@ def _up(args: argparse.Namespace) -> int:
         timings = cluster.up(nodes=args.nodes, gpu_product=args.gpu_product)
     except (ClusterError, binaries.BuildError, TimeoutError) as exc:
         print(f"modelfleet dev up: {exc}", file=sys.stderr)
+        return 1
+    except ApiException as exc:
+        print(f"modelfleet dev up: the API server refused a bootstrap object: {exc.status} {exc.body}",
+              file=sys.stderr)
         return 1
     print(f"local cluster up: {args.nodes} fake GPU nodes ({args.gpu_product}, 8 GPUs each) "
           "+ 1 system node, ModelFleet CRDs installed")

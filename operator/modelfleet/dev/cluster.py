@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -28,6 +29,14 @@ import yaml
 from modelfleet.dev import binaries, pki
 
 APISERVER_PORT_DEFAULT = 16443
+
+# Pods live in a network namespace of our own: EndpointSlices refuse loopback
+# addresses, so pod IPs come from a private range that exists only inside
+# that namespace, reached from the host through a veth pair.
+NETNS = os.environ.get("MODELFLEET_DEV_NETNS", "modelfleet-pods")
+HOST_VETH, POD_VETH = "mf-host", "mf-pods"
+POD_NETWORK = "10.250.0.0/15"
+POD_GATEWAY = "10.251.255.254"
 
 
 class ClusterError(RuntimeError):
@@ -230,7 +239,7 @@ def _commands(paths: Paths, ports: Ports) -> dict[str, list[str]]:
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             f"--server-address=127.0.0.1:{ports.kwok}",
             "--node-lease-duration-seconds=40",
-            "--cidr=127.1.0.0/16",
+            "--cidr=10.251.253.0/24",
             "--node-ip=127.0.0.1",
         ],
         "pod-runner": [
@@ -239,6 +248,8 @@ def _commands(paths: Paths, ports: Ports) -> dict[str, list[str]]:
             "modelfleet.dev.podrunner",
             f"--kubeconfig={kc}",
             f"--log-dir={paths.logs / 'pods'}",
+            f"--netns={NETNS}",
+            f"--netns-device={POD_VETH}",
         ],
     }
 
@@ -251,6 +262,43 @@ COMPONENT_PORTS = {
     "kwok": ("kwok",),
     "pod-runner": (),
 }
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def pod_network_ready() -> bool:
+    return _ip("-n", NETNS, "link", "show", POD_VETH, check=False).returncode == 0
+
+
+def setup_pod_network() -> None:
+    """Create the pods' network namespace and the veth pair into it (idempotent)."""
+    if pod_network_ready():
+        return
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        raise ClusterError(
+            "the local pod network needs root and iproute2 (`ip`): pod IPs live in a network "
+            "namespace because EndpointSlices refuse loopback addresses"
+        )
+    teardown_pod_network()
+    try:
+        _ip("netns", "add", NETNS)
+        _ip("link", "add", HOST_VETH, "type", "veth", "peer", "name", POD_VETH)
+        _ip("link", "set", POD_VETH, "netns", NETNS)
+        _ip("addr", "add", f"{POD_GATEWAY}/15", "dev", HOST_VETH)
+        _ip("link", "set", HOST_VETH, "up")
+        _ip("-n", NETNS, "link", "set", "lo", "up")
+        _ip("-n", NETNS, "link", "set", POD_VETH, "up")
+        _ip("-n", NETNS, "route", "add", f"{POD_GATEWAY}/32", "dev", POD_VETH)
+        _ip("-n", NETNS, "route", "add", POD_NETWORK, "dev", POD_VETH)
+    except subprocess.CalledProcessError as exc:
+        raise ClusterError(f"creating the pod network failed: {' '.join(exc.cmd)}: {exc.stderr.strip()}") from exc
+
+
+def teardown_pod_network() -> None:
+    _ip("netns", "del", NETNS, check=False)
+    _ip("link", "del", HOST_VETH, check=False)
 
 
 def _read_state(paths: Paths) -> dict[str, Any]:
@@ -317,6 +365,7 @@ class Cluster:
             and set(pids) == set(COMPONENT_PORTS)
             and all(pid_alive(p) for p in pids.values())
             and apiserver_healthy(self.paths, self.ports)
+            and pod_network_ready()
         )
 
     # ---- lifecycle --------------------------------------------------------
@@ -334,6 +383,7 @@ class Cluster:
         built = binaries.ensure_all()
         timings["build"] = sum(built.values())
         self._check_ports()
+        setup_pod_network()
         self._prepare_state()
         t1 = time.monotonic()
         commands = _commands(self.paths, self.ports)
@@ -381,12 +431,19 @@ class Cluster:
         if pids:
             state["pids"] = {}
             _write_state(self.paths, state)
+        teardown_pod_network()
         if not quiet:
             _log("stopped " + (", ".join(stopped) if stopped else "nothing (no cluster running)"))
         return stopped
 
     # ---- helpers ------------------------------------------------------------
     def _check_ports(self) -> None:
+        # Give a just-stopped cluster a moment to release its sockets.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(
+            port_in_use(getattr(self.ports, a)) for attrs in COMPONENT_PORTS.values() for a in attrs
+        ):
+            time.sleep(0.2)
         busy = []
         for name, attrs in COMPONENT_PORTS.items():
             for attr in attrs:
@@ -405,8 +462,6 @@ class Cluster:
         root = self.paths.root
         root.mkdir(parents=True, exist_ok=True)
         # A fresh start gets fresh data: a half-started etcd can hold anything.
-        import shutil
-
         shutil.rmtree(self.paths.etcd_data, ignore_errors=True)
         shutil.rmtree(self.paths.logs, ignore_errors=True)
         self.paths.logs.mkdir(parents=True)

@@ -2,8 +2,8 @@
 
 A pod annotated `modelfleet.io/local-run: "true"` gets its first container's
 command and args run here with the pod's env (fieldRefs resolved, the pod IP
-included), so the process can bind the pod IP that kwok assigned from a
-127.0.0.0/8 CIDR. Readiness comes from the container's real readiness probe,
+included) inside the pods' network namespace, where the runner adds the pod IP
+that kwok assigned, so the process serves at the address EndpointSlices list. Readiness comes from the container's real readiness probe,
 so EndpointSlices only list endpoints that answer. A deleted pod's process gets
 SIGTERM, then SIGKILL after the pod's grace period.
 """
@@ -104,6 +104,8 @@ class LocalProcess:
     log_path: Path
     container_name: str
     image: str
+    netns: str | None = None
+    netns_device: str = "mf-pods"
     proc: subprocess.Popen[bytes] | None = None
     ready: bool = False
     restarts: int = 0
@@ -119,8 +121,18 @@ class LocalProcess:
         full_env.pop("KUBECONFIG", None)
         full_env.update(self.env)
         full_env["MODELFLEET_POD_IP"] = self.pod_ip
+        # Console scripts of the environment the runner lives in (e.g. .venv/bin).
+        full_env["PATH"] = f"{Path(sys.executable).parent}:{full_env.get('PATH', '')}"
+        argv = list(self.argv)
+        if self.netns:
+            subprocess.run(
+                ["ip", "-n", self.netns, "addr", "replace", f"{self.pod_ip}/32", "dev", self.netns_device],
+                check=True,
+                capture_output=True,
+            )
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         self.proc = subprocess.Popen(
-            self.argv,
+            argv,
             env=full_env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -146,6 +158,14 @@ class LocalProcess:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.info("stopped %s/%s exit=%s", self.namespace, self.name, proc.returncode)
+        self.release_address()
+
+    def release_address(self) -> None:
+        if self.netns:
+            subprocess.run(
+                ["ip", "-n", self.netns, "addr", "del", f"{self.pod_ip}/32", "dev", self.netns_device],
+                capture_output=True,
+            )
 
     def probe_ok(self) -> bool:
         if self.probe is None or "httpGet" not in self.probe:
@@ -163,7 +183,9 @@ class LocalProcess:
 
 
 class PodRunner:
-    def __init__(self, api: k8s.ApiClient, log_dir: Path) -> None:
+    def __init__(self, api: k8s.ApiClient, log_dir: Path, netns: str | None, netns_device: str) -> None:
+        self.netns = netns
+        self.netns_device = netns_device
         self.core = k8s.CoreV1Api(api)
         self.log_dir = log_dir
         self.processes: dict[str, LocalProcess] = {}
@@ -209,10 +231,12 @@ class PodRunner:
             log_path=self.log_dir / f"{meta['namespace']}_{meta['name']}.log",
             container_name=container["name"],
             image=container.get("image", ""),
+            netns=self.netns,
+            netns_device=self.netns_device,
         )
         try:
             lp.start()
-        except OSError as exc:
+        except (OSError, subprocess.CalledProcessError) as exc:
             self._patch_status(pod, ready=False, reason="LocalRunStartError", message=str(exc))
             return
         with self.lock:
@@ -362,10 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelfleet-podrunner", description=__doc__)
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--log-dir", required=True)
+    parser.add_argument("--netns", default=None, help="network namespace the pods live in")
+    parser.add_argument("--netns-device", default="mf-pods", help="interface in it that gets pod IPs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     api = k8s_config.new_client_from_config(config_file=args.kubeconfig)
-    runner = PodRunner(api, Path(args.log_dir))
+    runner = PodRunner(api, Path(args.log_dir), args.netns, args.netns_device)
 
     def _term(signum: int, frame: Any) -> None:
         runner.stopping.set()
