@@ -77,3 +77,14 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
     bootstrap.wait_default_service_account(cluster.api, name, timeout=30)
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real operator process for the whole session (tests may kill and replace it)."""
+    from operator_fixture import OperatorManager
+
+    manager = OperatorManager(cluster.kubeconfig, tmp_path_factory.mktemp("operator-logs"))
+    manager.ensure_running()
+    yield manager
+    manager.stop_all()

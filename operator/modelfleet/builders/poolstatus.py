@@ -1,0 +1,193 @@
+"""Pure decisions about a ModelPool's health: placement checks against the
+nodes, and the status (phase + conditions) from the Deployment and its pods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from modelfleet.api.conditions import set_condition
+from modelfleet.api.modelpool import ModelPool, ModelPoolStatus
+
+# Condition reasons (stable strings users and tools can match on).
+AVAILABLE = "MinimumReplicasAvailable"
+SCALED_TO_ZERO = "ScaledToZero"
+ROLLING_OUT = "RollingOut"
+ROLLOUT_COMPLETE = "RolloutComplete"
+WAITING_FOR_PODS = "WaitingForPods"
+NO_MATCHING_GPU_NODES = "NoMatchingGPUNodes"
+INSUFFICIENT_GPUS = "InsufficientGPUsPerNode"
+UNSCHEDULABLE = "Unschedulable"
+IMAGE_PULL_FAILED = "ImagePullFailed"
+CRASH_LOOPING = "CrashLooping"
+INVALID_SPEC = "InvalidSpec"
+HEALTHY = "Healthy"
+
+_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
+
+
+@dataclass(frozen=True)
+class NodeSummary:
+    """What the placement check needs to know about one node."""
+
+    name: str
+    gpu_product: str | None
+    gpus: int
+    schedulable: bool = True
+
+
+def summarize_node(node: dict[str, Any]) -> NodeSummary:
+    meta = node.get("metadata", {})
+    alloc = (node.get("status") or {}).get("allocatable") or {}
+    try:
+        gpus = int(alloc.get("nvidia.com/gpu", "0"))
+    except ValueError:
+        gpus = 0
+    return NodeSummary(
+        name=meta.get("name", ""),
+        gpu_product=(meta.get("labels") or {}).get("nvidia.com/gpu.product"),
+        gpus=gpus,
+        schedulable=not (node.get("spec") or {}).get("unschedulable", False),
+    )
+
+
+def placement_problem(pool: ModelPool, nodes: list[NodeSummary]) -> tuple[str, str] | None:
+    """(reason, message) when no node could ever run one of the pool's pods."""
+    gpu = pool.spec.gpu
+    if gpu.count == 0:
+        return None
+    candidates = [n for n in nodes if n.schedulable and n.gpus > 0]
+    if gpu.product:
+        products = sorted({n.gpu_product for n in candidates if n.gpu_product})
+        candidates = [n for n in candidates if n.gpu_product == gpu.product]
+        if not candidates:
+            have = ", ".join(products) or "none"
+            return (
+                NO_MATCHING_GPU_NODES,
+                f"no schedulable node has GPU product {gpu.product!r} (spec.gpu.product); "
+                f"products in the cluster: {have}",
+            )
+    most = max((n.gpus for n in candidates), default=0)
+    if gpu.count > most:
+        return (
+            INSUFFICIENT_GPUS,
+            f"spec.gpu.count={gpu.count} but the largest matching node offers {most} "
+            "nvidia.com/gpu; lower spec.gpu.count or add bigger nodes",
+        )
+    return None
+
+
+def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    for pod in pods:
+        status = pod.get("status") or {}
+        name = (pod.get("metadata") or {}).get("name", "?")
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason in _PULL_REASONS:
+                return IMAGE_PULL_FAILED, f"pod {name}: {reason}: {waiting.get('message', '')}".strip()
+            if reason == "CrashLoopBackOff":
+                return (
+                    CRASH_LOOPING,
+                    f"pod {name} is crash looping (restarts: {cs.get('restartCount', 0)}): "
+                    f"{waiting.get('message', '')}".strip(),
+                )
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                if cond.get("reason") == "Unschedulable":
+                    return UNSCHEDULABLE, f"pod {name} unschedulable: {cond.get('message', '')}"
+    return None
+
+
+def rollout_state(deployment: dict[str, Any] | None, replicas: int) -> tuple[int, int, int, bool]:
+    """(replicas, ready, updated, complete) from a Deployment's status."""
+    if deployment is None:
+        return 0, 0, 0, False
+    status = deployment.get("status") or {}
+    meta = deployment.get("metadata") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    total = int(status.get("replicas") or 0)
+    observed = status.get("observedGeneration") == meta.get("generation")
+    complete = observed and updated == replicas and ready >= replicas and total == replicas
+    return total, ready, updated, complete
+
+
+def compute_status(
+    pool: ModelPool,
+    previous: ModelPoolStatus | None,
+    deployment: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    placement: tuple[str, str] | None,
+    now: datetime,
+) -> ModelPoolStatus:
+    gen = pool.metadata.generation
+    want = pool.spec.replicas
+    total, ready, updated, complete = rollout_state(deployment, want)
+    conditions = list(previous.conditions) if previous else []
+    problem = placement or _pod_problem(pods)
+
+    if problem:
+        conditions = set_condition(conditions, "Degraded", "True", problem[0], problem[1], now, gen)
+    else:
+        conditions = set_condition(conditions, "Degraded", "False", HEALTHY, "no problems found", now, gen)
+
+    if complete:
+        conditions = set_condition(
+            conditions, "Progressing", "False", ROLLOUT_COMPLETE, "all replicas run the current spec", now, gen
+        )
+    else:
+        conditions = set_condition(
+            conditions,
+            "Progressing",
+            "True",
+            ROLLING_OUT,
+            f"{updated}/{want} replicas updated, {ready}/{want} ready",
+            now,
+            gen,
+        )
+
+    if want == 0 and complete:
+        conditions = set_condition(conditions, "Ready", "True", SCALED_TO_ZERO, "pool scaled to 0", now, gen)
+    elif complete:
+        conditions = set_condition(
+            conditions, "Ready", "True", AVAILABLE, f"{ready}/{want} replicas ready", now, gen
+        )
+    elif problem:
+        conditions = set_condition(conditions, "Ready", "False", problem[0], problem[1], now, gen)
+    else:
+        conditions = set_condition(
+            conditions, "Ready", "False", WAITING_FOR_PODS, f"{ready}/{want} replicas ready", now, gen
+        )
+
+    if problem:
+        phase = "Degraded"
+    elif complete:
+        phase = "Ready"
+    elif deployment is None or (ready == 0 and updated == 0):
+        phase = "Pending"
+    else:
+        phase = "Progressing"
+    return ModelPoolStatus(
+        phase=phase,  # type: ignore[arg-type]
+        replicas=total,
+        ready_replicas=ready,
+        updated_replicas=updated,
+        observed_generation=gen,
+        service=pool.metadata.name,
+        conditions=conditions,
+    )
+
+
+def invalid_status(pool_generation: int | None, previous: ModelPoolStatus | None, message: str, now: datetime) -> ModelPoolStatus:
+    conditions = list(previous.conditions) if previous else []
+    conditions = set_condition(conditions, "Degraded", "True", INVALID_SPEC, message, now, pool_generation)
+    conditions = set_condition(conditions, "Ready", "False", INVALID_SPEC, message, now, pool_generation)
+    return ModelPoolStatus(
+        phase="Degraded",
+        observed_generation=pool_generation,
+        replicas=previous.replicas if previous else None,
+        ready_replicas=previous.ready_replicas if previous else None,
+        conditions=conditions,
+    )

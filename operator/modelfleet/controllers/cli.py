@@ -1,0 +1,123 @@
+"""`modelfleet operator`: run the kopf operator behind Lease leader election."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import uuid
+from typing import Any
+
+DEFAULT_IMAGE = "ghcr.io/modelfleet/worker:0.1.0"
+
+
+def _configure(settings: Any, args: argparse.Namespace) -> None:
+    import kopf
+
+    # Our status schemas are strict (unknown fields are pruned), so kopf keeps
+    # its bookkeeping in annotations rather than in status.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.modelfleet.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kopf.modelfleet.io", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.watching.reconnect_backoff = 1.0
+    settings.networking.request_timeout = 30
+    settings.batching.worker_limit = 64
+    settings.batching.idle_timeout = 30.0
+    settings.batching.batch_window = 0.05
+
+
+async def _run_operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    from modelfleet.builders.modelpool import BuildSettings
+    from modelfleet.controllers import leader, modelpool
+
+    # Register every controller's handlers (import side effects are kopf's model).
+    for name in ("modelfleet.controllers.routingpolicy", "modelfleet.controllers.canary"):
+        with contextlib.suppress(ModuleNotFoundError):
+            __import__(name)
+
+    identity = args.id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    elector = leader.LeaderElector(
+        namespace=args.lease_namespace, name=args.lease_name, identity=identity,
+        duration_s=args.lease_seconds, renew_s=max(0.5, args.lease_seconds / 5),
+    )
+
+    @kopf.on.startup()
+    async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        _configure(settings, args)
+
+    @kopf.on.login()
+    def _login(**kwargs: Any) -> Any:
+        return kopf.login_with_kubeconfig(**kwargs) if not os.environ.get(
+            "KUBERNETES_SERVICE_HOST"
+        ) else kopf.login_with_service_account(**kwargs)
+
+    while True:
+        await elector.acquire()
+        modelpool.STATE = modelpool.PoolState(
+            settings=BuildSettings(default_image=args.default_worker_image, local_run=args.local_run_pods)
+        )
+        stop = asyncio.Event()
+        namespaces = args.namespace or []
+        op = asyncio.create_task(
+            kopf.operator(
+                standalone=True,
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                stop_flag=stop,
+                liveness_endpoint=args.liveness,
+            )
+        )
+        resync = asyncio.create_task(modelpool.resync_forever())
+        hold = asyncio.create_task(elector.hold())
+        done, _ = await asyncio.wait({op, hold}, return_when=asyncio.FIRST_COMPLETED)
+        resync.cancel()
+        stop.set()
+        if op in done:
+            hold.cancel()
+            return 0 if op.exception() is None else 1
+        # Leadership lost: stop acting at once, then stand by again.
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(op, timeout=10)
+
+
+def _handler(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(_run_operator(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    op = sub.add_parser("operator", help="run the ModelFleet operator (kopf)")
+    op.add_argument("--namespace", action="append", metavar="NS",
+                    help="watch only this namespace (repeatable); default: all namespaces")
+    op.add_argument("--default-worker-image", default=os.environ.get("MODELFLEET_WORKER_IMAGE", DEFAULT_IMAGE),
+                    help="worker image for pools without spec.image")
+    op.add_argument("--local-run-pods", action="store_true",
+                    default=os.environ.get("MODELFLEET_LOCAL_RUN_PODS") == "true",
+                    help="dev only: mark worker pods for the local pod runner")
+    op.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"),
+                    help="namespace of the leader-election Lease")
+    op.add_argument("--lease-name", default="modelfleet-operator", help="name of the Lease")
+    op.add_argument("--lease-seconds", type=int, default=10, help="lease duration (takeover time)")
+    op.add_argument("--id", default=None, help="identity in the Lease (default: host + random)")
+    op.add_argument("--liveness", default=None, metavar="URL",
+                    help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    op.set_defaults(handler=_handler)
+
+
+if __name__ == "__main__":
+    from modelfleet.cli import main
+
+    sys.exit(main(["operator", *sys.argv[1:]]))

@@ -1,0 +1,252 @@
+"""ModelPool controller: keeps each pool's Deployment, Service and PDB applied
+and its status true.
+
+Every trigger (the pool, an owned object, a pod, a node) funnels into one
+idempotent `reconcile(namespace, name)`; a per-pool lock plus a dirty flag
+coalesces bursts of events into at most one extra pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from modelfleet import GROUP, VERSION
+from modelfleet.api.modelpool import ModelPool, ModelPoolStatus
+from modelfleet.builders import modelpool as build
+from modelfleet.builders import poolstatus
+from modelfleet.controllers import kube
+
+log = logging.getLogger("modelfleet.modelpool")
+Key = tuple[str, str]
+
+
+@dataclass
+class PoolState:
+    """What the controller remembers between events (all rebuilt from watches after a restart)."""
+
+    pools: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    deployments: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    nodes: dict[str, poolstatus.NodeSummary] = field(default_factory=dict)
+    # Generation of each child right after our last apply: a different one means drift.
+    applied: dict[Key, tuple[int | None, dict[str, Any]]] = field(default_factory=dict)
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    dirty: set[Key] = field(default_factory=set)
+    settings: build.BuildSettings = field(default_factory=build.BuildSettings)
+
+
+STATE = PoolState()
+
+
+def _key(meta: dict[str, Any] | Any) -> Key:
+    return (meta["namespace"], meta["name"])
+
+
+def _pool_of(labels: dict[str, Any] | None) -> str | None:
+    return (labels or {}).get(build.POOL_LABEL)
+
+
+def _child_fingerprint(obj: dict[str, Any]) -> Any:
+    meta = obj.get("metadata", {})
+    # Services have no generation; their resourceVersion moves only on edits.
+    return meta.get("generation") or meta.get("resourceVersion")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def _apply_children(pool: ModelPool, body: dict[str, Any]) -> None:
+    key = (pool.metadata.namespace or "", pool.metadata.name)
+    fingerprints: dict[str, Any] = {}
+    for manifest in build.children(pool, STATE.settings):
+        applied = await kube.run(kube.apply, manifest)
+        fingerprints[manifest["kind"]] = _child_fingerprint(applied)
+        if manifest["kind"] == "Deployment":
+            STATE.deployments[key] = applied
+    first = key not in STATE.applied
+    STATE.applied[key] = (pool.metadata.generation, fingerprints)
+    if first and not (body.get("status") or {}).get("observedGeneration"):
+        kopf.info(body, reason="Created", message="created Deployment, Service and PodDisruptionBudget")
+    elif not first or (body.get("status") or {}).get("observedGeneration") != pool.metadata.generation:
+        kopf.info(body, reason="Updated", message=f"applied generation {pool.metadata.generation}")
+
+
+def _needs_apply(key: Key, pool: ModelPool) -> bool:
+    record = STATE.applied.get(key)
+    if record is None or record[0] != pool.metadata.generation:
+        return True
+    dep = STATE.deployments.get(key)
+    if dep is None or _child_fingerprint(dep) != record[1].get("Deployment"):
+        return True
+    return False
+
+
+async def reconcile(key: Key) -> None:
+    lock = STATE.locks.setdefault(key, asyncio.Lock())
+    if lock.locked():
+        STATE.dirty.add(key)
+        return
+    async with lock:
+        while True:
+            STATE.dirty.discard(key)
+            try:
+                await _reconcile_once(key)
+            except kopf.TemporaryError:
+                raise
+            except Exception as exc:  # the operator never crash-loops on one pool
+                log.exception("reconciling %s/%s failed", *key)
+                body = STATE.pools.get(key)
+                if body is not None:
+                    kopf.warn(body, reason="ReconcileFailed", message=str(exc)[:500])
+            if key not in STATE.dirty:
+                break
+
+
+async def _reconcile_once(key: Key) -> None:
+    body = STATE.pools.get(key)
+    if body is None:
+        return
+    previous_raw = body.get("status") or {}
+    try:
+        previous = ModelPoolStatus.model_validate(previous_raw) if previous_raw else None
+    except ValidationError:
+        previous = None
+    try:
+        pool = ModelPool.model_validate(
+            {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+        )
+    except ValidationError as exc:
+        message = "; ".join(
+            f"spec.{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in exc.errors()
+        )
+        status = poolstatus.invalid_status(body["metadata"].get("generation"), previous, message, _now())
+        await _write_status(key, body, previous, status)
+        return
+
+    placement = poolstatus.placement_problem(pool, list(STATE.nodes.values()))
+    if _needs_apply(key, pool):
+        await _apply_children(pool, body)
+    pods = list(STATE.pods.get(key, {}).values())
+    status = poolstatus.compute_status(pool, previous, STATE.deployments.get(key), pods, placement, _now())
+    await _write_status(key, body, previous, status)
+
+
+async def _write_status(
+    key: Key, body: dict[str, Any], previous: ModelPoolStatus | None, status: ModelPoolStatus
+) -> None:
+    new = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    old = previous.model_dump(by_alias=True, exclude_none=True, mode="json") if previous else {}
+    if new == old:
+        return  # unchanged: no write, no event
+    await kube.run(kube.patch_status, "modelpools", key[0], key[1], new)
+    body["status"] = new
+    was = {c.type: c for c in (previous.conditions if previous else [])}
+    for cond in status.conditions:
+        before = was.get(cond.type)
+        changed = before is None or before.status != cond.status or before.reason != cond.reason
+        if cond.type == "Degraded" and cond.status == "True" and changed:
+            kopf.warn(body, reason=cond.reason, message=cond.message)
+        if cond.type == "Ready" and changed and cond.status == "True":
+            kopf.info(body, reason="Ready", message=cond.message)
+
+
+def _schedule(key: Key) -> None:
+    asyncio.get_running_loop().create_task(reconcile(key))
+
+
+# ---- watches --------------------------------------------------------------------
+@kopf.on.event(GROUP, VERSION, "modelpools")  # type: ignore[arg-type]
+async def pool_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    key = _key(body["metadata"])
+    if event["type"] == "DELETED":
+        STATE.pools.pop(key, None)
+        STATE.applied.pop(key, None)
+        STATE.deployments.pop(key, None)
+        STATE.pods.pop(key, None)
+        return
+    STATE.pools[key] = dict(body)
+    await reconcile(key)
+
+
+_CHILD_FILTER = {"app.kubernetes.io/managed-by": build.MANAGED_BY}
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=_CHILD_FILTER)  # type: ignore[arg-type]
+async def deployment_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    await _child_event("Deployment", event, body)
+
+
+@kopf.on.event("v1", "services", labels=_CHILD_FILTER)  # type: ignore[arg-type]
+async def service_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    await _child_event("Service", event, body)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=_CHILD_FILTER)  # type: ignore[arg-type]
+async def pdb_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    await _child_event("PodDisruptionBudget", event, body)
+
+
+async def _child_event(kind: str, event: dict[str, Any], body: kopf.Body) -> None:
+    pool = _pool_of(body["metadata"].get("labels"))
+    if pool is None:
+        return
+    key = (body["metadata"]["namespace"], pool)
+    record = STATE.applied.get(key)
+    if event["type"] == "DELETED":
+        if kind == "Deployment":
+            STATE.deployments.pop(key, None)
+        if record is not None:
+            record[1][kind] = None  # gone: next pass re-applies it
+            STATE.applied[key] = (None, record[1])
+    else:
+        if kind == "Deployment":
+            STATE.deployments[key] = dict(body)
+        if record is not None and _child_fingerprint(dict(body)) != record[1].get(kind):
+            STATE.applied[key] = (None, record[1])  # edited by someone else: restore
+    if key in STATE.pools:
+        await reconcile(key)
+
+
+@kopf.on.event("v1", "pods", labels={build.POOL_LABEL: kopf.PRESENT})  # type: ignore[arg-type]
+async def pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    pool = _pool_of(body["metadata"].get("labels"))
+    if pool is None:
+        return
+    key = (body["metadata"]["namespace"], pool)
+    pods = STATE.pods.setdefault(key, {})
+    if event["type"] == "DELETED":
+        pods.pop(body["metadata"]["name"], None)
+    else:
+        pods[body["metadata"]["name"]] = dict(body)
+    if key in STATE.pools:
+        await reconcile(key)
+
+
+@kopf.on.event("v1", "nodes")  # type: ignore[arg-type]
+async def node_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    name = body["metadata"]["name"]
+    before = STATE.nodes.get(name)
+    if event["type"] == "DELETED":
+        STATE.nodes.pop(name, None)
+    else:
+        STATE.nodes[name] = poolstatus.summarize_node(dict(body))
+    if STATE.nodes.get(name) != before:
+        # Capacity changed: pools that were (or might become) unplaceable re-check.
+        for key in list(STATE.pools):
+            _schedule(key)
+
+
+async def resync_forever(interval: float = 60.0) -> None:
+    """Safety net against a missed event; normally every pass is a no-op."""
+    while True:
+        await asyncio.sleep(interval)
+        for key in list(STATE.pools):
+            await reconcile(key)
