@@ -1,0 +1,114 @@
+"""Model URIs -> local directories. `fetch` (an init container) and `serve` share
+the same cache layout, so serve finds what fetch downloaded."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+log = logging.getLogger("modelfleet_worker.fetch")
+
+
+class FetchError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    scheme: str  # "file", "hf" or "s3"
+    location: str  # path, repo id, or bucket/prefix
+    revision: str | None
+
+
+def parse_uri(uri: str, revision: str = "") -> ModelRef:
+    if not uri:
+        raise FetchError("no model given: set MODELFLEET_WORKER_MODEL or --model")
+    if "://" not in uri:
+        return ModelRef("file", uri, None)
+    parsed = urlparse(uri)
+    rest = unquote(parsed.netloc + parsed.path)
+    if parsed.scheme == "file":
+        return ModelRef("file", unquote(parsed.path) or "/", None)
+    if parsed.scheme == "pvc":
+        # The operator mounts the claim; the URI's path is relative to the mount.
+        return ModelRef("file", "/models/" + rest.lstrip("/"), None)
+    if parsed.scheme == "hf":
+        repo, _, rev = rest.strip("/").partition("@")
+        if repo.count("/") > 1 or not repo:
+            raise FetchError(f"hf:// URI must be hf://org/name[@revision], got {uri!r}")
+        return ModelRef("hf", repo, rev or revision or None)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise FetchError(f"s3:// URI needs a bucket, got {uri!r}")
+        return ModelRef("s3", rest.strip("/"), None)
+    raise FetchError(f"unsupported model URI scheme {parsed.scheme!r} in {uri!r}")
+
+
+def cache_path(ref: ModelRef, cache_dir: str) -> Path:
+    if ref.scheme == "file":
+        return Path(ref.location)
+    safe = ref.location.replace("/", "--")
+    if ref.scheme == "hf":
+        return Path(cache_dir) / "hf" / safe / (ref.revision or "main")
+    return Path(cache_dir) / "s3" / safe
+
+
+def fetch(uri: str, cache_dir: str, revision: str = "") -> Path:
+    """Make the model available locally and return its directory."""
+    ref = parse_uri(uri, revision)
+    dest = cache_path(ref, cache_dir)
+    if ref.scheme == "file":
+        if not dest.is_dir():
+            raise FetchError(f"model directory {dest} does not exist")
+        return dest
+    if ref.scheme == "hf":
+        return _fetch_hf(ref, dest)
+    return _fetch_s3(ref, dest)
+
+
+def _fetch_hf(ref: ModelRef, dest: Path) -> Path:
+    from huggingface_hub import snapshot_download
+
+    dest.mkdir(parents=True, exist_ok=True)
+    log.info("fetching hf://%s@%s into %s", ref.location, ref.revision or "main", dest)
+    # local_dir: plain files at a path we choose, so serve can find them offline.
+    path = snapshot_download(
+        repo_id=ref.location,
+        revision=ref.revision,
+        local_dir=str(dest),
+        token=os.environ.get("HF_TOKEN") or None,
+    )
+    return Path(path)
+
+
+def _fetch_s3(ref: ModelRef, dest: Path) -> Path:
+    try:
+        import boto3
+    except ImportError as exc:
+        raise FetchError(
+            "s3:// models need boto3, which is not installed in this image; "
+            "`pip install boto3` or use hf:// / file://"
+        ) from exc
+    bucket, _, prefix = ref.location.partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    paginator = client.get_paginator("list_objects_v2")
+    count = 0
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            rel = key[len(prefix) :]
+            if not rel or rel.endswith("/"):
+                continue
+            target = dest / rel
+            if ".." in Path(rel).parts:
+                raise FetchError(f"refusing s3 key that escapes the cache: {key!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, key, str(target))
+            count += 1
+    if count == 0:
+        raise FetchError(f"no objects under s3://{ref.location}")
+    return dest

@@ -1,0 +1,94 @@
+"""Prometheus metrics, all prefixed modelfleet_worker_, on a private registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from . import __version__
+
+P = "modelfleet_worker_"
+OUTCOMES = (
+    "ok",
+    "invalid",
+    "too_large",
+    "rejected_queue_full",
+    "unavailable",
+    "insufficient_memory",
+    "injected_error",
+    "error",
+)
+
+
+class WorkerMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, pool: str, model: str, family: str) -> None:
+        r = self.registry = CollectorRegistry()
+        self.info = Info(P.rstrip("_"), "Worker identity (pool, model, family)", registry=r)
+        self.info.info({"pool": pool, "model": model, "family": family, "version": __version__})
+        self.requests = Counter(P + "requests", "Requests by outcome", ["outcome"], registry=r)
+        for o in OUTCOMES:  # export zeros so rate() works from the first scrape
+            self.requests.labels(outcome=o)
+        self.request_duration = Histogram(
+            P + "request_duration_seconds",
+            "Generation request latency, admission to response",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            P + "queue_wait_seconds",
+            "Time an image waited before its batch started",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.08, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            P + "batch_size",
+            "Images per executed batch (after any OOM split)",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+            registry=r,
+        )
+        self.queue_depth = Gauge(P + "queue_depth", "Images waiting to be batched", registry=r)
+        self.in_flight = Gauge(P + "in_flight_images", "Images in the running batch", registry=r)
+        self.images = Counter(P + "images_generated", "Images generated", registry=r)
+        self.oom = Counter(P + "oom", "Out-of-memory errors caught", registry=r)
+        self.splits = Counter(P + "batch_splits", "Batches split in half after OOM", registry=r)
+        self.gpu_used = Gauge(P + "gpu_memory_used_bytes", "GPU memory used (0 on CPU)", registry=r)
+        self.gpu_free = Gauge(P + "gpu_memory_free_bytes", "GPU memory free (0 on CPU)", registry=r)
+        self.batch_cap = Gauge(
+            P + "batch_size_cap", "Current batch cap at the default size", registry=r
+        )
+        self.per_image_bytes = Gauge(
+            P + "peak_memory_per_image_bytes",
+            "Measured at warm-up: GPU allocator peak per image, or CPU peak-RSS delta",
+            ["source"],
+            registry=r,
+        )
+        self.load_seconds = Gauge(P + "model_load_seconds", "Model load + warm-up time", registry=r)
+        self.ready = Gauge(P + "ready", "1 when serving, 0 loading or draining", registry=r)
+        self.fault_latency = Gauge(
+            P + "fault_latency_ms", "Injected latency per request (drill)", registry=r
+        )
+        self.fault_error_rate = Gauge(
+            P + "fault_error_rate", "Injected error rate (drill)", registry=r
+        )
+        self.fault_oom = Gauge(
+            P + "fault_oom_above_batch", "Injected OOM above this batch size (0=off)", registry=r
+        )
+
+    def bind_gpu(self, read: Callable[[], tuple[int, int]]) -> None:
+        """read() -> (free, total); evaluated at scrape time."""
+        self.gpu_free.set_function(lambda: float(read()[0]))
+        self.gpu_used.set_function(lambda: float(max(0, read()[1] - read()[0])))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,402 @@
+"""HTTP server: OpenAI Images-compatible generation, health, readiness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .batching import BatchKey
+from .config import WorkerConfig
+from .engine import Engine, Job, JobResult, QueueFullError
+from .faults import FaultInjector, FaultSettings
+from .memory import margin_bytes, memory_batch_cap, scaled_profile
+from .metrics import WorkerMetrics
+from .validation import MAX_BODY_BYTES, GenerationRequest, Limits, RequestError, parse_body
+
+log = logging.getLogger("modelfleet_worker.server")
+
+EXIT_LOAD_FAILED = 3
+_STATUS_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    429: "queue_full",
+    500: "internal_error",
+    503: "unavailable",
+    507: "insufficient_memory",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, param: str | None = None, **headers: str
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message, "param": param}},
+        status=status,
+        headers=headers or None,
+    )
+
+
+def encode_png(image: Any) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class WorkerServer:
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+        self.state = "loading"  # loading -> ready -> draining
+        self.metrics = WorkerMetrics(cfg.pool, cfg.model, cfg.family)
+        self.faults = FaultInjector(
+            FaultSettings(cfg.fault_latency_ms, cfg.fault_error_rate, cfg.fault_oom_above_batch),
+            cfg.fault_seed,
+        )
+        self.metrics.fault_latency.set(cfg.fault_latency_ms)
+        self.metrics.fault_error_rate.set(cfg.fault_error_rate)
+        self.metrics.fault_oom.set(cfg.fault_oom_above_batch)
+        self.model: Any = None  # pipeline.LoadedModel once loaded
+        self.engine: Engine | None = None
+        self.limits: Limits | None = None
+        self._idle_free = 0
+        self._active = 0
+        self._active_zero = asyncio.Event()
+        self._active_zero.set()
+
+    # ----- app wiring -------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors])
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_handler)
+        app.router.add_post("/v1/images/generations", self.generate)
+        return app
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        # Every error a client sees is JSON, including aiohttp's own 404/405/413.
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            if exc.status == 413:
+                self.metrics.requests.labels(outcome="too_large").inc()
+            code = _STATUS_CODES.get(exc.status, "http_error")
+            return error_response(exc.status, code, exc.reason)
+        except Exception:
+            log.exception("unhandled error on %s", request.path)
+            self.metrics.requests.labels(outcome="error").inc()
+            return error_response(500, "internal_error", "internal error; see worker logs")
+
+    # ----- model lifecycle ---------------------------------------------------
+
+    def attach_model(self, model: Any) -> None:
+        from .pipeline import is_oom
+
+        self.model = model
+        self.limits = Limits(
+            max_resolution=self.cfg.max_resolution,
+            max_steps=self.cfg.max_steps,
+            size_multiple=model.compat.size_multiple,
+            default_width=model.default_width,
+            default_height=model.default_height,
+            default_steps=min(20, self.cfg.max_steps),
+            supports_negative_prompt=model.supports_negative_prompt,
+        )
+
+        def runner(key: BatchKey, jobs: Sequence[Job]) -> list[Any]:
+            from .pipeline import ItemSpec
+
+            specs = [ItemSpec(j.prompt, j.negative_prompt, j.seed) for j in jobs]
+            images: list[Any] = model.generate(
+                specs, key.width, key.height, key.steps, key.guidance_scale
+            )
+            return images
+
+        self.engine = Engine(
+            runner=runner,
+            is_oom=is_oom,
+            on_oom=model.empty_cache,
+            cap_for=self.cap_for,
+            max_latency_s=self.cfg.max_latency_ms / 1000.0,
+            max_queue=self.cfg.max_queue,
+            hooks=self,
+        )
+        self.engine.start()
+        if model.on_cuda:
+            self.metrics.bind_gpu(model.free_memory)
+        if model.profile is not None:
+            self.metrics.per_image_bytes.labels(source="cuda_allocator").set(
+                model.profile.per_image_bytes
+            )
+        elif model.cpu_memory is not None:
+            delta = model.cpu_memory.rss_peak_delta_2 - model.cpu_memory.rss_peak_delta_1
+            self.metrics.per_image_bytes.labels(source="cpu_rss_delta").set(max(0, delta))
+        self.metrics.batch_cap.set(
+            self.cap_for(BatchKey(model.default_width, model.default_height, 20, 7.5, False))
+        )
+
+    def cap_for(self, key: BatchKey) -> int:
+        """Batch cap for a bucket; on GPU bounded by free memory right now."""
+        model = self.model
+        if not (model is not None and model.on_cuda and self.cfg.memory_aware and model.profile):
+            return self.cfg.max_batch_size
+        free, total = model.free_memory()
+        self._idle_free = free
+        per, fixed = scaled_profile(model.profile, key.width * key.height)
+        margin = margin_bytes(total, self.cfg.memory_margin_fraction)
+        cap = memory_batch_cap(free, per, fixed, margin, self.cfg.max_batch_size)
+        return max(1, cap)  # 0 means "alone"; admission already turned away what cannot fit
+
+    def fits_alone(self, req: GenerationRequest) -> bool:
+        model = self.model
+        if not (model is not None and model.on_cuda and self.cfg.memory_aware and model.profile):
+            return True
+        free, total = model.free_memory()
+        free = max(free, self._idle_free)  # a running batch's memory comes back
+        per, fixed = scaled_profile(model.profile, req.width * req.height)
+        margin = margin_bytes(total, self.cfg.memory_margin_fraction)
+        return memory_batch_cap(free, per, fixed, margin, 1) >= 1
+
+    # ----- EngineHooks --------------------------------------------------------
+
+    def on_batch(self, size: int) -> None:
+        self.metrics.batch_size.observe(size)
+
+    def on_queue_waits(self, waits: Sequence[float]) -> None:
+        for w in waits:
+            self.metrics.queue_wait.observe(w)
+
+    def on_oom(self, ooms: int, splits: int) -> None:
+        self.metrics.oom.inc(ooms)
+        self.metrics.splits.inc(splits)
+
+    def on_depth(self, queued: int, in_flight: int) -> None:
+        self.metrics.queue_depth.set(queued)
+        self.metrics.in_flight.set(in_flight)
+
+    # ----- handlers ----------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive", "state": self.state})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        status = 200 if self.state == "ready" else 503
+        return web.json_response({"status": self.state}, status=status)
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        body = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": self.metrics.content_type})
+
+    async def generate(self, request: web.Request) -> web.Response:
+        if self.state != "ready" or self.engine is None or self.limits is None:
+            self.metrics.requests.labels(outcome="unavailable").inc()
+            why = "draining for shutdown" if self.state == "draining" else "model is loading"
+            return error_response(503, "unavailable", f"worker not ready: {why}", None)
+        self._active += 1
+        self._active_zero.clear()
+        t0 = time.perf_counter()
+        try:
+            return await self._generate(request, self.engine, self.limits)
+        finally:
+            self.metrics.request_duration.observe(time.perf_counter() - t0)
+            self._active -= 1
+            if self._active == 0:
+                self._active_zero.set()
+
+    async def _generate(self, request: web.Request, engine: Engine, limits: Limits) -> web.Response:
+        from .validation import validate_request
+
+        try:
+            req = validate_request(parse_body(await request.read()), limits)
+        except RequestError as exc:
+            outcome = "too_large" if exc.status == 413 else "invalid"
+            self.metrics.requests.labels(outcome=outcome).inc()
+            return web.json_response(exc.body(), status=exc.status)
+        if self.faults.should_fail():
+            self.metrics.requests.labels(outcome="injected_error").inc()
+            return error_response(
+                500, "injected_fault", "injected error (MODELFLEET_WORKER_FAULT_ERROR_RATE drill)"
+            )
+        if not self.fits_alone(req):
+            self.metrics.requests.labels(outcome="insufficient_memory").inc()
+            return error_response(
+                507,
+                "insufficient_memory",
+                f"a single {req.width}x{req.height} image does not fit in free GPU memory",
+                "size",
+            )
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**32 - 8)
+        key = BatchKey(
+            req.width, req.height, req.steps, req.guidance_scale, req.negative_prompt is not None
+        )
+        jobs = [Job(req.prompt, req.negative_prompt, seed + i) for i in range(req.n)]
+        try:
+            futures = engine.submit(key, jobs)
+        except QueueFullError as exc:
+            self.metrics.requests.labels(outcome="rejected_queue_full").inc()
+            return error_response(
+                429, "queue_full", str(exc), None, **{"Retry-After": str(engine.retry_after_s())}
+            )
+        results: list[JobResult] = list(await asyncio.gather(*futures))
+        if self.faults.added_latency_s > 0:
+            await asyncio.sleep(self.faults.added_latency_s)
+        failed = [r for r in results if r.error is not None]
+        if failed:
+            self.metrics.requests.labels(outcome="insufficient_memory").inc()
+            return error_response(
+                507,
+                "insufficient_memory",
+                f"out of GPU memory even at batch size 1 for {req.width}x{req.height}: "
+                f"{failed[0].error}",
+                "size",
+            )
+        loop = asyncio.get_running_loop()
+        pngs = await asyncio.gather(
+            *(loop.run_in_executor(None, encode_png, r.image) for r in results)
+        )
+        self.metrics.images.inc(len(results))
+        self.metrics.requests.labels(outcome="ok").inc()
+        inference_ms = max(r.inference_s for r in results) * 1000.0
+        return web.json_response(
+            {
+                "created": int(time.time()),
+                "data": [
+                    {"b64_json": png, "seed": job.seed} for png, job in zip(pngs, jobs, strict=True)
+                ],
+                "timing": {
+                    "queue_wait_ms": round(max(r.queue_wait_s for r in results) * 1000.0, 3),
+                    "batch_size": max(r.batch_size for r in results),
+                    "inference_ms": round(inference_ms, 3),
+                    "per_step_ms": round(inference_ms / req.steps, 3),
+                },
+                "model": self.cfg.model,
+                "pool": self.cfg.pool,
+            }
+        )
+
+    # ----- shutdown ----------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Stop admitting, finish queued and running batches, let responses go out."""
+        self.state = "draining"
+        self.metrics.ready.set(0)
+        deadline = time.monotonic() + self.cfg.drain_timeout_s
+        if self.engine is not None:
+            done = await self.engine.drain(self.cfg.drain_timeout_s)
+            if not done:
+                log.warning("drain timed out with %d images queued", self.engine.queued)
+        left = max(0.0, deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(self._active_zero.wait(), left)
+        except TimeoutError:
+            log.warning("drain timed out with %d requests still open", self._active)
+
+
+async def _serve(cfg: WorkerConfig) -> int:
+    from .fetch import FetchError, fetch
+
+    server = WorkerServer(cfg)
+    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port)
+    await site.start()
+    log.info("listening on %s:%d (pool %s)", cfg.host, cfg.port, cfg.pool)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    loaded: asyncio.Future[Any] = loop.create_future()
+
+    def load() -> None:
+        # A plain daemon thread: SIGTERM during a multi-minute load must not wait for it.
+        from .pipeline import configure_torch, load_model
+
+        t0 = time.perf_counter()
+        try:
+            configure_torch(cfg)
+            model_dir = fetch(cfg.model, cfg.cache_dir, cfg.revision)
+            vae_dir: Path | None = fetch(cfg.vae, cfg.cache_dir) if cfg.vae else None
+            model = load_model(cfg, model_dir, vae_dir)
+            if cfg.warmup:
+                model.warm_up()
+            server.metrics.load_seconds.set(time.perf_counter() - t0)
+        except BaseException as exc:
+            _post(loop, _set_exc, loaded, exc)
+        else:
+            _post(loop, _set_result, loaded, model)
+
+    threading.Thread(target=load, name="model-load", daemon=True).start()
+    stop_wait = loop.create_task(stop.wait())
+    await asyncio.wait({loaded, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if not loaded.done():
+        log.info("signal received while loading: exiting")
+        await runner.cleanup()
+        return 0
+    exc = loaded.exception()
+    if exc is not None:
+        kind = "cannot fetch model" if isinstance(exc, FetchError) else "cannot load model"
+        log.error("refusing to start: %s: %s", kind, exc)
+        await runner.cleanup()
+        stop_wait.cancel()
+        return EXIT_LOAD_FAILED
+    server.attach_model(loaded.result())
+    server.state = "ready"
+    server.metrics.ready.set(1)
+    log.info("ready")
+    await stop_wait
+    log.info("SIGTERM: draining")
+    await server.drain()
+    if server.engine is not None:
+        await server.engine.close()
+    await runner.cleanup()
+    log.info("drained; exiting")
+    return 0
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    # RuntimeError: the loop closed because we were told to stop while loading.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exc(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def serve(cfg: WorkerConfig) -> int:
+    logging.basicConfig(
+        level=os.environ.get("MODELFLEET_WORKER_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    code = asyncio.run(_serve(cfg))
+    if code == 0 and any(t.name == "model-load" for t in threading.enumerate()):
+        # The load thread may be inside torch; interpreter teardown under it can crash.
+        os._exit(0)
+    return code
