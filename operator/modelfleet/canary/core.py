@@ -1,0 +1,549 @@
+"""The canary state machine: plan_analysis() and decide(). Pure: no clock, no I/O.
+
+One controller tick:
+
+    plan = plan_analysis(spec, status, now)
+    analysis = await collect_analysis(provider, plan, ...) if plan else None
+    decision = decide(spec, status, Observations(..., analysis=analysis), now)
+    apply decision.actions (each idempotent), write decision.next_status if it changed,
+    requeue after decision.requeue_after seconds.
+
+Restart safety: all state lives in status. An analysis is tied to its window by
+(currentStep, stepStartedAt); consuming it always moves stepStartedAt (or leaves the
+phase), so the same result can never be counted twice, and a result for an older
+window is ignored. SetWeight(status.canaryWeight) is emitted on every tick, so a crash
+between the status write and applying the weight heals on the next tick.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from modelfleet.api.canary import (
+    CanaryPhase,
+    CanarySpec,
+    CanaryStatus,
+    MetricResult,
+    MetricSpec,
+    StepRecord,
+)
+from modelfleet.api.common import parse_duration
+from modelfleet.api.conditions import ConditionStatus, get_condition, set_condition
+from modelfleet.canary import reasons as R
+from modelfleet.canary.analysis import judge_metric, overall, summarize
+from modelfleet.canary.manual import ACTION_ANNOTATION, ManualAction, parse_action
+from modelfleet.canary.types import (
+    Action,
+    AnalysisObservation,
+    AnalysisPlan,
+    Decision,
+    EmitEvent,
+    Observations,
+    Promote,
+    RecordAnalysis,
+    RollBack,
+    ScaleDownStable,
+    SetWeight,
+)
+
+PENDING_POLL_SECONDS = 5.0
+HISTORY_LIMIT = 30
+EARLY_METRICS = frozenset({"error-rate"})
+
+CONDITION_READY = "Ready"
+CONDITION_PROGRESSING = "Progressing"
+
+
+def format_time(t: datetime) -> str:
+    """Millisecond-precision UTC RFC 3339: windows of a few seconds need sub-second times."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def interval_seconds(spec: CanarySpec) -> float:
+    return parse_duration(spec.interval).total_seconds()
+
+
+def early_check_period(interval: float) -> float:
+    """How often the early-abort check runs inside a window: 1-5 s, about 5 per window."""
+    return max(1.0, min(5.0, interval / 5.0))
+
+
+def early_metrics(spec: CanarySpec) -> tuple[MetricSpec, ...]:
+    """Metrics judged before the window ends: error rates only (latency is too noisy)."""
+    return tuple(m for m in spec.analysis.metrics if m.builtin in EARLY_METRICS)
+
+
+def plan_analysis(spec: CanarySpec, status: CanaryStatus, now: datetime) -> AnalysisPlan | None:
+    """What to measure before decide(), or None when no analysis is due.
+
+    full: the step's interval has elapsed; all metrics over the last `interval`.
+    early: inside the window; error-rate metrics over the elapsed part (fast abort).
+    """
+    if (
+        status.phase != "Progressing"
+        or spec.paused
+        or status.current_step is None
+        or status.step_started_at is None
+    ):
+        return None
+    elapsed = (_aware(now) - parse_time(status.step_started_at)).total_seconds()
+    interval = interval_seconds(spec)
+    if elapsed >= interval:
+        return AnalysisPlan(
+            kind="full",
+            step=status.current_step,
+            step_started_at=status.step_started_at,
+            window_seconds=max(1, math.floor(interval)),
+            metrics=tuple(spec.analysis.metrics),
+        )
+    early = early_metrics(spec)
+    if early and elapsed >= early_check_period(interval):
+        return AnalysisPlan(
+            kind="early",
+            step=status.current_step,
+            step_started_at=status.step_started_at,
+            window_seconds=max(1, math.floor(elapsed)),
+            metrics=early,
+        )
+    return None
+
+
+def decide(
+    spec: CanarySpec, status: CanaryStatus, observations: Observations, now: datetime
+) -> Decision:
+    """Next status and the actions to apply. Same inputs, same output."""
+    return _Tick(spec, status, observations, _aware(now)).run()
+
+
+class _Tick:
+    """One decide() call; mutable scratch state kept out of the public surface."""
+
+    def __init__(
+        self, spec: CanarySpec, status: CanaryStatus, obs: Observations, now: datetime
+    ) -> None:
+        self.spec = spec
+        self.old = status
+        self.st = status.model_copy(deep=True)
+        self.obs = obs
+        self.now = now
+        self.ts = format_time(now)
+        self.steps = spec.steps
+        self.actions: list[Action] = []
+        self.events: list[EmitEvent] = []
+        prog = get_condition(status.conditions, CONDITION_PROGRESSING)
+        self.reason: str = prog.reason if prog is not None and prog.reason else R.POOLS_NOT_READY
+
+    # --- driver -----------------------------------------------------------------------
+
+    def run(self) -> Decision:
+        st = self.st
+        if self.obs.generation is not None:
+            st.observed_generation = self.obs.generation
+        if st.phase is None:
+            self._reset()
+        if self.obs.action and self.obs.action != st.last_action:
+            st.last_action = self.obs.action
+            self._manual(parse_action(self.obs.action))
+        phase = st.phase
+        if phase == "Pending":
+            self._pending()
+        elif phase == "Progressing":
+            self._progressing()
+        elif phase == "Paused":
+            self._paused()
+        # Succeeded, RolledBack, Failed are terminal; `retry` is the way out.
+        return self._finish()
+
+    def _finish(self) -> Decision:
+        st = self.st
+        head: list[Action] = []
+        requeue: float | None = None
+        if st.phase in ("Pending", "RolledBack", "Failed"):
+            st.canary_weight = 0
+            head.append(SetWeight(0))
+        elif st.phase in ("Progressing", "Paused"):
+            head.append(SetWeight(st.canary_weight or 0))
+        elif st.phase == "Succeeded":
+            head.append(Promote(self.spec.candidate_pool))
+            due = parse_time(st.finished_at or self.ts) + parse_duration(self.spec.scale_down_delay)
+            if self.now >= due:
+                head.append(ScaleDownStable(self.spec.stable_pool))
+            else:
+                requeue = (due - self.now).total_seconds()
+        if st.phase == "Pending":
+            requeue = self._pending_requeue()
+        elif st.phase == "Progressing":
+            requeue = self._progressing_requeue()
+        self._conditions()
+        if len(st.history) > HISTORY_LIMIT:
+            st.history = st.history[-HISTORY_LIMIT:]
+        return Decision(
+            next_status=st, actions=head + self.actions + list(self.events), requeue_after=requeue
+        )
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(EmitEvent(type=type_, reason=reason, message=message))
+
+    def _where(self) -> str:
+        st = self.st
+        if st.current_step is None:
+            return "before the first step"
+        return f"at step {st.current_step + 1}/{len(self.steps)} ({st.canary_weight}%)"
+
+    def _reset(self) -> None:
+        st = self.st
+        st.phase = "Pending"
+        st.started_at = self.ts
+        st.finished_at = None
+        st.current_step = None
+        st.canary_weight = 0
+        st.step_started_at = None
+        st.failed_checks = 0
+        st.inconclusive_checks = 0
+        st.metrics = []
+        self.reason = R.POOLS_NOT_READY
+
+    def _deadline(self) -> datetime:
+        started = parse_time(self.st.started_at or self.ts)
+        return started + parse_duration(self.spec.progress_deadline)
+
+    def _enter_step(self, index: int, why: str) -> None:
+        st = self.st
+        st.phase = "Progressing"
+        st.current_step = index
+        st.canary_weight = self.steps[index]
+        st.step_started_at = self.ts
+        self.reason = R.STEP_PROGRESSING
+        st.message = self._progress_message(why)
+        self._event("Normal", R.STEP_PROGRESSING, st.message)
+
+    def _progress_message(self, why: str) -> str:
+        st = self.st
+        assert st.step_started_at is not None
+        due = parse_time(st.step_started_at) + timedelta(seconds=interval_seconds(self.spec))
+        prefix = f"{why}; " if why else ""
+        return (
+            f"{prefix}step {(st.current_step or 0) + 1}/{len(self.steps)}: candidate weight "
+            f"{st.canary_weight}%, analysis at {format_time(due)}"
+        )
+
+    def _terminate(self, phase: CanaryPhase, reason: str, message: str) -> None:
+        st = self.st
+        st.phase = phase
+        st.finished_at = self.ts
+        st.message = message
+        self.reason = reason
+
+    def _rollback(self, reason: str, message: str) -> None:
+        self._terminate("RolledBack", reason, message)
+        self.st.canary_weight = 0
+        self.actions.append(RollBack(reason=reason, message=message))
+        self._event("Warning", R.ROLLED_BACK, message)
+
+    def _succeed(self, reason: str, message: str) -> None:
+        self._terminate("Succeeded", reason, message)
+        self.st.current_step = len(self.steps) - 1
+        self.st.canary_weight = 100
+        self._event("Normal", reason, message)
+
+    def _ignore(self, action: ManualAction, hint: str) -> None:
+        self._event(
+            "Warning",
+            R.ACTION_IGNORED,
+            f"{ACTION_ANNOTATION}={action.raw!r} ignored: canary is {self.st.phase}{hint}",
+        )
+
+    # --- manual actions ---------------------------------------------------------------
+
+    def _manual(self, action: ManualAction) -> None:
+        st = self.st
+        phase = st.phase
+        active = phase in ("Pending", "Progressing", "Paused")
+        by = f"{ACTION_ANNOTATION}={action.raw!r}"
+        if action.verb is None:
+            self._event("Warning", R.INVALID_ACTION, action.error or "invalid action")
+        elif action.verb == "abort":
+            if active:
+                self._rollback(R.ABORTED, f"aborted by {by} {self._where()}; candidate weight 0%")
+            else:
+                self._ignore(action, "")
+        elif action.verb == "promote":
+            if not active:
+                self._ignore(action, "; use retry first" if phase != "Succeeded" else "")
+            elif not self.obs.candidate.ready:
+                self._ignore(action, f"; candidate pool not ready: {self.obs.candidate.message}")
+            else:
+                self._succeed(
+                    R.PROMOTED,
+                    f"promoted by {by} {self._where()}, skipping the remaining steps; "
+                    f"route now serves pool {self.spec.candidate_pool!r}",
+                )
+        elif action.verb == "retry":
+            if phase in ("RolledBack", "Failed", "Paused"):
+                self._reset()
+                st.message = f"retried by {by}: starting again from step 1"
+                self._event("Normal", R.RETRIED, st.message)
+            else:
+                self._ignore(action, "; retry works on RolledBack, Failed or Paused canaries")
+        elif action.verb == "resume":
+            if phase != "Paused":
+                self._ignore(action, "")
+            elif self.spec.paused:
+                self._ignore(action, "; spec.paused is true, set it to false to resume")
+            else:
+                self._resume(f"resumed by {by}")
+
+    def _resume(self, why: str) -> None:
+        st = self.st
+        st.inconclusive_checks = 0
+        if st.current_step is None:
+            # Paused before it ever started: wait for pools again with a fresh deadline.
+            st.phase = "Pending"
+            st.started_at = self.ts
+            self.reason = R.POOLS_NOT_READY
+            st.message = why
+            self._event("Normal", R.RESUMED, why)
+            self._pending()
+            return
+        st.phase = "Progressing"
+        st.step_started_at = self.ts  # a fresh window: the paused time is not analysed
+        self.reason = R.STEP_PROGRESSING
+        st.message = self._progress_message(why)
+        self._event("Normal", R.RESUMED, st.message)
+
+    # --- phases -----------------------------------------------------------------------
+
+    def _pending(self) -> None:
+        st = self.st
+        if self.spec.paused:
+            self._pause_user()
+            return
+        missing = [
+            f"{role} pool {name!r} not ready" + (f": {r.message}" if r.message else "")
+            for role, name, r in (
+                ("stable", self.spec.stable_pool, self.obs.stable),
+                ("candidate", self.spec.candidate_pool, self.obs.candidate),
+            )
+            if not r.ready
+        ]
+        if not missing:
+            self._enter_step(0, "pools ready")
+            return
+        deadline = self._deadline()
+        waiting = "; ".join(missing)
+        if self.now >= deadline:
+            self._terminate(
+                "Failed",
+                R.PROGRESS_DEADLINE_EXCEEDED,
+                f"pools not ready within progressDeadline {self.spec.progress_deadline} "
+                f"(deadline {format_time(deadline)}): {waiting}",
+            )
+            self._event("Warning", R.PROGRESS_DEADLINE_EXCEEDED, st.message)
+            return
+        if self.reason != R.POOLS_NOT_READY or not st.message.startswith("waiting"):
+            self._event("Normal", R.POOLS_NOT_READY, waiting)
+        self.reason = R.POOLS_NOT_READY
+        st.message = (
+            f"waiting for pools: {waiting}; progressDeadline {self.spec.progress_deadline} "
+            f"expires at {format_time(deadline)}"
+        )
+
+    def _pending_requeue(self) -> float:
+        left = (self._deadline() - self.now).total_seconds()
+        return max(0.0, min(PENDING_POLL_SECONDS, left))
+
+    def _progressing(self) -> None:
+        st = self.st
+        last = len(self.steps) - 1
+        step = min(st.current_step or 0, last)
+        if step != st.current_step or st.canary_weight != self.steps[step]:
+            # spec.steps changed under a running step: adopt the new weight, new window.
+            self._enter_step(step, "spec.steps changed")
+        if self.spec.paused:
+            self._pause_user()
+            return
+        a = self.obs.analysis
+        if a is None or not self._current(a):
+            return
+        if a.plan.kind == "full":
+            self._judge_full(a)
+        else:
+            self._judge_early(a)
+
+    def _current(self, a: AnalysisObservation) -> bool:
+        """Is this analysis about the window the status is in? (else it is stale)"""
+        return (
+            a.plan.step == self.st.current_step
+            and a.plan.step_started_at == self.st.step_started_at
+        )
+
+    def _progressing_requeue(self) -> float:
+        st = self.st
+        assert st.step_started_at is not None
+        elapsed = (self.now - parse_time(st.step_started_at)).total_seconds()
+        interval = interval_seconds(self.spec)
+        remaining = interval - elapsed
+        if remaining <= 0:
+            return 0.0
+        if early_metrics(self.spec):
+            period = early_check_period(interval)
+            next_early = period * (math.floor(elapsed / period) + 1) - elapsed
+            return min(remaining, next_early)
+        return remaining
+
+    def _judge(self, a: AnalysisObservation, prefix: str) -> list[MetricResult]:
+        previous = {m.name: m for m in self.st.metrics}
+        results = [
+            judge_metric(
+                m, a.metrics.get(m.name), self.spec.analysis.min_requests, previous.get(m.name)
+            )
+            for m in a.plan.metrics
+        ]
+        if prefix:
+            results = [r.model_copy(update={"message": prefix + r.message}) for r in results]
+        return results
+
+    def _record(self, results: list[MetricResult], early: bool) -> StepRecord:
+        st = self.st
+        record = StepRecord(
+            step=st.current_step or 0,
+            weight=st.canary_weight or 0,
+            result=overall(results),
+            time=self.ts,
+            metrics=results,
+        )
+        st.history.append(record)
+        names = {r.name for r in results}
+        st.metrics = [m for m in st.metrics if m.name not in names] + results
+        order = {m.name: i for i, m in enumerate(self.spec.analysis.metrics)}
+        st.metrics.sort(key=lambda m: order.get(m.name, len(order)))
+        self.actions.append(RecordAnalysis(record=record, early=early))
+        return record
+
+    def _judge_full(self, a: AnalysisObservation) -> None:
+        st = self.st
+        results = self._judge(a, "")
+        record = self._record(results, early=False)
+        if record.result == "pass":
+            st.failed_checks = 0
+            st.inconclusive_checks = 0
+            passed = f"analysis passed at {st.canary_weight}%"
+            if (st.current_step or 0) >= len(self.steps) - 1:
+                self._succeed(
+                    R.SUCCEEDED,
+                    f"{passed} at the last step; route now serves pool "
+                    f"{self.spec.candidate_pool!r}",
+                )
+            else:
+                self._enter_step((st.current_step or 0) + 1, passed)
+        elif record.result == "fail":
+            self._analysis_failed(results)
+        else:
+            self._analysis_inconclusive(results)
+
+    def _judge_early(self, a: AnalysisObservation) -> None:
+        results = self._judge(a, f"early check over {a.plan.window_seconds}s: ")
+        # Early checks only ever cut a window short on failure; pass and inconclusive
+        # wait for the full window.
+        if overall(results) != "fail":
+            return
+        self._record(results, early=True)
+        self._analysis_failed(results)
+
+    def _analysis_failed(self, results: list[MetricResult]) -> None:
+        st = self.st
+        st.failed_checks += 1
+        st.inconclusive_checks = 0
+        limit = self.spec.analysis.failure_limit
+        failing = summarize(results, "fail")
+        if st.failed_checks >= limit:
+            self._rollback(
+                R.ANALYSIS_FAILED,
+                f"rolled back {self._where()} after {st.failed_checks} failed "
+                f"analyses (failureLimit {limit}): {failing}; candidate weight 0%",
+            )
+            return
+        st.step_started_at = self.ts
+        self.reason = R.ANALYSIS_FAILED
+        st.message = self._progress_message(
+            f"analysis failed ({st.failed_checks}/{limit}): {failing}; holding and retrying"
+        )
+        self._event("Warning", R.ANALYSIS_FAILED, st.message)
+
+    def _analysis_inconclusive(self, results: list[MetricResult]) -> None:
+        st = self.st
+        st.inconclusive_checks += 1
+        limit = self.spec.analysis.inconclusive_limit
+        if st.inconclusive_checks >= limit:
+            st.phase = "Paused"
+            self.reason = R.PAUSED_NO_DATA
+            st.message = self._no_data_message()
+            self._event("Warning", R.PAUSED_NO_DATA, st.message)
+            return
+        st.step_started_at = self.ts
+        self.reason = R.ANALYSIS_INCONCLUSIVE
+        st.message = self._progress_message(
+            f"analysis inconclusive ({st.inconclusive_checks}/{limit}): "
+            f"{summarize(results, 'inconclusive')}; holding weight and retrying"
+        )
+        self._event("Normal", R.ANALYSIS_INCONCLUSIVE, st.message)
+
+    def _no_data_message(self) -> str:
+        st = self.st
+        return (
+            f"paused {self._where()} after {st.inconclusive_checks} inconclusive analyses "
+            f"in a row (inconclusiveLimit {self.spec.analysis.inconclusive_limit}): "
+            f"{summarize(st.metrics, 'inconclusive')}; weight held; fix the cause, then "
+            f"annotate {ACTION_ANNOTATION}=resume:<id> (or retry:<id>)"
+        )
+
+    def _pause_user(self) -> None:
+        st = self.st
+        if st.phase != "Paused" or self.reason != R.PAUSED_BY_USER:
+            st.phase = "Paused"
+            self.reason = R.PAUSED_BY_USER
+            st.message = f"paused by spec.paused {self._where()}; weight held"
+            self._event("Normal", R.PAUSED_BY_USER, st.message)
+
+    def _paused(self) -> None:
+        st = self.st
+        if self.spec.paused:
+            self._pause_user()
+        elif st.inconclusive_checks >= self.spec.analysis.inconclusive_limit:
+            # Paused for lack of data; only a `resume` (or retry) action continues.
+            if self.reason != R.PAUSED_NO_DATA:
+                self.reason = R.PAUSED_NO_DATA
+                st.message = self._no_data_message()
+        else:
+            self._resume("resumed: spec.paused is false")
+
+    # --- conditions -------------------------------------------------------------------
+
+    def _conditions(self) -> None:
+        st = self.st
+        phase = st.phase
+        progressing: ConditionStatus = "True" if phase in ("Pending", "Progressing") else "False"
+        ready: ConditionStatus = "True" if phase == "Succeeded" else "False"
+        ready_reason = R.ROLLED_BACK if phase == "RolledBack" else self.reason
+        gen = st.observed_generation
+        conds = set_condition(
+            st.conditions, CONDITION_READY, ready, ready_reason, st.message, self.now, gen
+        )
+        st.conditions = set_condition(
+            conds, CONDITION_PROGRESSING, progressing, self.reason, st.message, self.now, gen
+        )

@@ -1,0 +1,143 @@
+"""Inputs and outputs of the canary core: observations in, status + actions out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from modelfleet.api.canary import CanaryStatus, MetricSpec, StepRecord
+from modelfleet.providers.base import Measurement
+
+# --- observations -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolReadiness:
+    """Whether a pool can take traffic, and why not in words."""
+
+    ready: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class AnalysisPlan:
+    """What the controller must measure before calling decide().
+
+    `step` and `step_started_at` identify the window; decide() ignores results whose
+    identity no longer matches the status, so a result is consumed at most once.
+    """
+
+    kind: Literal["full", "early"]
+    step: int
+    step_started_at: str
+    window_seconds: int
+    metrics: tuple[MetricSpec, ...]
+
+    def needs_stable(self, metric: MetricSpec) -> bool:
+        """Only relative thresholds need the stable pool's value."""
+        return metric.max_ratio_to_stable is not None
+
+
+@dataclass(frozen=True)
+class MetricObservation:
+    """One metric measured on both pools over the same window."""
+
+    candidate: Measurement
+    stable: Measurement | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisObservation:
+    """Results for an AnalysisPlan, keyed by metric name."""
+
+    plan: AnalysisPlan
+    metrics: Mapping[str, MetricObservation]
+
+
+@dataclass(frozen=True)
+class Observations:
+    """Everything decide() may look at besides spec, status and the time.
+
+    action: raw value of the `modelfleet.io/action` annotation (see canary.manual).
+    generation: metadata.generation of the Canary.
+    """
+
+    stable: PoolReadiness
+    candidate: PoolReadiness
+    generation: int | None = None
+    analysis: AnalysisObservation | None = None
+    action: str | None = None
+
+
+# --- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetWeight:
+    """Send `weight` percent of the route to the candidate, the rest to stable.
+
+    Emitted on every tick while the canary owns the route, so applying it must be
+    idempotent; this also heals a crash between status write and apply.
+    """
+
+    weight: int
+
+
+@dataclass(frozen=True)
+class Promote:
+    """Point the route at the candidate pool permanently (drop the weight override)."""
+
+    pool: str
+
+
+@dataclass(frozen=True)
+class RollBack:
+    """The canary was rolled back (weight already 0 via SetWeight(0)); for logs/metrics."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ScaleDownStable:
+    """Scale the old stable pool to zero; emitted only once spec.scaleDownDelay has passed."""
+
+    pool: str
+
+
+@dataclass(frozen=True)
+class RecordAnalysis:
+    """An analysis was judged (already in next_status.history); for logs/metrics."""
+
+    record: StepRecord
+    early: bool = False
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    """A Kubernetes Event on the Canary. Emitted on transitions only."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+Action = SetWeight | Promote | RollBack | ScaleDownStable | RecordAnalysis | EmitEvent
+
+
+@dataclass(frozen=True)
+class Decision:
+    """decide()'s answer.
+
+    requeue_after: seconds until decide() needs to run again (None: only on change);
+    0 means as soon as possible (e.g. an analysis is due but was not supplied).
+    """
+
+    next_status: CanaryStatus
+    actions: list[Action] = field(default_factory=list)
+    requeue_after: float | None = None
+
+    def status_changed(self, old: CanaryStatus) -> bool:
+        """True when the status must be written (skip the write when unchanged)."""
+        return self.next_status != old

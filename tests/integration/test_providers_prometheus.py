@@ -1,0 +1,238 @@
+"""The Prometheus provider against a real Prometheus scraping fake router metrics.
+
+Prometheus (the Debian/upstream binary on PATH) scrapes, every second, an in-process
+aiohttp server exposing modelfleet_router_* series through prometheus_client; a feeder
+thread drives the counters at known ratios, so the provider's answers are predictable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from modelfleet.api.canary import MetricSpec
+from modelfleet.providers.base import Measurement, MetricQuery
+from modelfleet.providers.prometheus import PrometheusProvider
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+PROMETHEUS = shutil.which("prometheus")
+pytestmark = pytest.mark.skipif(
+    PROMETHEUS is None,
+    reason="prometheus binary not on PATH (apt-get install prometheus; `make deps` does it)",
+)
+
+ERR = MetricSpec(name="err", builtin="error-rate", max=0.05)
+P95 = MetricSpec(name="p95", builtin="latency-p95", max=1.0)
+WINDOW = 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class FakeRouterMetrics:
+    """The router's upstream series, fed at a fixed pace from a thread."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "modelfleet_router_upstream_requests_total",
+            "attempts",
+            ["namespace", "pool", "outcome"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "modelfleet_router_upstream_duration_seconds",
+            "durations",
+            ["namespace", "pool"],
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        # An idle pool: its series exist but never move, so rates are 0/0 = NaN.
+        for outcome in ("ok", "upstream_error"):
+            self.requests.labels("ns", "idle", outcome)
+        self.duration.labels("ns", "idle")
+        self.stop = threading.Event()
+        self.ticks = 0
+        self.started = time.monotonic()
+
+    def counted_per_second(self) -> float:
+        """The pace actually achieved (the feeder thread may run slow on a busy box)."""
+        return 10 * self.ticks / (time.monotonic() - self.started)
+
+    def feed(self) -> None:
+        """Every 0.1 s, pool cand: 9 ok + 1 upstream_error (+1 busy, +1 client_error, which
+        must be ignored); latencies 8 x 0.05 s and 2 x 0.7 s. So error rate 0.1,
+        p95 = 0.5 + 0.5 * (9.5 - 8) / 2 = 0.875 s, 100 counted requests per second."""
+        while not self.stop.is_set():
+            r = self.requests
+            r.labels("ns", "cand", "ok").inc(9)
+            r.labels("ns", "cand", "upstream_error").inc(1)
+            r.labels("ns", "cand", "busy").inc(1)
+            r.labels("ns", "cand", "client_error").inc(1)
+            h = self.duration.labels("ns", "cand")
+            for _ in range(8):
+                h.observe(0.05)
+            for _ in range(2):
+                h.observe(0.7)
+            self.ticks += 1
+            self.stop.wait(0.1)
+
+
+@dataclass
+class Stack:
+    provider_url: str
+    prometheus: subprocess.Popen[bytes]
+    metrics: FakeRouterMetrics
+
+
+def serve_metrics(metrics: FakeRouterMetrics, port: int, ready: threading.Event) -> None:
+    async def handler(_: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.set()
+        while not metrics.stop.is_set():
+            await asyncio.sleep(0.1)
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    assert PROMETHEUS is not None
+    tmp: Path = tmp_path_factory.mktemp("prometheus")
+    metrics = FakeRouterMetrics()
+    metrics_port, prom_port = free_port(), free_port()
+    ready = threading.Event()
+    threads = [
+        threading.Thread(target=serve_metrics, args=(metrics, metrics_port, ready), daemon=True),
+        threading.Thread(target=metrics.feed, daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    assert ready.wait(10), "metrics server did not start"
+    config = tmp / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: router\n    honor_labels: true\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"
+    )
+    log = (tmp / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield Stack(f"http://127.0.0.1:{prom_port}", proc, metrics)
+    finally:
+        metrics.stop.set()
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+        log.close()
+        for t in threads:
+            t.join(5)
+
+
+async def poll(
+    fetch: Callable[[], Awaitable[Measurement]],
+    good: Callable[[Measurement], bool],
+    timeout: float = 60.0,
+) -> Measurement:
+    deadline = time.monotonic() + timeout
+    last = await fetch()
+    while not good(last):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s; last measurement {last!r}")
+        await asyncio.sleep(0.5)
+        last = await fetch()
+    return last
+
+
+def q(metric: MetricSpec, pool: str = "cand") -> MetricQuery:
+    return MetricQuery("ns", pool, metric, WINDOW, stable_pool="stable", candidate_pool="cand")
+
+
+async def test_builtin_metrics_from_real_prometheus(stack: Stack) -> None:
+    p = PrometheusProvider(stack.provider_url, timeout_seconds=2)
+    try:
+
+        def full_window(m: Measurement) -> bool:
+            expected = stack.metrics.counted_per_second() * WINDOW
+            return m.error is None and m.samples is not None and m.samples >= 0.8 * expected
+
+        # Wait until Prometheus has scraped a whole window.
+        err = await poll(lambda: p.measure(q(ERR)), full_window, timeout=90)
+        assert err.value == pytest.approx(0.1, abs=0.01)
+        # increase() extrapolates to the window edges: allow some slack.
+        expected = stack.metrics.counted_per_second() * WINDOW
+        assert err.samples == pytest.approx(expected, rel=0.25)
+        p95 = await p.measure(q(P95))
+        assert p95.error is None and p95.value == pytest.approx(0.875, abs=0.03)
+
+        idle = await p.measure(q(ERR, "idle"))
+        assert (idle.value, idle.samples, idle.error, idle.no_series) == (None, 0, None, False)
+
+        unknown = MetricSpec(name="u", query='sum(no_such_metric{pool="{{pool}}"})', max=1)
+        m = await p.measure(q(unknown))
+        assert m.no_series and m.error is None
+
+        custom = MetricSpec(
+            name="c",
+            query='sum(rate(modelfleet_router_upstream_requests_total{pool="{{pool}}"}'
+            "[{{interval}}]))",
+            max=1000,
+        )
+        m = await p.measure(q(custom))
+        # all four outcomes: 12 per tick
+        assert m.error is None
+        assert m.value == pytest.approx(1.2 * stack.metrics.counted_per_second(), rel=0.25)
+
+        bad = MetricSpec(name="b", query="sum(x{pool={{podName}}})", max=1)
+        m = await p.measure(q(bad))
+        assert m.error is not None and "unknown template key 'podName'" in m.error
+
+        syntax = MetricSpec(name="s", query="sum(rate(", max=1)
+        m = await p.measure(q(syntax))
+        assert m.error is not None and "bad_data" in m.error
+    finally:
+        await p.close()
+
+
+async def test_stopped_prometheus_is_an_error(stack: Stack) -> None:
+    stack.prometheus.terminate()
+    stack.prometheus.wait(10)
+    p = PrometheusProvider(stack.provider_url, timeout_seconds=2)
+    try:
+        m = await p.measure(q(ERR))
+        assert m.error is not None and m.value is None
+        assert "ClientConnectorError" in m.error or "Connect" in m.error
+    finally:
+        await p.close()
