@@ -23,9 +23,9 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, Any]:
     """One x-kubernetes-validations entry; the message must name the field."""
-    out = {"rule": rule, "message": message}
+    out: dict[str, Any] = {"rule": rule, "message": message}
     if field_path:
         out["fieldPath"] = field_path
     return out

@@ -37,6 +37,8 @@ NETNS = os.environ.get("MODELFLEET_DEV_NETNS", "modelfleet-pods")
 HOST_VETH, POD_VETH = "mf-host", "mf-pods"
 POD_NETWORK = "10.250.0.0/15"
 POD_GATEWAY = "10.251.255.254"
+# Linux flushes a device's routes when its last IPv4 address goes; this one stays.
+POD_ANCHOR = "10.251.255.253"
 
 
 class ClusterError(RuntimeError):
@@ -290,6 +292,7 @@ def setup_pod_network() -> None:
         _ip("link", "set", HOST_VETH, "up")
         _ip("-n", NETNS, "link", "set", "lo", "up")
         _ip("-n", NETNS, "link", "set", POD_VETH, "up")
+        _ip("-n", NETNS, "addr", "add", f"{POD_ANCHOR}/32", "dev", POD_VETH)
         _ip("-n", NETNS, "route", "add", f"{POD_GATEWAY}/32", "dev", POD_VETH)
         _ip("-n", NETNS, "route", "add", POD_NETWORK, "dev", POD_VETH)
     except subprocess.CalledProcessError as exc:
@@ -362,8 +365,8 @@ class Cluster:
         pids = state.get("pids", {})
         return (
             bool(pids)
-            and set(pids) == set(COMPONENT_PORTS)
-            and all(pid_alive(p) for p in pids.values())
+            and set(COMPONENT_PORTS) <= set(pids)
+            and all(pid_alive(pids[name]) for name in COMPONENT_PORTS)
             and apiserver_healthy(self.paths, self.ports)
             and pod_network_ready()
         )
@@ -471,11 +474,20 @@ class Cluster:
         stages = resources.files("modelfleet.dev").joinpath("kwok-stages.yaml").read_text()
         self.paths.kwok_config.write_text(stages)
 
-    def _start(self, name: str, cmd: list[str]) -> int:
+    def start_extra(self, name: str, cmd: list[str], env: dict[str, str]) -> int:
+        """Start a process that `down` stops with the cluster (the demo's operator, router)."""
+        state = _read_state(self.paths)
+        pid = self._start(name, cmd, env)
+        state.setdefault("pids", {})[name] = pid
+        _write_state(self.paths, state)
+        return pid
+
+    def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> int:
         log = self.paths.logs / f"{name}.log"
         out = log.open("ab")
         proc = subprocess.Popen(
             cmd,
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

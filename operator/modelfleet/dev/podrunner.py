@@ -145,7 +145,7 @@ class LocalProcess:
         self.probe_failures = 0
         log.info("started %s/%s pid=%s: %s", self.namespace, self.name, self.proc.pid, self.argv)
 
-    def stop(self) -> None:
+    def stop(self, release: bool = True) -> None:
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
@@ -158,7 +158,8 @@ class LocalProcess:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.info("stopped %s/%s exit=%s", self.namespace, self.name, proc.returncode)
-        self.release_address()
+        if release:
+            self.release_address()
 
     def release_address(self) -> None:
         if self.netns:
@@ -202,7 +203,7 @@ class PodRunner:
             with self.lock:
                 lp = self.processes.pop(uid, None)
             if lp is not None:
-                threading.Thread(target=lp.stop, daemon=True).start()
+                threading.Thread(target=self._stop, args=(lp,), daemon=True).start()
             return
         pod_ip = (pod.get("status") or {}).get("podIP")
         if not pod_ip or uid in self.processes:
@@ -241,6 +242,15 @@ class PodRunner:
             return
         with self.lock:
             self.processes[uid] = lp
+
+    def _stop(self, lp: LocalProcess) -> None:
+        lp.stop(release=False)
+        # kwok hands a deleted pod's IP to the next pod at once: keep the
+        # address while a newer process still serves on it.
+        with self.lock:
+            reused = any(p.pod_ip == lp.pod_ip for p in self.processes.values())
+        if not reused:
+            lp.release_address()
 
     # ---- supervision -------------------------------------------------------
     def supervise_once(self) -> None:
@@ -343,8 +353,7 @@ class PodRunner:
                     with self.lock:
                         gone = [uid for uid in self.processes if uid not in seen]
                     for uid in gone:
-                        lp = self.processes.pop(uid)
-                        lp.stop()
+                        self._stop(self.processes.pop(uid))
                     resource_version = listing["metadata"]["resourceVersion"]
                 stream = watch.Watch().stream(
                     self.core.list_pod_for_all_namespaces,

@@ -1,0 +1,169 @@
+"""`modelfleet router ...`: run the data plane."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelfleet.router.config import ConfigError, Snapshot, load_static_config
+
+if TYPE_CHECKING:
+    from modelfleet.router.server import Settings
+
+log = logging.getLogger("modelfleet.router")
+
+EXIT_CONFIG = 2
+
+
+def _positive(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return v
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "router",
+        help="run the router (data plane)",
+        description="Route image requests to ModelPool workers by intent, with weights, "
+        "retries, fallbacks and admission control.",
+    )
+    p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", metavar="FILE", help="static YAML: policies + endpoints")
+    src.add_argument("--kube", action="store_true", help="watch the Kubernetes API")
+    p.add_argument("--namespace", help="with --kube: only this namespace (default: all)")
+    p.add_argument(
+        "--kubeconfig", help="with --kube: kubeconfig path (default: in-cluster or $KUBECONFIG)"
+    )
+    p.add_argument(
+        "--request-timeout-s",
+        type=_positive,
+        default=120.0,
+        help="deadline of a client request, queueing and retries included (default 120)",
+    )
+    p.add_argument(
+        "--attempt-timeout-s",
+        type=_positive,
+        default=60.0,
+        help="deadline of one upstream attempt (default 60)",
+    )
+    p.add_argument(
+        "--connect-timeout-s", type=_positive, default=2.0, help="upstream connect (default 2)"
+    )
+    p.add_argument(
+        "--body-timeout-s",
+        type=_positive,
+        default=10.0,
+        help="a client must send its body within this (default 10)",
+    )
+    p.add_argument(
+        "--retries-per-pool",
+        type=int,
+        default=1,
+        help="other endpoints of a pool tried before falling back (default 1)",
+    )
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from modelfleet.router.server import Settings
+
+    if args.namespace and not args.kube:
+        print("--namespace needs --kube", file=sys.stderr)
+        return EXIT_CONFIG
+    snapshot = None
+    if args.config:
+        try:
+            snapshot = load_static_config(Path(args.config))
+        except ConfigError as exc:
+            print(f"invalid router config {args.config}:\n{exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    settings = Settings(
+        request_timeout_s=args.request_timeout_s,
+        attempt_timeout_s=min(args.attempt_timeout_s, args.request_timeout_s),
+        connect_timeout_s=args.connect_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        retries_per_pool=max(0, args.retries_per_pool),
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        return asyncio.run(_serve(args, settings, snapshot))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _serve(args: argparse.Namespace, settings: Settings, snapshot: Snapshot | None) -> int:
+    from aiohttp import web
+
+    from modelfleet.router.server import Router
+
+    router = Router(settings)
+    loop = asyncio.get_running_loop()
+    source = None
+    if snapshot is not None:
+        router.apply(snapshot)
+        path = Path(args.config)
+
+        def reload() -> None:
+            # SIGHUP re-reads the file; an invalid file keeps the running config.
+            try:
+                router.apply(load_static_config(path))
+                log.info("reloaded %s", path)
+            except ConfigError as exc:
+                log.error("reload of %s refused, keeping the running config:\n%s", path, exc)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    else:
+        from modelfleet.router.kube import KubeSource
+
+        try:
+            source = KubeSource(router.apply, namespace=args.namespace, kubeconfig=args.kubeconfig)
+        except Exception as exc:
+            print(f"cannot reach Kubernetes: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        await source.start()
+
+    runner = web.AppRunner(
+        router.make_app(),
+        access_log=log if args.access_log else None,
+        # A client that hangs up cancels its request and frees its slot.
+        handler_cancellation=True,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, backlog=1024)
+    await site.start()
+    # Everything loaded so far lives as long as the process: keep it out of the GC's full
+    # collections, whose pauses would otherwise land on request latency.
+    gc.collect()
+    gc.freeze()
+    log.info("router listening on %s:%s", args.host, args.port)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("router stopping")
+    if source is not None:
+        await source.stop()
+    with contextlib.suppress(Exception):
+        await runner.cleanup()
+    return 0

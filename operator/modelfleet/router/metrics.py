@@ -1,0 +1,65 @@
+"""Prometheus metrics. Names and labels are a contract: canary analysis queries them."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from modelfleet.routing.stats import LATENCY_BUCKETS
+
+PREFIX = "modelfleet_router_"
+
+
+class RouterMetrics:
+    """One registry per router instance, so tests can build several in one process.
+    modelfleet_router_in_flight and _queue_depth {namespace, policy} are gauges read off
+    the admission gates at scrape time (see server._GateCollector)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            PREFIX + "requests_total",
+            "Client requests by final outcome; pool is the pool that served ('' if none).",
+            ["namespace", "policy", "route", "pool", "outcome"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            PREFIX + "request_duration_seconds",
+            "Client-facing request duration, queueing and retries included.",
+            ["namespace", "policy", "route", "pool"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            PREFIX + "upstream_requests_total",
+            "Upstream attempts by outcome (ok, client_error, upstream_error, timeout, "
+            "connect_error, busy).",
+            ["namespace", "pool", "outcome"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            PREFIX + "upstream_duration_seconds",
+            "Duration of each upstream attempt.",
+            ["namespace", "pool"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            PREFIX + "fallbacks_total",
+            "Moves down the ladder from one pool to the next.",
+            ["namespace", "route", "from_pool", "to_pool"],
+            registry=r,
+        )
+        self.retries = Counter(
+            PREFIX + "retries_total",
+            "Retries on another endpoint of the same pool.",
+            ["namespace", "pool"],
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            PREFIX + "shadow_requests_total",
+            "Shadow (mirrored) requests by outcome; 'dropped' when the shadow budget was full, "
+            "'no_endpoints' when the shadow pool had none.",
+            ["namespace", "pool", "outcome"],
+            registry=r,
+        )

@@ -1,0 +1,442 @@
+"""The router's HTTP shell: parse, pick, admit, forward along the ladder, record.
+Decisions live in modelfleet.routing; this module does I/O and bookkeeping only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from modelfleet.router.admission import AdmissionGate, Limits, QueueTimeout, Rejected
+from modelfleet.router.config import Snapshot
+from modelfleet.router.metrics import RouterMetrics
+from modelfleet.router.upstream import AttemptResult, UpstreamClient
+from modelfleet.routing.intent import RequestError, parse_request
+from modelfleet.routing.ladder import (
+    Attempt,
+    Outcome,
+    Tried,
+    client_error_body,
+    error_json,
+    exhausted,
+)
+from modelfleet.routing.stats import HORIZON_S, AttemptStats
+from modelfleet.routing.table import (
+    PolicyTable,
+    RouteEntry,
+    choose_endpoint,
+    choose_pool,
+    match_route,
+    pool_ladder,
+    select_policy,
+)
+
+log = logging.getLogger("modelfleet.router")
+
+MAX_BODY_BYTES = 1024 * 1024
+POLICY_HEADER = "x-modelfleet-policy"
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    request_timeout_s: float = 120.0  # whole client request, queueing included
+    attempt_timeout_s: float = 60.0  # one upstream attempt
+    connect_timeout_s: float = 2.0
+    body_timeout_s: float = 10.0  # a slow client must send its body within this
+    retries_per_pool: int = 1  # extra endpoints tried in a pool before falling back
+    eject_s: float = 2.0  # how long an endpoint that refused a connection is avoided
+    shadow_max_in_flight: int = 64  # beyond this, shadow copies are dropped
+    max_connections: int = 4096
+
+
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    return web.Response(
+        status=status, body=error_json(code, message, param), content_type=JSON, headers=headers
+    )
+
+
+def _rejected(code: str, message: str, headers: Mapping[str, str]) -> web.Response:
+    # Retry-After is whole seconds (RFC 9110); retry-after-ms is the OpenAI-style hint.
+    return _error(
+        429, code, message, headers={**headers, "Retry-After": "1", "retry-after-ms": "1000"}
+    )
+
+
+class _GateCollector(Collector):
+    """in_flight and queue_depth are read off the gates at scrape time: nothing on the hot path."""
+
+    def __init__(self, gates: Callable[[], Iterable[tuple[str, str, AdmissionGate]]]) -> None:
+        self._gates = gates
+
+    def collect(self) -> Iterable[Metric]:
+        in_flight = GaugeMetricFamily(
+            "modelfleet_router_in_flight",
+            "Requests holding an admission slot.",
+            labels=["namespace", "policy"],
+        )
+        depth = GaugeMetricFamily(
+            "modelfleet_router_queue_depth",
+            "Requests waiting for an admission slot.",
+            labels=["namespace", "policy"],
+        )
+        for ns, name, gate in self._gates():
+            in_flight.add_metric([ns, name], gate.in_flight)
+            depth.add_metric([ns, name], gate.queued)
+        yield in_flight
+        yield depth
+
+
+class Router:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.metrics = RouterMetrics()
+        self.stats = AttemptStats()
+        self.snapshot: Snapshot | None = None
+        self._rnd = (rng or random.Random()).random
+        self._clock = clock
+        self._gates: dict[str, tuple[PolicyTable, AdmissionGate]] = {}
+        self._outstanding: dict[str, int] = {}
+        self._ejected_until: dict[str, float] = {}
+        self._shadow_in_flight = 0
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.upstream = UpstreamClient(
+            connect_timeout_s=self.settings.connect_timeout_s,
+            max_connections=self.settings.max_connections,
+        )
+        self.metrics.registry.register(
+            _GateCollector(lambda: [(p.namespace, p.name, g) for p, g in self._gates.values()])
+        )
+
+    # -- configuration ---------------------------------------------------------------
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Swap in a new config. Gates persist across updates so in-flight counts carry."""
+        gates: dict[str, tuple[PolicyTable, AdmissionGate]] = {}
+        for p in snapshot.policies:
+            a = p.admission
+            limits = Limits(a.max_in_flight, a.max_queue, a.queue_timeout_ms / 1000.0)
+            old = self._gates.get(p.key)
+            if old is not None:
+                old[1].update(limits)
+                gates[p.key] = (p, old[1])
+            else:
+                gates[p.key] = (p, AdmissionGate(limits))
+        # A removed policy's gate is dropped; its in-flight requests finish on their own ref.
+        self._gates = gates
+        live = {u for urls in snapshot.endpoints.values() for u in urls}
+        self._ejected_until = {u: t for u, t in self._ejected_until.items() if u in live}
+        self.snapshot = snapshot
+
+    # -- app -------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+        app.router.add_post("/v1/images/generations", self.generations)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/v1/stats", self.stats_handler)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        await self.upstream.start()
+
+    async def _on_cleanup(self, _app: web.Application) -> None:
+        for t in list(self._shadow_tasks):
+            t.cancel()
+        await self.upstream.close()
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        if self.snapshot is None or not self.snapshot.policies:
+            return _error(503, "not_ready", "no configuration (RoutingPolicy) loaded yet")
+        return web.json_response({"status": "ready", "policies": len(self.snapshot.policies)})
+
+    async def prometheus(self, _request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def stats_handler(self, request: web.Request) -> web.Response:
+        raw = request.query.get("window", "60")
+        try:
+            window = int(raw)
+        except ValueError:
+            window = 0
+        if not 1 <= window <= HORIZON_S:
+            return _error(
+                400, "invalid_request", f"window must be 1 to {HORIZON_S} seconds", "window"
+            )
+        pools = self.stats.window(window, self._clock())
+        return web.json_response(
+            {"window_seconds": window, "pools": [p.wire(self.stats.bounds) for p in pools]}
+        )
+
+    # -- the data path ---------------------------------------------------------------
+
+    async def generations(self, request: web.Request) -> web.Response:
+        start = self._clock()
+        snap = self.snapshot
+        if snap is None or not snap.policies:
+            return _error(503, "not_ready", "router has no RoutingPolicy yet")
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            return _error(413, "body_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+        try:
+            # Read the whole body before taking a slot: a slow client holds no capacity.
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "body_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+        except TimeoutError:
+            return _error(408, "body_timeout", "request body not received in time")
+
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        policy = select_policy(snap.policies, headers.get(POLICY_HEADER))
+        if policy is None:
+            return _error(
+                400,
+                "unknown_policy",
+                f"no RoutingPolicy named {headers.get(POLICY_HEADER)!r}",
+                "X-ModelFleet-Policy",
+            )
+        ns, pname = policy.namespace, policy.name
+        try:
+            parsed = parse_request(raw, headers)
+        except RequestError as exc:
+            self._finish(ns, pname, "", "", Outcome.CLIENT_ERROR, start)
+            return web.json_response(exc.body(), status=exc.status)
+        route = match_route(policy.routes, parsed.intent)
+        if route is None:
+            self._finish(ns, pname, "", "", Outcome.CLIENT_ERROR, start)
+            return _error(
+                400,
+                "no_route",
+                f"no route of RoutingPolicy {policy.key} matches this request "
+                f"(tier {parsed.intent.tier}, tags {sorted(parsed.intent.tags)})",
+            )
+        route_headers = {"X-ModelFleet-Route": route.name}
+        entry = self._gates.get(policy.key)
+        if entry is None:  # config swapped between lines above; treat as the new one
+            return _error(503, "not_ready", "configuration changed, retry")
+        gate = entry[1]
+        try:
+            await gate.acquire(parsed.intent.tier)
+        except Rejected:
+            self._finish(ns, pname, route.name, "", Outcome.REJECTED, start)
+            return _rejected(
+                "overloaded",
+                f"RoutingPolicy {policy.key} is at capacity "
+                f"({gate.limits.max_in_flight} in flight, {gate.limits.max_queue} queued)",
+                route_headers,
+            )
+        except QueueTimeout:
+            self._finish(ns, pname, route.name, "", Outcome.REJECTED, start)
+            return _rejected(
+                "queue_timeout",
+                f"no slot in RoutingPolicy {policy.key} within "
+                f"{gate.limits.queue_timeout_s * 1000:.0f} ms",
+                route_headers,
+            )
+        try:
+            body = json.dumps(parsed.forward, separators=(",", ":")).encode()
+            chosen = choose_pool(route.pools, self._rnd)
+            if route.shadow is not None and self._rnd() * 100 < route.shadow.percent:
+                self._shadow(snap, ns, route.shadow.pool, body)
+            return await self._forward(snap, ns, pname, route, chosen, body, start, route_headers)
+        except asyncio.CancelledError:
+            # The client went away; the attempt was cancelled with it.
+            self._finish(ns, pname, route.name, "", Outcome.CLIENT_ERROR, start)
+            raise
+        finally:
+            gate.release()
+
+    async def _forward(
+        self,
+        snap: Snapshot,
+        ns: str,
+        pname: str,
+        route: RouteEntry,
+        chosen: str | None,
+        body: bytes,
+        start: float,
+        headers: dict[str, str],
+    ) -> web.Response:
+        s = self.settings
+        deadline = start + s.request_timeout_s
+        ladder = pool_ladder(route, chosen)
+        tried: list[Tried] = []
+        prev: str | None = None
+        for pool in ladder:
+            endpoints = snap.endpoints.get((ns, pool), ())
+            if prev is not None and endpoints:
+                self.metrics.fallbacks.labels(ns, route.name, prev, pool).inc()
+            prev = pool
+            if not endpoints:
+                tried.append(Tried(pool, None, None))
+                continue
+            now = self._clock()
+            ejected = {e for e in endpoints if self._ejected_until.get(e, 0.0) > now}
+            used: set[str] = set()
+            for i in range(1 + s.retries_per_pool):
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return self._fail(ns, pname, route, ladder, tried, start, headers, True)
+                ep = choose_endpoint(endpoints, self._outstanding, used, ejected, self._rnd)
+                if ep is None:
+                    break
+                if i > 0:
+                    self.metrics.retries.labels(ns, pool).inc()
+                used.add(ep)
+                res = await self._attempt(ns, pool, ep, body, min(s.attempt_timeout_s, remaining))
+                tried.append(Tried(pool, ep, res.outcome))
+                if res.outcome is Attempt.OK or res.outcome is Attempt.CLIENT_ERROR:
+                    fell_back = pool != chosen
+                    out_headers = {
+                        **headers,
+                        "X-ModelFleet-Pool": pool,
+                        "X-ModelFleet-Fallback": "true" if fell_back else "false",
+                    }
+                    if res.outcome is Attempt.OK:
+                        self._finish(ns, pname, route.name, pool, Outcome.OK, start)
+                        return web.Response(
+                            status=200, body=res.body, content_type=JSON, headers=out_headers
+                        )
+                    self._finish(ns, pname, route.name, pool, Outcome.CLIENT_ERROR, start)
+                    return web.Response(
+                        status=res.status,
+                        body=client_error_body(res.status, res.body),
+                        content_type=JSON,
+                        headers=out_headers,
+                    )
+        return self._fail(ns, pname, route, ladder, tried, start, headers, False)
+
+    async def _attempt(
+        self, ns: str, pool: str, ep: str, body: bytes, timeout_s: float
+    ) -> AttemptResult:
+        self._outstanding[ep] = self._outstanding.get(ep, 0) + 1
+        t0 = self._clock()
+        try:
+            res = await self.upstream.generate(ep, body, timeout_s)
+        finally:
+            n = self._outstanding[ep] - 1
+            if n:
+                self._outstanding[ep] = n
+            else:
+                del self._outstanding[ep]
+        t1 = self._clock()
+        if res.outcome is Attempt.CONNECT_ERROR:
+            self._ejected_until[ep] = t1 + self.settings.eject_s
+        elif res.outcome is Attempt.OK and ep in self._ejected_until:
+            del self._ejected_until[ep]
+        if res.outcome is not Attempt.OK and res.outcome is not Attempt.CLIENT_ERROR:
+            log.info("attempt %s %s: %s %s", pool, ep, res.outcome, res.error)
+        self.metrics.upstream_requests.labels(ns, pool, res.outcome.value).inc()
+        self.metrics.upstream_duration.labels(ns, pool).observe(t1 - t0)
+        self.stats.record(ns, pool, res.outcome, t1 - t0, t1)
+        return res
+
+    def _fail(
+        self,
+        ns: str,
+        pname: str,
+        route: RouteEntry,
+        ladder: tuple[str, ...],
+        tried: list[Tried],
+        start: float,
+        headers: dict[str, str],
+        deadline_hit: bool,
+    ) -> web.Response:
+        f = exhausted(tried, ladder)
+        if deadline_hit:
+            status, code, outcome = 504, "timeout", Outcome.TIMEOUT
+            message = (
+                f"request deadline of {self.settings.request_timeout_s:g}s passed; {f.message}"
+            )
+        else:
+            status, code, outcome, message = f.status, f.code, f.outcome, f.message
+        self._finish(ns, pname, route.name, "", outcome, start)
+        out = {**headers, "X-ModelFleet-Fallback": "false"}
+        if status == 429:
+            return _rejected(code, message, out)
+        return _error(status, code, message, headers=out)
+
+    def _finish(
+        self, ns: str, pname: str, route: str, pool: str, outcome: Outcome, start: float
+    ) -> None:
+        self.metrics.requests.labels(ns, pname, route, pool, outcome.value).inc()
+        self.metrics.request_duration.labels(ns, pname, route, pool).observe(self._clock() - start)
+
+    # -- shadow ----------------------------------------------------------------------
+
+    def _shadow(self, snap: Snapshot, ns: str, pool: str, body: bytes) -> None:
+        """Fire and forget: the primary never waits on it, and a bounded number run at once."""
+        counter = self.metrics.shadow_requests
+        endpoints = snap.endpoints.get((ns, pool), ())
+        if not endpoints:
+            counter.labels(ns, pool, "no_endpoints").inc()
+            return
+        if self._shadow_in_flight >= self.settings.shadow_max_in_flight:
+            counter.labels(ns, pool, "dropped").inc()
+            return
+        ep = choose_endpoint(endpoints, self._outstanding, set(), set(), self._rnd)
+        if ep is None:
+            counter.labels(ns, pool, "no_endpoints").inc()
+            return
+        self._shadow_in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._shadow_run(ns, pool, ep, body))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow_run(self, ns: str, pool: str, ep: str, body: bytes) -> None:
+        self._outstanding[ep] = self._outstanding.get(ep, 0) + 1
+        try:
+            res = await self.upstream.generate(ep, body, self.settings.attempt_timeout_s)
+            self.metrics.shadow_requests.labels(ns, pool, res.outcome.value).inc()
+        finally:
+            self._shadow_in_flight -= 1
+            n = self._outstanding[ep] - 1
+            if n:
+                self._outstanding[ep] = n
+            else:
+                del self._outstanding[ep]
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own 404/405/413 answers are text; clients get the error shape everywhere."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status, "http_error"
+        )
+        return _error(exc.status, code, exc.reason or str(exc), headers=None)

@@ -1,0 +1,111 @@
+"""The retry/fallback ladder's decisions: how an upstream attempt is classified, whether it
+may be retried, and what the client gets when nothing could serve. Pure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Attempt(StrEnum):
+    """Outcome of one upstream attempt (label `outcome` of upstream_requests_total)."""
+
+    OK = "ok"
+    CLIENT_ERROR = "client_error"
+    UPSTREAM_ERROR = "upstream_error"
+    TIMEOUT = "timeout"
+    CONNECT_ERROR = "connect_error"
+    BUSY = "busy"
+
+
+class Outcome(StrEnum):
+    """Outcome of a client request (label `outcome` of requests_total)."""
+
+    OK = "ok"
+    CLIENT_ERROR = "client_error"
+    UPSTREAM_ERROR = "upstream_error"
+    TIMEOUT = "timeout"
+    REJECTED = "rejected"
+
+
+# Attempts after which the ladder moves on; anything else is the final answer.
+RETRYABLE = frozenset(
+    {Attempt.UPSTREAM_ERROR, Attempt.TIMEOUT, Attempt.CONNECT_ERROR, Attempt.BUSY}
+)
+# What counts as a pool failing (canary analysis): a busy worker is healthy, just full,
+# and a client error is the client's fault.
+POOL_ERRORS = frozenset({Attempt.UPSTREAM_ERROR, Attempt.TIMEOUT, Attempt.CONNECT_ERROR})
+
+
+def classify_response(status: int, body: bytes) -> Attempt:
+    """Classify a worker's answer. A 200 must look like a worker's JSON object with `data`:
+    a worker answering garbage is failing, and the client should get another worker's
+    image. The check is structural, not a full parse: bodies carry megabytes of base64
+    and parsing them would cost the event loop milliseconds per image."""
+    if status == 429:
+        return Attempt.BUSY
+    if 400 <= status < 500:
+        return Attempt.CLIENT_ERROR
+    if status != 200:
+        return Attempt.UPSTREAM_ERROR
+    if body.lstrip()[:1] != b"{" or body.rstrip()[-1:] != b"}" or b'"data"' not in body:
+        return Attempt.UPSTREAM_ERROR
+    return Attempt.OK
+
+
+def client_error_body(status: int, body: bytes) -> bytes:
+    """A worker's 4xx is passed through; if it is not in the error shape, wrap it."""
+    try:
+        doc = json.loads(body)
+        if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+            return body
+    except (ValueError, UnicodeDecodeError):
+        pass
+    text = body[:500].decode("utf-8", "replace")
+    return error_json("upstream_client_error", f"worker answered {status}: {text}")
+
+
+def error_json(code: str, message: str, param: str | None = None) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message, "param": param}}).encode()
+
+
+@dataclass(frozen=True)
+class Tried:
+    pool: str
+    endpoint: str | None  # None: the pool had no ready endpoint
+    outcome: Attempt | None
+
+
+@dataclass(frozen=True)
+class Failure:
+    status: int
+    code: str
+    message: str
+    outcome: Outcome
+
+
+def exhausted(tried: Sequence[Tried], ladder: Sequence[str]) -> Failure:
+    """What the client gets when every rung failed."""
+    pools = ", ".join(ladder) or "(none)"
+    attempts = [t for t in tried if t.outcome is not None]
+    if not attempts:
+        return Failure(
+            503, "no_endpoints", f"no ready endpoints in pool(s) {pools}", Outcome.UPSTREAM_ERROR
+        )
+    if all(t.outcome is Attempt.BUSY for t in attempts):
+        return Failure(
+            429, "upstream_busy", f"every worker tried is busy (pools {pools})", Outcome.REJECTED
+        )
+    detail = "; ".join(f"{t.pool} {t.endpoint}: {t.outcome}" for t in attempts)
+    if all(t.outcome is Attempt.TIMEOUT for t in attempts):
+        return Failure(
+            504, "upstream_timeout", f"pool(s) {pools} timed out ({detail})", Outcome.TIMEOUT
+        )
+    return Failure(
+        503,
+        "upstream_unavailable",
+        f"no pool could serve: tried {pools} ({detail})",
+        Outcome.UPSTREAM_ERROR,
+    )

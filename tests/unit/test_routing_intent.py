@@ -1,0 +1,130 @@
+"""Request parsing: every field's shape, router-only fields stripped, tier precedence."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from modelfleet.routing.intent import RequestError, parse_request
+
+
+def _parse(body: Any, headers: dict[str, str] | None = None) -> Any:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return parse_request(raw, headers or {})
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        (b"not json", None, "invalid_json"),
+        (b"[1, 2]", None, "invalid_json"),
+        (b'{"prompt": NaN}', None, "invalid_json"),
+        (b'{"prompt": "x", "guidance_scale": Infinity}', None, "invalid_json"),
+        ({}, "prompt", "invalid_request"),
+        ({"prompt": ""}, "prompt", "invalid_request"),
+        ({"prompt": "   "}, "prompt", "invalid_request"),
+        ({"prompt": 3}, "prompt", "invalid_request"),
+        ({"prompt": "x" * 4001}, "prompt", "invalid_request"),
+        ({"prompt": "x", "n": 0}, "n", "invalid_request"),
+        ({"prompt": "x", "n": 9}, "n", "invalid_request"),
+        ({"prompt": "x", "n": True}, "n", "invalid_request"),
+        ({"prompt": "x", "n": 1.5}, "n", "invalid_request"),
+        ({"prompt": "x", "size": "1024"}, "size", "invalid_request"),
+        ({"prompt": "x", "size": "0x512"}, "size", "invalid_request"),
+        ({"prompt": "x", "response_format": "url"}, "response_format", "invalid_request"),
+        ({"prompt": "x", "seed": -1}, "seed", "invalid_request"),
+        ({"prompt": "x", "seed": "7"}, "seed", "invalid_request"),
+        ({"prompt": "x", "steps": 0}, "steps", "invalid_request"),
+        ({"prompt": "x", "guidance_scale": "7"}, "guidance_scale", "invalid_request"),
+        ({"prompt": "x", "guidance_scale": -1}, "guidance_scale", "invalid_request"),
+        ({"prompt": "x", "negative_prompt": 1}, "negative_prompt", "invalid_request"),
+        ({"prompt": "x", "tier": "gold"}, "tier", "invalid_request"),
+        ({"prompt": "x", "tags": "a"}, "tags", "invalid_request"),
+        ({"prompt": "x", "tags": [1]}, "tags", "invalid_request"),
+        ({"prompt": "x", "tags": [""]}, "tags", "invalid_request"),
+        ({"prompt": "x", "model": "dall-e-3"}, "model", "invalid_request"),
+    ],
+)
+def test_rejects(body: Any, param: str | None, code: str) -> None:
+    with pytest.raises(RequestError) as err:
+        _parse(body)
+    assert err.value.status == 400
+    assert err.value.code == code
+    assert err.value.param == param
+    assert set(err.value.body()["error"]) == {"code", "message", "param"}
+
+
+def test_forwards_worker_fields_and_strips_router_fields() -> None:
+    body = {
+        "prompt": "a red fox",
+        "n": 2,
+        "size": "512x768",
+        "response_format": "b64_json",
+        "seed": 42,
+        "steps": 30,
+        "guidance_scale": 7.5,
+        "negative_prompt": "blurry",
+        "tier": "preview",
+        "tags": ["photoreal", "animals"],
+    }
+    p = _parse(body)
+    assert p.forward == {k: v for k, v in body.items() if k not in ("tier", "tags")}
+    assert p.intent.tier == "preview"
+    assert p.intent.tags == frozenset({"photoreal", "animals"})
+    assert p.intent.prompt == "a red fox"
+
+
+@pytest.mark.parametrize(
+    ("body_tier", "header", "expected"),
+    [
+        (None, None, "production"),
+        (None, "preview", "preview"),
+        (None, " Preview ", "preview"),
+        ("production", "preview", "production"),  # the body is more specific
+        ("preview", None, "preview"),
+    ],
+)
+def test_tier_precedence(body_tier: str | None, header: str | None, expected: str) -> None:
+    body: dict[str, Any] = {"prompt": "x"}
+    if body_tier:
+        body["tier"] = body_tier
+    headers = {"x-modelfleet-tier": header} if header else {}
+    assert _parse(body, headers).intent.tier == expected
+
+
+def test_bad_tier_header_names_the_header() -> None:
+    with pytest.raises(RequestError) as err:
+        _parse({"prompt": "x"}, {"x-modelfleet-tier": "gold"})
+    assert err.value.param == "X-ModelFleet-Tier"
+
+
+def test_null_seed_is_allowed() -> None:
+    assert _parse({"prompt": "x", "seed": None}).forward["seed"] is None
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=8,
+)
+_fields = st.sampled_from(
+    ["prompt", "n", "size", "response_format", "seed", "steps", "guidance_scale",
+     "negative_prompt", "tier", "tags", "other"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_fields, _json, max_size=6) | _json, st.binary(max_size=64))
+def test_fuzz_only_request_errors(doc: Any, junk: bytes) -> None:
+    """Whatever arrives, the parser answers with a result or a 400, nothing else."""
+    for raw in (json.dumps(doc).encode(), junk):
+        try:
+            p = parse_request(raw, {})
+        except RequestError as exc:
+            assert exc.status == 400
+        else:
+            json.dumps(p.forward)  # what we forward is always serialisable
+            assert "tier" not in p.forward and "tags" not in p.forward
