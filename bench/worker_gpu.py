@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from modelfleet_worker.batching import BatchKey
 from modelfleet_worker.compat import DenoiserSpec, VaeSpec, check_pairing
 from modelfleet_worker.config import WorkerConfig

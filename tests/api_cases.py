@@ -50,15 +50,37 @@ INVALID: list[Invalid] = [
     # ModelPool
     Invalid("pool-family-enum", POOL, ("spec", "model", "family"), "dalle", "spec.model.family"),
     Invalid("pool-source-required", POOL, ("spec", "model", "source"), DELETE, "spec.model.source"),
-    Invalid("pool-source-scheme", POOL, ("spec", "model", "source"), "ftp://x/y", "spec.model.source"),
+    Invalid(
+        "pool-source-scheme", POOL, ("spec", "model", "source"), "ftp://x/y", "spec.model.source"
+    ),
     Invalid("pool-dtype-enum", POOL, ("spec", "model", "dtype"), "int4", "spec.model.dtype"),
     Invalid("pool-replicas-max", POOL, ("spec", "replicas"), 1001, "spec.replicas"),
     Invalid("pool-replicas-negative", POOL, ("spec", "replicas"), -1, "spec.replicas"),
-    Invalid("pool-batch-max", POOL, ("spec", "batching", "maxBatchSize"), 65, "spec.batching.maxBatchSize"),
-    Invalid("pool-batch-zero", POOL, ("spec", "batching", "maxBatchSize"), 0, "spec.batching.maxBatchSize"),
-    Invalid("pool-latency-max", POOL, ("spec", "batching", "maxLatencyMs"), 10001, "spec.batching.maxLatencyMs"),
+    Invalid(
+        "pool-batch-max",
+        POOL,
+        ("spec", "batching", "maxBatchSize"),
+        65,
+        "spec.batching.maxBatchSize",
+    ),
+    Invalid(
+        "pool-batch-zero",
+        POOL,
+        ("spec", "batching", "maxBatchSize"),
+        0,
+        "spec.batching.maxBatchSize",
+    ),
+    Invalid(
+        "pool-latency-max",
+        POOL,
+        ("spec", "batching", "maxLatencyMs"),
+        10001,
+        "spec.batching.maxLatencyMs",
+    ),
     Invalid("pool-gpu-count", POOL, ("spec", "gpu", "count"), 17, "spec.gpu.count"),
-    Invalid("pool-vae-family", POOL, ("spec", "model", "vae", "family"), "sd3", "spec.model.vae.family"),
+    Invalid(
+        "pool-vae-family", POOL, ("spec", "model", "vae", "family"), "sd3", "spec.model.vae.family"
+    ),
     Invalid("pool-unknown-field", POOL, ("spec", "replica"), 3, "replica"),
     Invalid("pool-type", POOL, ("spec", "replicas"), "three", "spec.replicas"),
     # RoutingPolicy
@@ -70,12 +92,32 @@ INVALID: list[Invalid] = [
         [{"name": "a", "pool": "x"}, {"name": "a", "pool": "y"}],
         "spec.routes[1]",
     ),
-    Invalid("policy-route-name", POLICY, ("spec", "routes", 0, "name"), "Bad_Name", "spec.routes[0].name"),
-    Invalid("policy-tier-enum", POLICY, ("spec", "routes", 1, "match", "tiers"), ["draft"], "spec.routes[1].match.tiers[0]"),
-    Invalid("policy-inflight-min", POLICY, ("spec", "admission", "maxInFlight"), 0, "spec.admission.maxInFlight"),
+    Invalid(
+        "policy-route-name",
+        POLICY,
+        ("spec", "routes", 0, "name"),
+        "Bad_Name",
+        "spec.routes[0].name",
+    ),
+    Invalid(
+        "policy-tier-enum",
+        POLICY,
+        ("spec", "routes", 1, "match", "tiers"),
+        ["draft"],
+        "spec.routes[1].match.tiers[0]",
+    ),
+    Invalid(
+        "policy-inflight-min",
+        POLICY,
+        ("spec", "admission", "maxInFlight"),
+        0,
+        "spec.admission.maxInFlight",
+    ),
     Invalid("policy-unknown-field", POLICY, ("spec", "routes", 0, "weight"), 5, "weight"),
     # Canary
-    Invalid("canary-same-pools", CANARY, ("spec", "candidatePool"), "production", "spec.candidatePool"),
+    Invalid(
+        "canary-same-pools", CANARY, ("spec", "candidatePool"), "production", "spec.candidatePool"
+    ),
     Invalid("canary-steps-order", CANARY, ("spec", "steps"), [10, 60, 30, 100], "spec.steps"),
     Invalid("canary-steps-duplicate", CANARY, ("spec", "steps"), [10, 10, 100], "spec.steps"),
     Invalid("canary-steps-last", CANARY, ("spec", "steps"), [10, 30, 60], "spec.steps"),
@@ -83,7 +125,13 @@ INVALID: list[Invalid] = [
     Invalid("canary-steps-above", CANARY, ("spec", "steps"), [50, 100, 101], "spec.steps[2]"),
     Invalid("canary-interval-format", CANARY, ("spec", "interval"), "5 minutes", "spec.interval"),
     Invalid("canary-interval-min", CANARY, ("spec", "interval"), "500ms", "spec.interval"),
-    Invalid("canary-provider-enum", CANARY, ("spec", "analysis", "provider", "type"), "datadog", "spec.analysis.provider.type"),
+    Invalid(
+        "canary-provider-enum",
+        CANARY,
+        ("spec", "analysis", "provider", "type"),
+        "datadog",
+        "spec.analysis.provider.type",
+    ),
     Invalid(
         "canary-prometheus-address",
         CANARY,

@@ -42,7 +42,11 @@ class LocalCluster:
         from modelfleet.dev import binaries
 
         path = ":".join(str(d) for d in binaries.bin_dirs())
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": f"{path}:{os.environ['PATH']}"}
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{path}:{os.environ['PATH']}",
+        }
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +77,9 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
     name = f"t-{base}-{digest}"
     core = k8s.CoreV1Api(cluster.api)
     labels = getattr(request, "param", None) or {}
-    core.create_namespace({"metadata": {"name": name, "labels": {"modelfleet.io/test": "true", **labels}}})
+    core.create_namespace(
+        {"metadata": {"name": name, "labels": {"modelfleet.io/test": "true", **labels}}}
+    )
     bootstrap.wait_default_service_account(cluster.api, name, timeout=30)
     yield name
     core.delete_namespace(name)
@@ -84,6 +90,10 @@ def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
     """One real operator process for the whole session (tests may kill and replace it)."""
     from operator_fixture import OperatorManager
 
+    from modelfleet.dev.cluster import Cluster
+
+    # Exactly one operator may act: stop the one `make demo` left running.
+    Cluster().stop_extra("operator")
     manager = OperatorManager(cluster.kubeconfig, tmp_path_factory.mktemp("operator-logs"))
     manager.ensure_running()
     yield manager

@@ -70,7 +70,9 @@ class OperatorManager:
     main: OperatorProcess | None = None
     counter: int = 0
 
-    def spawn(self, identity: str | None = None, extra_args: list[str] | None = None) -> OperatorProcess:
+    def spawn(
+        self, identity: str | None = None, extra_args: list[str] | None = None
+    ) -> OperatorProcess:
         self.counter += 1
         ident = identity or f"op-{self.counter}"
         return OperatorProcess(self.kubeconfig, self.log_dir, ident, extra_args or []).start()

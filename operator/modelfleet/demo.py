@@ -53,9 +53,18 @@ POLICY = {
     "metadata": {"name": "images"},
     "spec": {
         "routes": [
-            {"name": "typography", "match": {"promptPatterns": ['"[^"]+"', r"\blogo\b"]},
-             "pool": "typography", "fallbacks": ["production"]},
-            {"name": "preview", "match": {"tiers": ["preview"]}, "pool": "preview", "fallbacks": ["production"]},
+            {
+                "name": "typography",
+                "match": {"promptPatterns": ['"[^"]+"', r"\blogo\b"]},
+                "pool": "typography",
+                "fallbacks": ["production"],
+            },
+            {
+                "name": "preview",
+                "match": {"tiers": ["preview"]},
+                "pool": "preview",
+                "fallbacks": ["production"],
+            },
             {"name": "default", "pool": "production", "fallbacks": ["preview"]},
         ]
     },
@@ -70,7 +79,12 @@ def _apply_custom(api: k8s.ApiClient, plural: str, doc: dict[str, Any]) -> None:
         if exc.status != 409:
             raise
         custom.patch_namespaced_custom_object(
-            "modelfleet.io", "v1alpha1", NAMESPACE, plural, doc["metadata"]["name"], {"spec": doc["spec"]}
+            "modelfleet.io",
+            "v1alpha1",
+            NAMESPACE,
+            plural,
+            doc["metadata"]["name"],
+            {"spec": doc["spec"]},
         )
 
 
@@ -122,10 +136,19 @@ def main() -> int:
     if not (model_dir / "model_index.json").exists():
         say("writing a tiny randomly initialised diffusers pipeline (no downloads)")
         subprocess.run(
-            [str(Path(sys.executable).parent / "modelfleet-worker"), "tiny-model", "--out", str(model_dir)],
+            [
+                str(Path(sys.executable).parent / "modelfleet-worker"),
+                "tiny-model",
+                "--out",
+                str(model_dir),
+            ],
             check=True,
         )
-    for name, tags in (("typography", ["typography"]), ("preview", ["preview"]), ("production", ["photoreal"])):
+    for name, tags in (
+        ("typography", ["typography"]),
+        ("preview", ["preview"]),
+        ("production", ["photoreal"]),
+    ):
         _apply_custom(api, "modelpools", _pool(name, model_dir, tags))
     _apply_custom(api, "routingpolicies", POLICY)
     say("created ModelPools typography, preview, production and RoutingPolicy images")
@@ -133,8 +156,12 @@ def main() -> int:
     custom = k8s.CustomObjectsApi(api)
 
     def all_ready() -> bool:
-        pools = custom.list_namespaced_custom_object("modelfleet.io", "v1alpha1", NAMESPACE, "modelpools")
-        phases = {p["metadata"]["name"]: (p.get("status") or {}).get("phase") for p in pools["items"]}
+        pools = custom.list_namespaced_custom_object(
+            "modelfleet.io", "v1alpha1", NAMESPACE, "modelpools"
+        )
+        phases = {
+            p["metadata"]["name"]: (p.get("status") or {}).get("phase") for p in pools["items"]
+        }
         return len(phases) == 3 and all(v == "Ready" for v in phases.values())
 
     _wait(all_ready, 300, "pools Ready (real tiny-model workers loading)")
@@ -143,8 +170,17 @@ def main() -> int:
     if "router" not in cluster.running():
         cluster.start_extra(
             "router",
-            [sys.executable, "-m", "modelfleet.cli", "router", "--kube", "--host", "127.0.0.1",
-             "--port", str(ROUTER_PORT)],
+            [
+                sys.executable,
+                "-m",
+                "modelfleet.cli",
+                "router",
+                "--kube",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ROUTER_PORT),
+            ],
             env,
         )
 
@@ -162,7 +198,9 @@ def main() -> int:
         ("a quick sketch of a lighthouse", "preview"),
         ("a photoreal mountain lake at dawn", "production"),
     ):
-        status, headers, body = _wait(lambda p=prompt, t=tier: _ok(_post(p, t)), 120, "a routed image")
+        status, headers, body = _wait(
+            lambda p=prompt, t=tier: _ok(_post(p, t)), 120, "a routed image"
+        )
         png = base64.b64decode(body["data"][0]["b64_json"])
         say(
             f"{status} route={headers.get('X-ModelFleet-Route')} pool={headers.get('X-ModelFleet-Pool')} "
@@ -180,7 +218,9 @@ def main() -> int:
     return 0
 
 
-def _ok(result: tuple[int, dict[str, str], dict[str, Any]]) -> tuple[int, dict[str, str], dict[str, Any]] | None:
+def _ok(
+    result: tuple[int, dict[str, str], dict[str, Any]],
+) -> tuple[int, dict[str, str], dict[str, Any]] | None:
     return result if result[0] == 200 else None
 
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import yaml
-from api_cases import INVALID, Invalid, example_files
-from conftest import LocalCluster, wait_for
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
+from api_cases import INVALID, Invalid, example_files
+from conftest import LocalCluster, wait_for
 from modelfleet.dev import bootstrap
 
 pytestmark = pytest.mark.cluster
@@ -39,7 +39,11 @@ def test_crds_established_with_short_names(cluster: LocalCluster) -> None:
 
 def test_kubectl_reports_real_server_version(cluster: LocalCluster) -> None:
     out = subprocess.run(
-        ["kubectl", "version", "-o", "yaml"], env=cluster.env(), capture_output=True, text=True, check=True
+        ["kubectl", "version", "-o", "yaml"],
+        env=cluster.env(),
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     version = yaml.safe_load(out)
     from modelfleet.dev.binaries import KUBERNETES_VERSION
@@ -90,7 +94,9 @@ def _gpu_deployment(name: str, gpus: int) -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": {"app": name}},
                 "spec": {
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "tolerations": [
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
                     "containers": [
                         {
                             "name": "c",
@@ -118,27 +124,37 @@ def test_gpu_deployment_lands_on_gpu_node(cluster: LocalCluster, namespace: str)
     assert pod.status.pod_ip.startswith("10.25")
 
 
-def test_oversized_gpu_request_stays_pending_unschedulable(cluster: LocalCluster, namespace: str) -> None:
+def test_oversized_gpu_request_stays_pending_unschedulable(
+    cluster: LocalCluster, namespace: str
+) -> None:
     apps, core = k8s.AppsV1Api(cluster.api), k8s.CoreV1Api(cluster.api)
     apps.create_namespaced_deployment(namespace, _gpu_deployment("huge", 9))
 
     def unschedulable() -> Any:
         for pod in core.list_namespaced_pod(namespace, label_selector="app=huge").items:
             for cond in pod.status.conditions or []:
-                if cond.type == "PodScheduled" and cond.status == "False" and cond.reason == "Unschedulable":
+                if (
+                    cond.type == "PodScheduled"
+                    and cond.status == "False"
+                    and cond.reason == "Unschedulable"
+                ):
                     return pod
         return None
 
     pod = wait_for(unschedulable, timeout=60, what="Unschedulable condition")
     assert pod.status.phase == "Pending"
-    assert "nvidia.com/gpu" in next(c.message for c in pod.status.conditions if c.type == "PodScheduled")
+    assert "nvidia.com/gpu" in next(
+        c.message for c in pod.status.conditions if c.type == "PodScheduled"
+    )
 
 
 def test_garbage_collection_of_owned_objects(cluster: LocalCluster, namespace: str) -> None:
     core = k8s.CoreV1Api(cluster.api)
     owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
     ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
-    core.create_namespaced_config_map(namespace, {"metadata": {"name": "child", "ownerReferences": [ref]}})
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "child", "ownerReferences": [ref]}}
+    )
     core.delete_namespaced_config_map("owner", namespace)
 
     def child_gone() -> bool:
@@ -151,13 +167,19 @@ def test_garbage_collection_of_owned_objects(cluster: LocalCluster, namespace: s
     wait_for(child_gone, timeout=60, what="child garbage-collected")
 
 
-def test_pod_runner_serves_http_through_endpointslice(cluster: LocalCluster, namespace: str) -> None:
+def test_pod_runner_serves_http_through_endpointslice(
+    cluster: LocalCluster, namespace: str
+) -> None:
     core = k8s.CoreV1Api(cluster.api)
     discovery = k8s.DiscoveryV1Api(cluster.api)
     import sys
 
     pod = {
-        "metadata": {"name": "web", "labels": {"app": "web"}, "annotations": {"modelfleet.io/local-run": "true"}},
+        "metadata": {
+            "name": "web",
+            "labels": {"app": "web"},
+            "annotations": {"modelfleet.io/local-run": "true"},
+        },
         "spec": {
             "nodeName": bootstrap.SYSTEM_NODE,
             "containers": [
@@ -165,7 +187,9 @@ def test_pod_runner_serves_http_through_endpointslice(cluster: LocalCluster, nam
                     "name": "web",
                     "image": "python:3.11",
                     "command": [sys.executable, "-m", "http.server", "8080", "--bind", "$(POD_IP)"],
-                    "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                    "env": [
+                        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+                    ],
                     "ports": [{"name": "http", "containerPort": 8080}],
                     "readinessProbe": {"httpGet": {"path": "/", "port": 8080}},
                 }
@@ -175,11 +199,19 @@ def test_pod_runner_serves_http_through_endpointslice(cluster: LocalCluster, nam
     core.create_namespaced_pod(namespace, pod)
     core.create_namespaced_service(
         namespace,
-        {"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
+        {
+            "metadata": {"name": "web"},
+            "spec": {
+                "selector": {"app": "web"},
+                "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            },
+        },
     )
 
     def ready_endpoint() -> str | None:
-        slices = discovery.list_namespaced_endpoint_slice(namespace, label_selector="kubernetes.io/service-name=web")
+        slices = discovery.list_namespaced_endpoint_slice(
+            namespace, label_selector="kubernetes.io/service-name=web"
+        )
         for s in slices.items:
             port = next((p.port for p in s.ports or [] if p.name == "http"), None)
             for ep in s.endpoints or []:

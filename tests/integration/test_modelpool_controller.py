@@ -8,10 +8,11 @@ import signal
 from typing import Any
 
 import pytest
-from api_cases import example
-from conftest import LocalCluster, wait_for
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
+
+from api_cases import example
+from conftest import LocalCluster, wait_for
 
 pytestmark = pytest.mark.cluster
 GROUP, VERSION, PLURAL = "modelfleet.io", "v1alpha1", "modelpools"
@@ -30,7 +31,9 @@ def _custom(cluster: LocalCluster) -> k8s.CustomObjectsApi:
 
 
 def _get(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = _custom(cluster).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+    obj: dict[str, Any] = _custom(cluster).get_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, name
+    )
     return obj
 
 
@@ -41,7 +44,9 @@ def _condition(pool: dict[str, Any], type_: str) -> dict[str, Any]:
     return {}
 
 
-def _ready(cluster: LocalCluster, ns: str, name: str, generation: int | None = None) -> dict[str, Any] | None:
+def _ready(
+    cluster: LocalCluster, ns: str, name: str, generation: int | None = None
+) -> dict[str, Any] | None:
     pool = _get(cluster, ns, name)
     status = pool.get("status") or {}
     gen = generation or pool["metadata"]["generation"]
@@ -54,7 +59,9 @@ def _create(cluster: LocalCluster, ns: str, doc: dict[str, Any]) -> None:
     _custom(cluster).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, doc)
 
 
-def test_pool_creates_children_and_becomes_ready(cluster: LocalCluster, namespace: str, operator: Any) -> None:
+def test_pool_creates_children_and_becomes_ready(
+    cluster: LocalCluster, namespace: str, operator: Any
+) -> None:
     _create(cluster, namespace, _pool("sdxl"))
     pool = wait_for(lambda: _ready(cluster, namespace, "sdxl"), timeout=60, what="pool Ready")
     assert pool["status"]["readyReplicas"] == pool["status"]["replicas"] == 2
@@ -62,7 +69,11 @@ def test_pool_creates_children_and_becomes_ready(cluster: LocalCluster, namespac
     assert _condition(pool, "Degraded")["status"] == "False"
     assert pool["status"]["service"] == "sdxl"
 
-    apps, core, policy = k8s.AppsV1Api(cluster.api), k8s.CoreV1Api(cluster.api), k8s.PolicyV1Api(cluster.api)
+    apps, core, policy = (
+        k8s.AppsV1Api(cluster.api),
+        k8s.CoreV1Api(cluster.api),
+        k8s.PolicyV1Api(cluster.api),
+    )
     dep = apps.read_namespaced_deployment("sdxl", namespace)
     assert dep.metadata.owner_references[0].kind == "ModelPool"
     pod_spec = dep.spec.template.spec
@@ -88,11 +99,21 @@ def test_pool_creates_children_and_becomes_ready(cluster: LocalCluster, namespac
     assert len(pods) == 2
     for pod in pods:
         assert pod.status.phase == "Running"
-        assert core.read_node(pod.spec.node_name).metadata.labels.get("nvidia.com/gpu.present") == "true"
+        assert (
+            core.read_node(pod.spec.node_name).metadata.labels.get("nvidia.com/gpu.present")
+            == "true"
+        )
 
     wait_for(
-        lambda: {"Created", "Ready"}
-        <= {e.reason for e in core.list_namespaced_event(namespace, field_selector="involvedObject.kind=ModelPool").items},
+        lambda: (
+            {"Created", "Ready"}
+            <= {
+                e.reason
+                for e in core.list_namespaced_event(
+                    namespace, field_selector="involvedObject.kind=ModelPool"
+                ).items
+            }
+        ),
         timeout=10,
         what="Created and Ready events",
     )
@@ -104,7 +125,11 @@ def test_spec_change_rolls_deployment(cluster: LocalCluster, namespace: str, ope
     apps = k8s.AppsV1Api(cluster.api)
     before = apps.read_namespaced_deployment("roll", namespace).metadata.generation
     patched = _custom(cluster).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, "roll",
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "roll",
         {"spec": {"image": "registry.local/worker:2", "batching": {"maxBatchSize": 8}}},
     )
     gen = patched["metadata"]["generation"]
@@ -119,7 +144,9 @@ def test_spec_change_rolls_deployment(cluster: LocalCluster, namespace: str, ope
     assert _condition(pool, "Progressing")["reason"] == "RolloutComplete"
 
 
-def test_drift_is_repaired_and_deletion_cascades(cluster: LocalCluster, namespace: str, operator: Any) -> None:
+def test_drift_is_repaired_and_deletion_cascades(
+    cluster: LocalCluster, namespace: str, operator: Any
+) -> None:
     _create(cluster, namespace, _pool("drift"))
     wait_for(lambda: _ready(cluster, namespace, "drift"), timeout=60, what="pool Ready")
     apps, core = k8s.AppsV1Api(cluster.api), k8s.CoreV1Api(cluster.api)
@@ -137,22 +164,33 @@ def test_drift_is_repaired_and_deletion_cascades(cluster: LocalCluster, namespac
     wait_for(recreated, timeout=20, what="deleted Deployment recreated")
 
     apps.patch_namespaced_deployment(
-        "drift", namespace, {"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "evil:1"}]}}}}
+        "drift",
+        namespace,
+        {"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "evil:1"}]}}}},
     )
     wait_for(
-        lambda: apps.read_namespaced_deployment("drift", namespace).spec.template.spec.containers[0].image
-        != "evil:1",
+        lambda: (
+            apps.read_namespaced_deployment("drift", namespace)
+            .spec.template.spec.containers[0]
+            .image
+            != "evil:1"
+        ),
         timeout=20,
         what="edited pod template restored",
     )
     core.delete_namespaced_service("drift", namespace)
-    wait_for(lambda: _exists(lambda: core.read_namespaced_service("drift", namespace)), timeout=20,
-             what="deleted Service recreated")
+    wait_for(
+        lambda: _exists(lambda: core.read_namespaced_service("drift", namespace)),
+        timeout=20,
+        what="deleted Service recreated",
+    )
 
     _custom(cluster).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "drift")
     wait_for(
-        lambda: not _exists(lambda: apps.read_namespaced_deployment("drift", namespace))
-        and not _exists(lambda: core.read_namespaced_service("drift", namespace)),
+        lambda: (
+            not _exists(lambda: apps.read_namespaced_deployment("drift", namespace))
+            and not _exists(lambda: core.read_namespaced_service("drift", namespace))
+        ),
         timeout=60,
         what="children garbage-collected",
     )
@@ -191,7 +229,10 @@ def test_unplaceable_pool_is_degraded_then_recovers(
     assert _condition(pool, "Ready")["status"] == "False"
     core = k8s.CoreV1Api(cluster.api)
     wait_for(
-        lambda: any(e.reason == reason and e.type == "Warning" for e in core.list_namespaced_event(namespace).items),
+        lambda: any(
+            e.reason == reason and e.type == "Warning"
+            for e in core.list_namespaced_event(namespace).items
+        ),
         timeout=10,
         what=f"Warning event {reason}",
     )
@@ -199,23 +240,33 @@ def test_unplaceable_pool_is_degraded_then_recovers(
     fixed = _custom(cluster).patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "bad", {"spec": {"gpu": {"count": 1, "product": None}}}
     )
-    wait_for(lambda: _ready(cluster, namespace, "bad", fixed["metadata"]["generation"]), timeout=60,
-             what="pool Ready after fix")
+    wait_for(
+        lambda: _ready(cluster, namespace, "bad", fixed["metadata"]["generation"]),
+        timeout=60,
+        what="pool Ready after fix",
+    )
 
 
-def test_two_operators_one_leader_and_takeover(cluster: LocalCluster, namespace: str, operator: Any) -> None:
+def test_two_operators_one_leader_and_takeover(
+    cluster: LocalCluster, namespace: str, operator: Any
+) -> None:
     active = operator.ensure_running()
     standby = operator.spawn()
     try:
-        wait_for(lambda: "standing by" in standby.log(), timeout=30, what="second operator stands by")
+        wait_for(
+            lambda: "standing by" in standby.log(), timeout=30, what="second operator stands by"
+        )
         coord = k8s.CoordinationV1Api(cluster.api)
         lease = coord.read_namespaced_lease("modelfleet-operator", "kube-system")
         assert lease.spec.holder_identity == active.identity
 
         active.kill(signal.SIGKILL)
         _create(cluster, namespace, _pool("after-failover"))
-        wait_for(lambda: _ready(cluster, namespace, "after-failover"), timeout=60,
-                 what="standby takes over and reconciles")
+        wait_for(
+            lambda: _ready(cluster, namespace, "after-failover"),
+            timeout=60,
+            what="standby takes over and reconciles",
+        )
         lease = coord.read_namespaced_lease("modelfleet-operator", "kube-system")
         assert lease.spec.holder_identity == standby.identity
         operator.main = standby  # the standby is now the session's operator
@@ -224,7 +275,9 @@ def test_two_operators_one_leader_and_takeover(cluster: LocalCluster, namespace:
             standby.kill(signal.SIGTERM)
 
 
-def test_operator_killed_mid_reconcile_converges(cluster: LocalCluster, namespace: str, operator: Any) -> None:
+def test_operator_killed_mid_reconcile_converges(
+    cluster: LocalCluster, namespace: str, operator: Any
+) -> None:
     main = operator.ensure_running()
     names = [f"p{i}" for i in range(6)]
     for name in names:
@@ -232,7 +285,9 @@ def test_operator_killed_mid_reconcile_converges(cluster: LocalCluster, namespac
     main.kill(signal.SIGKILL)  # mid-reconcile: some pools are half done
     operator.ensure_running()
     for name in names:
-        wait_for(lambda n=name: _ready(cluster, namespace, n), timeout=90, what=f"pool {name} Ready")
+        wait_for(
+            lambda n=name: _ready(cluster, namespace, n), timeout=90, what=f"pool {name} Ready"
+        )
     apps = k8s.AppsV1Api(cluster.api)
     deps = apps.list_namespaced_deployment(namespace).items
     assert sorted(d.metadata.name for d in deps) == sorted(names)

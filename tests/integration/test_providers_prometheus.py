@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
 from modelfleet.api.canary import MetricSpec
 from modelfleet.providers.base import Measurement, MetricQuery
 from modelfleet.providers.prometheus import PrometheusProvider
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(

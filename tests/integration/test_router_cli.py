@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import yaml
+
 from modelfleet.router.testing import free_port, policy
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from modelfleet.router.testing import RouterProcess, free_port, policy, write_config
 
 pytestmark = pytest.mark.timeout(180)

@@ -10,8 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import LocalCluster
 from kubernetes import client as k8s
+
+from conftest import LocalCluster
 from modelfleet.router.fakeworker import FakeWorker
 from modelfleet.router.testing import RouterProcess
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from modelfleet.router.fakeworker import FakeWorker
 from modelfleet.router.testing import RouterProcess, policy, write_config
-from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.timeout(120)
 

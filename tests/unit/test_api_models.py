@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from api_cases import INVALID, Invalid, example_files
 from pydantic import ValidationError
 
+from api_cases import INVALID, Invalid, example_files
 from modelfleet.api import Canary, ModelPool, parse
 from modelfleet.api.common import parse_duration
 

@@ -18,7 +18,11 @@ def pool(**spec: Any) -> ModelPool:
     base: dict[str, Any] = {"model": {"source": "file:///models/tiny", "family": "sd15"}}
     base.update(spec)
     return ModelPool.model_validate(
-        {"kind": "ModelPool", "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "generation": 3}, "spec": base}
+        {
+            "kind": "ModelPool",
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "generation": 3},
+            "spec": base,
+        }
     )
 
 
@@ -44,7 +48,9 @@ def test_model_location(source: str, uri: str, pvc: bool, fetch: bool) -> None:
         ({"count": 1, "product": "NVIDIA-A100"}, True, "NVIDIA-A100"),
     ],
 )
-def test_deployment_gpu_placement(gpu: dict[str, Any], tolerated: bool, selector: str | None) -> None:
+def test_deployment_gpu_placement(
+    gpu: dict[str, Any], tolerated: bool, selector: str | None
+) -> None:
     dep = build.deployment(pool(gpu=gpu), build.BuildSettings())
     spec = dep["spec"]["template"]["spec"]
     limits = spec["containers"][0]["resources"]["limits"]
@@ -57,8 +63,12 @@ def test_deployment_is_restricted_and_owned() -> None:
     dep = build.deployment(pool(), build.BuildSettings())
     meta = dep["metadata"]
     assert meta["ownerReferences"][0] == {
-        "apiVersion": "modelfleet.io/v1alpha1", "kind": "ModelPool", "name": "p", "uid": "u1",
-        "controller": True, "blockOwnerDeletion": True,
+        "apiVersion": "modelfleet.io/v1alpha1",
+        "kind": "ModelPool",
+        "name": "p",
+        "uid": "u1",
+        "controller": True,
+        "blockOwnerDeletion": True,
     }
     spec = dep["spec"]["template"]["spec"]
     assert spec["securityContext"]["runAsNonRoot"] is True
@@ -74,8 +84,13 @@ def test_worker_env_carries_pool_settings_and_overrides() -> None:
     p = pool(
         batching={"maxBatchSize": 8, "maxLatencyMs": 40, "memoryAware": False},
         limits={"maxResolution": 768, "maxSteps": 12},
-        worker={"env": [{"name": "MODELFLEET_WORKER_MAX_STEPS", "value": "9"}, {"name": "X", "value": "1"}],
-                "args": ["--compile"]},
+        worker={
+            "env": [
+                {"name": "MODELFLEET_WORKER_MAX_STEPS", "value": "9"},
+                {"name": "X", "value": "1"},
+            ],
+            "args": ["--compile"],
+        },
     )
     env = {e["name"]: e.get("value") for e in build.worker_env(p)}
     assert env["MODELFLEET_WORKER_MAX_BATCH_SIZE"] == "8"
@@ -84,7 +99,9 @@ def test_worker_env_carries_pool_settings_and_overrides() -> None:
     assert env["MODELFLEET_WORKER_MAX_RESOLUTION"] == "768"
     assert env["MODELFLEET_WORKER_MAX_STEPS"] == "9"  # spec.worker.env wins
     assert env["X"] == "1"
-    assert build.deployment(p, build.BuildSettings())["spec"]["template"]["spec"]["containers"][0]["args"] == ["--compile"]
+    assert build.deployment(p, build.BuildSettings())["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ] == ["--compile"]
 
 
 @pytest.mark.parametrize(
@@ -117,30 +134,50 @@ CPU = ps.NodeSummary("c1", None, 0)
         ({"count": 1}, [ps.NodeSummary("n2", "X", 8, schedulable=False)], ps.INSUFFICIENT_GPUS),
     ],
 )
-def test_placement_problem(gpu: dict[str, Any], nodes: list[ps.NodeSummary], reason: str | None) -> None:
+def test_placement_problem(
+    gpu: dict[str, Any], nodes: list[ps.NodeSummary], reason: str | None
+) -> None:
     got = ps.placement_problem(pool(gpu=gpu), nodes)
     assert (got[0] if got else None) == reason
     if got:
         assert "spec.gpu" in got[1]
 
 
-def deployment_status(replicas: int, ready: int, updated: int, observed: bool = True) -> dict[str, Any]:
+def deployment_status(
+    replicas: int, ready: int, updated: int, observed: bool = True
+) -> dict[str, Any]:
     return {
         "metadata": {"generation": 2},
-        "status": {"replicas": replicas, "readyReplicas": ready, "updatedReplicas": updated,
-                   "observedGeneration": 2 if observed else 1},
+        "status": {
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "updatedReplicas": updated,
+            "observedGeneration": 2 if observed else 1,
+        },
     }
 
 
 def waiting_pod(reason: str) -> dict[str, Any]:
-    return {"metadata": {"name": "p-1"},
-            "status": {"containerStatuses": [{"state": {"waiting": {"reason": reason, "message": "m"}}}]}}
+    return {
+        "metadata": {"name": "p-1"},
+        "status": {
+            "containerStatuses": [{"state": {"waiting": {"reason": reason, "message": "m"}}}]
+        },
+    }
 
 
 UNSCHEDULABLE_POD = {
     "metadata": {"name": "p-2"},
-    "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                               "message": "0/5 nodes are available"}]},
+    "status": {
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/5 nodes are available",
+            }
+        ]
+    },
 }
 
 
@@ -150,18 +187,43 @@ UNSCHEDULABLE_POD = {
         (2, None, [], None, "Pending", ps.WAITING_FOR_PODS),
         (2, deployment_status(2, 2, 2), [], None, "Ready", ps.AVAILABLE),
         (2, deployment_status(2, 1, 2), [], None, "Progressing", ps.WAITING_FOR_PODS),
-        (2, deployment_status(2, 2, 2, observed=False), [], None, "Progressing", ps.WAITING_FOR_PODS),
+        (
+            2,
+            deployment_status(2, 2, 2, observed=False),
+            [],
+            None,
+            "Progressing",
+            ps.WAITING_FOR_PODS,
+        ),
         (2, deployment_status(3, 2, 1), [], None, "Progressing", ps.WAITING_FOR_PODS),
         (0, deployment_status(0, 0, 0), [], None, "Ready", ps.SCALED_TO_ZERO),
-        (2, deployment_status(2, 0, 2), [waiting_pod("ImagePullBackOff")], None, "Degraded", ps.IMAGE_PULL_FAILED),
-        (2, deployment_status(2, 0, 2), [waiting_pod("CrashLoopBackOff")], None, "Degraded", ps.CRASH_LOOPING),
+        (
+            2,
+            deployment_status(2, 0, 2),
+            [waiting_pod("ImagePullBackOff")],
+            None,
+            "Degraded",
+            ps.IMAGE_PULL_FAILED,
+        ),
+        (
+            2,
+            deployment_status(2, 0, 2),
+            [waiting_pod("CrashLoopBackOff")],
+            None,
+            "Degraded",
+            ps.CRASH_LOOPING,
+        ),
         (2, deployment_status(2, 0, 2), [UNSCHEDULABLE_POD], None, "Degraded", ps.UNSCHEDULABLE),
         (2, None, [], (ps.NO_MATCHING_GPU_NODES, "no node"), "Degraded", ps.NO_MATCHING_GPU_NODES),
     ],
 )
 def test_compute_status(
-    replicas: int, dep: dict[str, Any] | None, pods: list[dict[str, Any]],
-    placement: tuple[str, str] | None, phase: str, ready_reason: str,
+    replicas: int,
+    dep: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    placement: tuple[str, str] | None,
+    phase: str,
+    ready_reason: str,
 ) -> None:
     status = ps.compute_status(pool(replicas=replicas), None, dep, pods, placement, NOW)
     assert status.phase == phase

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from modelfleet.api.canary import MetricResult, MetricSpec
 from modelfleet.canary import MetricObservation, judge_metric, parse_action
 from modelfleet.providers.base import Measurement

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import pytest
+
 from modelfleet.api.canary import CanarySpec, CanaryStatus, MetricSpec
 from modelfleet.canary import (
     CONDITION_PROGRESSING,

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+
 from modelfleet.api.canary import MetricSpec
 from modelfleet.providers.base import MetricQuery
 from modelfleet.providers.quantile import histogram_quantile

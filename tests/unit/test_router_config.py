@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from modelfleet.router.config import ConfigError, load_static_config, parse_static_config
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from modelfleet.router.kube import build_snapshot, endpoints_from_slices, policy_from_object
 from pydantic import ValidationError
+
+from modelfleet.router.kube import build_snapshot, endpoints_from_slices, policy_from_object
 
 
 def _policy(name: str, ns: str = "team", status: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from modelfleet.routing.ladder import (
     POOL_ERRORS,
     RETRYABLE,

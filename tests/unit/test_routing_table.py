@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+
 from modelfleet.api.routingpolicy import RoutingPolicy
 from modelfleet.routing.intent import Intent
 from modelfleet.routing.table import (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from modelfleet_worker.batching import BatchKey, Pending, next_deadline, select_batch
 
 A = BatchKey(64, 64, 4, 7.5, False)

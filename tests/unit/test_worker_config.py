@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+
 from modelfleet_worker.cli import build_parser
 from modelfleet_worker.compat import DenoiserSpec, VaeSpec, check_pairing
 from modelfleet_worker.config import SETTINGS, resolve_config

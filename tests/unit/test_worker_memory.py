@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+
 from modelfleet_worker.memory import (
     MemoryProfile,
     margin_bytes,

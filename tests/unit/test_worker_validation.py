@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from modelfleet_worker.validation import (
     MAX_BODY_BYTES,
     Limits,

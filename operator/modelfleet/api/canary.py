@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -175,7 +176,7 @@ class CanarySpec(ApiModel):
                 cel("self.isSorted()", "spec.steps must be strictly increasing"),
                 cel(
                     "size(self) > 0 && self[size(self) - 1] == 100",
-                     "spec.steps must end with exactly 100",
+                    "spec.steps must end with exactly 100",
                 ),
             ],
         },
@@ -213,7 +214,7 @@ class CanarySpec(ApiModel):
         for i, s in enumerate(steps):
             if not 1 <= s <= 100:
                 raise ValueError(f"spec.steps[{i}] = {s} must be within 1..100")
-        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        if any(b <= a for a, b in pairwise(steps)):
             raise ValueError("spec.steps must be strictly increasing")
         if steps[-1] != 100:
             raise ValueError("spec.steps must end with exactly 100")
@@ -267,7 +268,9 @@ class CanaryStatus(ApiModel):
     failed_checks: int = Field(default=0, description="Consecutive failed analyses.")
     inconclusive_checks: int = Field(default=0, description="Consecutive inconclusive analyses.")
     last_action: str | None = Field(default=None, description="Last manual action id handled.")
-    metrics: list[MetricResult] = Field(default_factory=list, description="Latest per-check results.")
+    metrics: list[MetricResult] = Field(
+        default_factory=list, description="Latest per-check results."
+    )
     history: list[StepRecord] = Field(default_factory=list, description="Analyses so far.")
     message: str = Field(default="", description="What is happening, for people.")
     observed_generation: int | None = Field(default=None, description="Generation acted on.")

@@ -120,8 +120,12 @@ def _wire_default(value: Any) -> Any:
         # without filling in nested defaults first, so write it out in full.
         return value.model_dump(by_alias=True, exclude_none=True, mode="json")
     if isinstance(value, list):
-        return [v.model_dump(by_alias=True, exclude_none=True, mode="json")
-                if isinstance(v, BaseModel) else v for v in value]
+        return [
+            v.model_dump(by_alias=True, exclude_none=True, mode="json")
+            if isinstance(v, BaseModel)
+            else v
+            for v in value
+        ]
     return value
 
 

@@ -168,7 +168,9 @@ class ModelPoolStatus(ApiModel):
         default=None, description="The generation this status describes."
     )
     service: str | None = Field(default=None, description="The pool's Service name.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Progressing, Degraded."
+    )
 
 
 class ModelPool(ApiModel):

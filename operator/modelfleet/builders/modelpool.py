@@ -99,7 +99,10 @@ def worker_env(pool: ModelPool) -> list[dict[str, Any]]:
         values["HF_HUB_OFFLINE"] = "1"  # the init step fetched everything
     env: list[dict[str, Any]] = [
         # Bind the pod IP: the same on a real node and under the local pod runner.
-        {"name": "MODELFLEET_WORKER_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {
+            "name": "MODELFLEET_WORKER_HOST",
+            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+        },
     ]
     env += [{"name": k, "value": v} for k, v in values.items()]
     overridden = {e.name for e in spec.worker.env}
@@ -134,7 +137,10 @@ def deployment(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
     if pvc_volume is not None:
         volumes.append(pvc_volume)
         mounts.append({"name": "model", "mountPath": MODELS_DIR, "readOnly": True})
-    resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "64Gi"}}
+    resources: dict[str, Any] = {
+        "requests": {"cpu": "1", "memory": "4Gi"},
+        "limits": {"memory": "64Gi"},
+    }
     if spec.gpu.count:
         resources["limits"]["nvidia.com/gpu"] = str(spec.gpu.count)
         resources["requests"]["nvidia.com/gpu"] = str(spec.gpu.count)
@@ -148,9 +154,21 @@ def deployment(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
         # Loading weights is slow: a startup probe guards it instead of letting
         # liveness kill a pod that is still reading 10 GB from disk.
-        "startupProbe": {"httpGet": {**http_get, "path": "/healthz"}, "periodSeconds": 5, "failureThreshold": 120},
-        "livenessProbe": {"httpGet": {**http_get, "path": "/healthz"}, "periodSeconds": 10, "failureThreshold": 3},
-        "readinessProbe": {"httpGet": {**http_get, "path": "/readyz"}, "periodSeconds": 2, "failureThreshold": 2},
+        "startupProbe": {
+            "httpGet": {**http_get, "path": "/healthz"},
+            "periodSeconds": 5,
+            "failureThreshold": 120,
+        },
+        "livenessProbe": {
+            "httpGet": {**http_get, "path": "/healthz"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {**http_get, "path": "/readyz"},
+            "periodSeconds": 2,
+            "failureThreshold": 2,
+        },
         "resources": resources,
         "securityContext": _security_context(),
         "volumeMounts": mounts,
@@ -191,7 +209,9 @@ def deployment(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
             }
         ]
     if spec.gpu.count:
-        pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        pod_spec["tolerations"] = [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
     if spec.gpu.product:
         pod_spec["nodeSelector"] = {"nvidia.com/gpu.product": spec.gpu.product}
     # Dev/e2e: a pool can opt its pods in to the local pod runner by annotation.
@@ -205,7 +225,10 @@ def deployment(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector_labels(name)},
             # New GPU pods come up before old ones go: no capacity dip mid-rollout.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
             "revisionHistoryLimit": 3,
             "template": {
                 "metadata": {"labels": labels(name), "annotations": annotations},

@@ -86,7 +86,10 @@ def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")
             if reason in _PULL_REASONS:
-                return IMAGE_PULL_FAILED, f"pod {name}: {reason}: {waiting.get('message', '')}".strip()
+                return (
+                    IMAGE_PULL_FAILED,
+                    f"pod {name}: {reason}: {waiting.get('message', '')}".strip(),
+                )
             if reason == "CrashLoopBackOff":
                 return (
                     CRASH_LOOPING,
@@ -94,9 +97,12 @@ def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
                     f"{waiting.get('message', '')}".strip(),
                 )
         for cond in status.get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                if cond.get("reason") == "Unschedulable":
-                    return UNSCHEDULABLE, f"pod {name} unschedulable: {cond.get('message', '')}"
+            if (cond.get("type"), cond.get("status"), cond.get("reason")) == (
+                "PodScheduled",
+                "False",
+                "Unschedulable",
+            ):
+                return UNSCHEDULABLE, f"pod {name} unschedulable: {cond.get('message', '')}"
     return None
 
 
@@ -131,11 +137,19 @@ def compute_status(
     if problem:
         conditions = set_condition(conditions, "Degraded", "True", problem[0], problem[1], now, gen)
     else:
-        conditions = set_condition(conditions, "Degraded", "False", HEALTHY, "no problems found", now, gen)
+        conditions = set_condition(
+            conditions, "Degraded", "False", HEALTHY, "no problems found", now, gen
+        )
 
     if complete:
         conditions = set_condition(
-            conditions, "Progressing", "False", ROLLOUT_COMPLETE, "all replicas run the current spec", now, gen
+            conditions,
+            "Progressing",
+            "False",
+            ROLLOUT_COMPLETE,
+            "all replicas run the current spec",
+            now,
+            gen,
         )
     else:
         conditions = set_condition(
@@ -149,7 +163,9 @@ def compute_status(
         )
 
     if want == 0 and complete:
-        conditions = set_condition(conditions, "Ready", "True", SCALED_TO_ZERO, "pool scaled to 0", now, gen)
+        conditions = set_condition(
+            conditions, "Ready", "True", SCALED_TO_ZERO, "pool scaled to 0", now, gen
+        )
     elif complete:
         conditions = set_condition(
             conditions, "Ready", "True", AVAILABLE, f"{ready}/{want} replicas ready", now, gen
@@ -158,7 +174,13 @@ def compute_status(
         conditions = set_condition(conditions, "Ready", "False", problem[0], problem[1], now, gen)
     else:
         conditions = set_condition(
-            conditions, "Ready", "False", WAITING_FOR_PODS, f"{ready}/{want} replicas ready", now, gen
+            conditions,
+            "Ready",
+            "False",
+            WAITING_FOR_PODS,
+            f"{ready}/{want} replicas ready",
+            now,
+            gen,
         )
 
     if problem:
@@ -180,10 +202,16 @@ def compute_status(
     )
 
 
-def invalid_status(pool_generation: int | None, previous: ModelPoolStatus | None, message: str, now: datetime) -> ModelPoolStatus:
+def invalid_status(
+    pool_generation: int | None, previous: ModelPoolStatus | None, message: str, now: datetime
+) -> ModelPoolStatus:
     conditions = list(previous.conditions) if previous else []
-    conditions = set_condition(conditions, "Degraded", "True", INVALID_SPEC, message, now, pool_generation)
-    conditions = set_condition(conditions, "Ready", "False", INVALID_SPEC, message, now, pool_generation)
+    conditions = set_condition(
+        conditions, "Degraded", "True", INVALID_SPEC, message, now, pool_generation
+    )
+    conditions = set_condition(
+        conditions, "Ready", "False", INVALID_SPEC, message, now, pool_generation
+    )
     return ModelPoolStatus(
         phase="Degraded",
         observed_generation=pool_generation,

@@ -20,7 +20,9 @@ def _configure(settings: Any, args: argparse.Namespace) -> None:
 
     # Our status schemas are strict (unknown fields are pruned), so kopf keeps
     # its bookkeeping in annotations rather than in status.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.modelfleet.io")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix="kopf.modelfleet.io"
+    )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kopf.modelfleet.io", key="last-handled-configuration"
     )
@@ -46,8 +48,11 @@ async def _run_operator(args: argparse.Namespace) -> int:
 
     identity = args.id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     elector = leader.LeaderElector(
-        namespace=args.lease_namespace, name=args.lease_name, identity=identity,
-        duration_s=args.lease_seconds, renew_s=max(0.5, args.lease_seconds / 5),
+        namespace=args.lease_namespace,
+        name=args.lease_name,
+        identity=identity,
+        duration_s=args.lease_seconds,
+        renew_s=max(0.5, args.lease_seconds / 5),
     )
 
     @kopf.on.startup()
@@ -56,14 +61,18 @@ async def _run_operator(args: argparse.Namespace) -> int:
 
     @kopf.on.login()
     def _login(**kwargs: Any) -> Any:
-        return kopf.login_with_kubeconfig(**kwargs) if not os.environ.get(
-            "KUBERNETES_SERVICE_HOST"
-        ) else kopf.login_with_service_account(**kwargs)
+        return (
+            kopf.login_with_kubeconfig(**kwargs)
+            if not os.environ.get("KUBERNETES_SERVICE_HOST")
+            else kopf.login_with_service_account(**kwargs)
+        )
 
     while True:
         await elector.acquire()
         modelpool.STATE = modelpool.PoolState(
-            settings=BuildSettings(default_image=args.default_worker_image, local_run=args.local_run_pods)
+            settings=BuildSettings(
+                default_image=args.default_worker_image, local_run=args.local_run_pods
+            )
         )
         stop = asyncio.Event()
         namespaces = args.namespace or []
@@ -90,7 +99,9 @@ async def _run_operator(args: argparse.Namespace) -> int:
 
 
 def _handler(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         return asyncio.run(_run_operator(args))
@@ -100,20 +111,37 @@ def _handler(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     op = sub.add_parser("operator", help="run the ModelFleet operator (kopf)")
-    op.add_argument("--namespace", action="append", metavar="NS",
-                    help="watch only this namespace (repeatable); default: all namespaces")
-    op.add_argument("--default-worker-image", default=os.environ.get("MODELFLEET_WORKER_IMAGE", DEFAULT_IMAGE),
-                    help="worker image for pools without spec.image")
-    op.add_argument("--local-run-pods", action="store_true",
-                    default=os.environ.get("MODELFLEET_LOCAL_RUN_PODS") == "true",
-                    help="dev only: mark worker pods for the local pod runner")
-    op.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"),
-                    help="namespace of the leader-election Lease")
+    op.add_argument(
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    op.add_argument(
+        "--default-worker-image",
+        default=os.environ.get("MODELFLEET_WORKER_IMAGE", DEFAULT_IMAGE),
+        help="worker image for pools without spec.image",
+    )
+    op.add_argument(
+        "--local-run-pods",
+        action="store_true",
+        default=os.environ.get("MODELFLEET_LOCAL_RUN_PODS") == "true",
+        help="dev only: mark worker pods for the local pod runner",
+    )
+    op.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="namespace of the leader-election Lease",
+    )
     op.add_argument("--lease-name", default="modelfleet-operator", help="name of the Lease")
     op.add_argument("--lease-seconds", type=int, default=10, help="lease duration (takeover time)")
     op.add_argument("--id", default=None, help="identity in the Lease (default: host + random)")
-    op.add_argument("--liveness", default=None, metavar="URL",
-                    help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    op.add_argument(
+        "--liveness",
+        default=None,
+        metavar="URL",
+        help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
     op.set_defaults(handler=_handler)
 
 

@@ -35,7 +35,11 @@ def sanitize(obj: Any) -> dict[str, Any]:
     return data
 
 
-_APPLY = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": "application/apply-patch+yaml"}
+_APPLY = {
+    "field_manager": FIELD_MANAGER,
+    "force": True,
+    "_content_type": "application/apply-patch+yaml",
+}
 
 
 def apply(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +53,9 @@ def apply(manifest: dict[str, Any]) -> dict[str, Any]:
     elif kind == "Service":
         out = k8s.CoreV1Api(api).patch_namespaced_service(name, ns, manifest, **_APPLY)
     elif kind == "PodDisruptionBudget":
-        out = k8s.PolicyV1Api(api).patch_namespaced_pod_disruption_budget(name, ns, manifest, **_APPLY)
+        out = k8s.PolicyV1Api(api).patch_namespaced_pod_disruption_budget(
+            name, ns, manifest, **_APPLY
+        )
     else:
         raise ValueError(f"cannot apply kind {kind}")
     return sanitize(out)

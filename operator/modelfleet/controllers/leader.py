@@ -29,7 +29,9 @@ def _micro(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def lease_expired(holder: str | None, renewed: dt.datetime | None, duration_s: int, now: dt.datetime) -> bool:
+def lease_expired(
+    holder: str | None, renewed: dt.datetime | None, duration_s: int, now: dt.datetime
+) -> bool:
     if not holder or renewed is None:
         return True
     return (now - renewed).total_seconds() > duration_s
@@ -79,7 +81,9 @@ class LeaderElector:
                 raise
         spec = lease.spec
         holder = spec.holder_identity
-        if holder != self.identity and not lease_expired(holder, spec.renew_time, spec.lease_duration_seconds or self.duration_s, now):
+        if holder != self.identity and not lease_expired(
+            holder, spec.renew_time, spec.lease_duration_seconds or self.duration_s, now
+        ):
             return False
         transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
         acquired = spec.acquire_time if holder == self.identity and spec.acquire_time else now
@@ -103,7 +107,9 @@ class LeaderElector:
             except ApiException as exc:
                 log.warning("lease check failed: %s", exc.reason)
             if not announced:
-                log.info("standing by: another operator holds lease %s/%s", self.namespace, self.name)
+                log.info(
+                    "standing by: another operator holds lease %s/%s", self.namespace, self.name
+                )
                 announced = True
             await asyncio.sleep(self.renew_s)
 
@@ -114,7 +120,9 @@ class LeaderElector:
             await asyncio.sleep(self.renew_s)
             try:
                 ok = await kube.run(self.try_acquire_or_renew)
-            except Exception as exc:  # API server restarting: keep trying until the lease would lapse
+            except (
+                Exception
+            ) as exc:  # API server restarting: keep trying until the lease would lapse
                 log.warning("lease renewal failed: %s", exc)
                 ok = None
             now = asyncio.get_running_loop().time()

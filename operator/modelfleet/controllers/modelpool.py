@@ -74,8 +74,13 @@ async def _apply_children(pool: ModelPool, body: dict[str, Any]) -> None:
     first = key not in STATE.applied
     STATE.applied[key] = (pool.metadata.generation, fingerprints)
     if first and not (body.get("status") or {}).get("observedGeneration"):
-        kopf.info(body, reason="Created", message="created Deployment, Service and PodDisruptionBudget")
-    elif not first or (body.get("status") or {}).get("observedGeneration") != pool.metadata.generation:
+        kopf.info(
+            body, reason="Created", message="created Deployment, Service and PodDisruptionBudget"
+        )
+    elif (
+        not first
+        or (body.get("status") or {}).get("observedGeneration") != pool.metadata.generation
+    ):
         kopf.info(body, reason="Updated", message=f"applied generation {pool.metadata.generation}")
 
 
@@ -84,9 +89,7 @@ def _needs_apply(key: Key, pool: ModelPool) -> bool:
     if record is None or record[0] != pool.metadata.generation:
         return True
     dep = STATE.deployments.get(key)
-    if dep is None or _child_fingerprint(dep) != record[1].get("Deployment"):
-        return True
-    return False
+    return dep is None or _child_fingerprint(dep) != record[1].get("Deployment")
 
 
 async def reconcile(key: Key) -> None:
@@ -127,7 +130,9 @@ async def _reconcile_once(key: Key) -> None:
         message = "; ".join(
             f"spec.{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in exc.errors()
         )
-        status = poolstatus.invalid_status(body["metadata"].get("generation"), previous, message, _now())
+        status = poolstatus.invalid_status(
+            body["metadata"].get("generation"), previous, message, _now()
+        )
         await _write_status(key, body, previous, status)
         return
 
@@ -135,7 +140,9 @@ async def _reconcile_once(key: Key) -> None:
     if _needs_apply(key, pool):
         await _apply_children(pool, body)
     pods = list(STATE.pods.get(key, {}).values())
-    status = poolstatus.compute_status(pool, previous, STATE.deployments.get(key), pods, placement, _now())
+    status = poolstatus.compute_status(
+        pool, previous, STATE.deployments.get(key), pods, placement, _now()
+    )
     await _write_status(key, body, previous, status)
 
 

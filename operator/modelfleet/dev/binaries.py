@@ -21,14 +21,39 @@ HELM_VERSION = "v3.22.0"
 
 # k8s.io/kubernetes resolves these to ./staging in its own go.mod; as a
 # dependency they must point at the published module of the matching version.
-STAGING_MODULES = (
-    "api apiextensions-apiserver apimachinery apiserver cli-runtime client-go "
-    "cloud-provider cluster-bootstrap code-generator component-base component-helpers "
-    "controller-manager cri-api cri-client csi-translation-lib dynamic-resource-allocation "
-    "endpointslice externaljwt kms kube-aggregator kube-controller-manager kube-proxy "
-    "kube-scheduler kubectl kubelet metrics mount-utils pod-security-admission "
-    "sample-apiserver sample-cli-plugin sample-controller"
-).split()
+STAGING_MODULES = [
+    "api",
+    "apiextensions-apiserver",
+    "apimachinery",
+    "apiserver",
+    "cli-runtime",
+    "client-go",
+    "cloud-provider",
+    "cluster-bootstrap",
+    "code-generator",
+    "component-base",
+    "component-helpers",
+    "controller-manager",
+    "cri-api",
+    "cri-client",
+    "csi-translation-lib",
+    "dynamic-resource-allocation",
+    "endpointslice",
+    "externaljwt",
+    "kms",
+    "kube-aggregator",
+    "kube-controller-manager",
+    "kube-proxy",
+    "kube-scheduler",
+    "kubectl",
+    "kubelet",
+    "metrics",
+    "mount-utils",
+    "pod-security-admission",
+    "sample-apiserver",
+    "sample-cli-plugin",
+    "sample-controller",
+]
 
 KUBERNETES_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 

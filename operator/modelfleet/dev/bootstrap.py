@@ -33,7 +33,9 @@ def _pod_cidr(index: int) -> str:
     return f"10.{250 + index // 256}.{index % 256}.0/24"
 
 
-def node_manifest(name: str, *, gpus: int, product: str | None, pod_cidr: str, zone: str) -> dict[str, Any]:
+def node_manifest(
+    name: str, *, gpus: int, product: str | None, pod_cidr: str, zone: str
+) -> dict[str, Any]:
     labels = {
         "kubernetes.io/hostname": name,
         "kubernetes.io/os": "linux",
@@ -132,7 +134,10 @@ def install_crds(api: k8s.ApiClient, manifests: list[dict[str, Any]] | None = No
             ext.create_custom_resource_definition(manifest)
             continue
         manifest = dict(manifest)
-        manifest["metadata"] = {**manifest["metadata"], "resourceVersion": current.metadata.resource_version}
+        manifest["metadata"] = {
+            **manifest["metadata"],
+            "resourceVersion": current.metadata.resource_version,
+        }
         ext.replace_custom_resource_definition(name, manifest)
 
 
@@ -152,7 +157,9 @@ def wait_crds_established(api: k8s.ApiClient, timeout: float = 30) -> None:
     raise TimeoutError(f"CRDs not Established after {timeout}s: {sorted(names)}")
 
 
-def wait_default_service_account(api: k8s.ApiClient, namespace: str = "default", timeout: float = 30) -> None:
+def wait_default_service_account(
+    api: k8s.ApiClient, namespace: str = "default", timeout: float = 30
+) -> None:
     """Pods are refused until the controller-manager has made the namespace's default SA."""
     core = k8s.CoreV1Api(api)
     deadline = time.monotonic() + timeout

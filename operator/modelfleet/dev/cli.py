@@ -25,14 +25,18 @@ def _up(args: argparse.Namespace) -> int:
         print(f"modelfleet dev up: {exc}", file=sys.stderr)
         return 1
     except ApiException as exc:
-        print(f"modelfleet dev up: the API server refused a bootstrap object: {exc.status} {exc.body}",
-              file=sys.stderr)
+        print(
+            f"modelfleet dev up: the API server refused a bootstrap object: {exc.status} {exc.body}",
+            file=sys.stderr,
+        )
         return 1
-    print(f"local cluster up: {args.nodes} fake GPU nodes ({args.gpu_product}, 8 GPUs each) "
-          "+ 1 system node, ModelFleet CRDs installed")
+    print(
+        f"local cluster up: {args.nodes} fake GPU nodes ({args.gpu_product}, 8 GPUs each) "
+        "+ 1 system node, ModelFleet CRDs installed"
+    )
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     print(f"kubeconfig: {cluster.paths.kubeconfig}")
-    print("use it:  eval \"$(modelfleet dev env)\"  then  kubectl get nodes,modelpools -A")
+    print('use it:  eval "$(modelfleet dev env)"  then  kubectl get nodes,modelpools -A')
     return 0
 
 
@@ -75,18 +79,25 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    dev = sub.add_parser("dev", help="run a real local Kubernetes control plane with fake GPU nodes")
+    dev = sub.add_parser(
+        "dev", help="run a real local Kubernetes control plane with fake GPU nodes"
+    )
     dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
     up = dev_sub.add_parser("up", help="build (once) and start etcd, API server, controllers, kwok")
     up.add_argument("--nodes", type=int, default=4, help="fake GPU nodes (default 4)")
-    up.add_argument("--gpu-product", default="NVIDIA-H100-80GB-HBM3",
-                    help="nvidia.com/gpu.product label of the fake nodes")
+    up.add_argument(
+        "--gpu-product",
+        default="NVIDIA-H100-80GB-HBM3",
+        help="nvidia.com/gpu.product label of the fake nodes",
+    )
     up.set_defaults(handler=_up)
     dev_sub.add_parser("down", help="stop everything `up` started").set_defaults(handler=_down)
     st = dev_sub.add_parser("status", help="what runs, and whether the API server answers")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(handler=_status)
-    dev_sub.add_parser("env", help="shell lines exporting KUBECONFIG and PATH").set_defaults(handler=_env)
+    dev_sub.add_parser("env", help="shell lines exporting KUBECONFIG and PATH").set_defaults(
+        handler=_env
+    )
     build = dev_sub.add_parser("build", help="build the cluster binaries into the cache")
     build.add_argument("--force", action="store_true", help="rebuild even when cached")
     build.set_defaults(handler=_build)

@@ -296,7 +296,9 @@ def setup_pod_network() -> None:
         _ip("-n", NETNS, "route", "add", f"{POD_GATEWAY}/32", "dev", POD_VETH)
         _ip("-n", NETNS, "route", "add", POD_NETWORK, "dev", POD_VETH)
     except subprocess.CalledProcessError as exc:
-        raise ClusterError(f"creating the pod network failed: {' '.join(exc.cmd)}: {exc.stderr.strip()}") from exc
+        raise ClusterError(
+            f"creating the pod network failed: {' '.join(exc.cmd)}: {exc.stderr.strip()}"
+        ) from exc
 
 
 def teardown_pod_network() -> None:
@@ -357,7 +359,9 @@ class Cluster:
             "stateDir": str(self.paths.root),
             "kubeconfig": str(self.paths.kubeconfig),
             "apiserverHealthy": apiserver_healthy(self.paths, self.ports),
-            "components": {name: {"pid": pid, "alive": pid_alive(pid)} for name, pid in pids.items()},
+            "components": {
+                name: {"pid": pid, "alive": pid_alive(pid)} for name, pid in pids.items()
+            },
         }
 
     def is_up(self) -> bool:
@@ -482,6 +486,21 @@ class Cluster:
         _write_state(self.paths, state)
         return pid
 
+    def stop_extra(self, name: str) -> bool:
+        """Stop one process started with start_extra (tests replace the demo's operator)."""
+        state = _read_state(self.paths)
+        pid = state.get("pids", {}).pop(name, None)
+        if pid is None:
+            return False
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        _write_state(self.paths, state)
+        return True
+
     def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> int:
         log = self.paths.logs / f"{name}.log"
         out = log.open("ab")
@@ -507,10 +526,14 @@ class Cluster:
                 return
             if pid is not None and not pid_alive(pid):
                 log = self.paths.logs / f"{what}.log"
-                raise ClusterError(f"{what} exited during start-up; last lines of {log}:\n{_tail(log)}")
+                raise ClusterError(
+                    f"{what} exited during start-up; last lines of {log}:\n{_tail(log)}"
+                )
             time.sleep(interval)
         log = self.paths.logs / f"{what}.log"
-        raise ClusterError(f"{what} not ready after {timeout:.0f}s; last lines of {log}:\n{_tail(log)}")
+        raise ClusterError(
+            f"{what} not ready after {timeout:.0f}s; last lines of {log}:\n{_tail(log)}"
+        )
 
     def _ensure_nodes_and_crds(
         self, nodes: int, gpu_product: str, timings: dict[str, float], since: float | None = None

@@ -60,7 +60,9 @@ def field_value(pod: dict[str, Any], path: str) -> str:
     return str(simple.get(path) or "")
 
 
-def container_env(pod: dict[str, Any], container: dict[str, Any], core: k8s.CoreV1Api | None) -> dict[str, str]:
+def container_env(
+    pod: dict[str, Any], container: dict[str, Any], core: k8s.CoreV1Api | None
+) -> dict[str, str]:
     namespace = pod["metadata"]["namespace"]
     env: dict[str, str] = {}
     for item in container.get("env") or []:
@@ -126,7 +128,16 @@ class LocalProcess:
         argv = list(self.argv)
         if self.netns:
             subprocess.run(
-                ["ip", "-n", self.netns, "addr", "replace", f"{self.pod_ip}/32", "dev", self.netns_device],
+                [
+                    "ip",
+                    "-n",
+                    self.netns,
+                    "addr",
+                    "replace",
+                    f"{self.pod_ip}/32",
+                    "dev",
+                    self.netns_device,
+                ],
                 check=True,
                 capture_output=True,
             )
@@ -164,7 +175,16 @@ class LocalProcess:
     def release_address(self) -> None:
         if self.netns:
             subprocess.run(
-                ["ip", "-n", self.netns, "addr", "del", f"{self.pod_ip}/32", "dev", self.netns_device],
+                [
+                    "ip",
+                    "-n",
+                    self.netns,
+                    "addr",
+                    "del",
+                    f"{self.pod_ip}/32",
+                    "dev",
+                    self.netns_device,
+                ],
                 capture_output=True,
             )
 
@@ -174,7 +194,11 @@ class LocalProcess:
         http = self.probe["httpGet"]
         port = http.get("port")
         if isinstance(port, str):
-            port = int(self.env.get("MODELFLEET_WORKER_PORT", "8080")) if not port.isdigit() else int(port)
+            port = (
+                int(self.env.get("MODELFLEET_WORKER_PORT", "8080"))
+                if not port.isdigit()
+                else int(port)
+            )
         url = f"http://{self.pod_ip}:{port}{http.get('path', '/')}"
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
@@ -184,7 +208,9 @@ class LocalProcess:
 
 
 class PodRunner:
-    def __init__(self, api: k8s.ApiClient, log_dir: Path, netns: str | None, netns_device: str) -> None:
+    def __init__(
+        self, api: k8s.ApiClient, log_dir: Path, netns: str | None, netns_device: str
+    ) -> None:
         self.netns = netns
         self.netns_device = netns_device
         self.core = k8s.CoreV1Api(api)
@@ -212,13 +238,19 @@ class PodRunner:
         container = containers[0]
         command = (container.get("command") or []) + (container.get("args") or [])
         if not container.get("command"):
-            self._patch_status(pod, ready=False, reason="LocalRunNoCommand",
-                               message="local-run pods need an explicit container command")
+            self._patch_status(
+                pod,
+                ready=False,
+                reason="LocalRunNoCommand",
+                message="local-run pods need an explicit container command",
+            )
             return
         try:
             env = container_env(pod, container, self.core)
         except ApiException as exc:
-            self._patch_status(pod, ready=False, reason="CreateContainerConfigError", message=str(exc.reason))
+            self._patch_status(
+                pod, ready=False, reason="CreateContainerConfigError", message=str(exc.reason)
+            )
             return
         lp = LocalProcess(
             uid=uid,
@@ -265,8 +297,11 @@ class PodRunner:
                 lp.next_start = time.monotonic() + backoff
                 lp.proc = None
                 lp.ready = False
-                self._patch_lp(lp, reason="CrashLoopBackOff",
-                               message=f"process exited with code {lp.last_exit}; restarting in {backoff:.0f}s")
+                self._patch_lp(
+                    lp,
+                    reason="CrashLoopBackOff",
+                    message=f"process exited with code {lp.last_exit}; restarting in {backoff:.0f}s",
+                )
                 continue
             if lp.proc is None:
                 if time.monotonic() >= lp.next_start:
@@ -280,7 +315,9 @@ class PodRunner:
                 lp.probe_failures += 1
                 if lp.probe_failures >= 3:
                     lp.ready = False
-                    self._patch_lp(lp, reason="ReadinessProbeFailed", message="readiness probe failing")
+                    self._patch_lp(
+                        lp, reason="ReadinessProbeFailed", message="readiness probe failing"
+                    )
             elif ok:
                 lp.probe_failures = 0
 
@@ -294,10 +331,19 @@ class PodRunner:
             state = {"running": {"startedAt": lp.started_at}}
         status = {
             "conditions": [
-                {"type": "Ready", "status": str(lp.ready), "reason": reason or None,
-                 "message": message or None, "lastTransitionTime": _now()},
-                {"type": "ContainersReady", "status": str(lp.ready), "reason": reason or None,
-                 "lastTransitionTime": _now()},
+                {
+                    "type": "Ready",
+                    "status": str(lp.ready),
+                    "reason": reason or None,
+                    "message": message or None,
+                    "lastTransitionTime": _now(),
+                },
+                {
+                    "type": "ContainersReady",
+                    "status": str(lp.ready),
+                    "reason": reason or None,
+                    "lastTransitionTime": _now(),
+                },
             ],
             "containerStatuses": [
                 {
@@ -308,8 +354,11 @@ class PodRunner:
                     "started": lp.proc is not None,
                     "restartCount": lp.restarts,
                     "state": state,
-                    **({"lastState": {"terminated": {"exitCode": lp.last_exit, "reason": "Error"}}}
-                       if lp.last_exit is not None else {}),
+                    **(
+                        {"lastState": {"terminated": {"exitCode": lp.last_exit, "reason": "Error"}}}
+                        if lp.last_exit is not None
+                        else {}
+                    ),
                 }
             ],
         }
@@ -323,14 +372,30 @@ class PodRunner:
         meta = pod["metadata"]
         container = pod["spec"]["containers"][0]
         status = {
-            "conditions": [{"type": "Ready", "status": str(ready), "reason": reason,
-                            "message": message, "lastTransitionTime": _now()}],
-            "containerStatuses": [{"name": container["name"], "image": container.get("image", ""),
-                                   "imageID": "", "ready": False, "restartCount": 0,
-                                   "state": {"waiting": {"reason": reason, "message": message}}}],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": str(ready),
+                    "reason": reason,
+                    "message": message,
+                    "lastTransitionTime": _now(),
+                }
+            ],
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": container.get("image", ""),
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": reason, "message": message}},
+                }
+            ],
         }
         with contextlib.suppress(ApiException):
-            self.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status})
+            self.core.patch_namespaced_pod_status(
+                meta["name"], meta["namespace"], {"status": status}
+            )
 
     def supervise_forever(self) -> None:
         while not self.stopping.is_set():
@@ -345,7 +410,9 @@ class PodRunner:
         while not self.stopping.is_set():
             try:
                 if not resource_version:
-                    listing = self.core.api_client.sanitize_for_serialization(self.core.list_pod_for_all_namespaces())
+                    listing = self.core.api_client.sanitize_for_serialization(
+                        self.core.list_pod_for_all_namespaces()
+                    )
                     seen = set()
                     for pod in listing.get("items", []):
                         seen.add(pod["metadata"]["uid"])
@@ -363,7 +430,9 @@ class PodRunner:
                 )
                 for event in stream:
                     obj = event["raw_object"]
-                    resource_version = obj.get("metadata", {}).get("resourceVersion", resource_version)
+                    resource_version = obj.get("metadata", {}).get(
+                        "resourceVersion", resource_version
+                    )
                     if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
                         self.handle(event["type"], obj)
                     elif event["type"] == "ERROR":
@@ -396,7 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--log-dir", required=True)
     parser.add_argument("--netns", default=None, help="network namespace the pods live in")
-    parser.add_argument("--netns-device", default="mf-pods", help="interface in it that gets pod IPs")
+    parser.add_argument(
+        "--netns-device", default="mf-pods", help="interface in it that gets pod IPs"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     api = k8s_config.new_client_from_config(config_file=args.kubeconfig)
