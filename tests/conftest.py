@@ -88,9 +88,8 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
 @pytest.fixture(scope="session")
 def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One real operator process for the whole session (tests may kill and replace it)."""
-    from operator_fixture import OperatorManager
-
     from modelfleet.dev.cluster import Cluster
+    from operator_fixture import OperatorManager
 
     # Exactly one operator may act: stop the one `make demo` left running.
     Cluster().stop_extra("operator")

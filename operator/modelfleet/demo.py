@@ -187,7 +187,7 @@ def main() -> int:
     def router_ready() -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{ROUTER_PORT}/readyz", timeout=2) as r:
-                return r.status == 200
+                return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
             return False
 

@@ -196,7 +196,7 @@ def _strip_defaults(node: Any) -> Any:
 def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, schema_generator=_CrdSchemaGenerator)
     defs = raw.get("$defs", {})
-    schema = _structural(raw, defs)
+    schema: dict[str, Any] = _structural(raw, defs)
     props = schema["properties"]
     props["apiVersion"] = {
         "type": "string",

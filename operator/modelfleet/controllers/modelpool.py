@@ -31,7 +31,7 @@ Key = tuple[str, str]
 class PoolState:
     """What the controller remembers between events (all rebuilt from watches after a restart)."""
 
-    pools: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    pools: dict[Key, Any] = field(default_factory=dict)  # raw bodies, also used to post Events
     deployments: dict[Key, dict[str, Any]] = field(default_factory=dict)
     pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     nodes: dict[str, poolstatus.NodeSummary] = field(default_factory=dict)
@@ -63,7 +63,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-async def _apply_children(pool: ModelPool, body: dict[str, Any]) -> None:
+async def _apply_children(pool: ModelPool, body: Any) -> None:
     key = (pool.metadata.namespace or "", pool.metadata.name)
     fingerprints: dict[str, Any] = {}
     for manifest in build.children(pool, STATE.settings):
@@ -147,7 +147,7 @@ async def _reconcile_once(key: Key) -> None:
 
 
 async def _write_status(
-    key: Key, body: dict[str, Any], previous: ModelPoolStatus | None, status: ModelPoolStatus
+    key: Key, body: Any, previous: ModelPoolStatus | None, status: ModelPoolStatus
 ) -> None:
     new = status.model_dump(by_alias=True, exclude_none=True, mode="json")
     old = previous.model_dump(by_alias=True, exclude_none=True, mode="json") if previous else {}

@@ -12,6 +12,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
+from modelfleet import GROUP
 from modelfleet.api import crdgen
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
@@ -143,7 +144,7 @@ def install_crds(api: k8s.ApiClient, manifests: list[dict[str, Any]] | None = No
 
 def wait_crds_established(api: k8s.ApiClient, timeout: float = 30) -> None:
     ext = k8s.ApiextensionsV1Api(api)
-    names = {f"{info.plural}.{crdgen.GROUP}" for info in crdgen.CRDS}
+    names = {f"{info.plural}.{GROUP}" for info in crdgen.CRDS}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         established = set()

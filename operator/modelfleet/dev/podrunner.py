@@ -202,7 +202,7 @@ class LocalProcess:
         url = f"http://{self.pod_ip}:{port}{http.get('path', '/')}"
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
-                return 200 <= resp.status < 400
+                return bool(200 <= resp.status < 400)
         except (urllib.error.URLError, OSError, ValueError):
             return False
 
