@@ -241,3 +241,49 @@ def test_unchanged_status_keeps_transition_time() -> None:
     degraded = ps.compute_status(p, first, None, [], (ps.NO_MATCHING_GPU_NODES, "x"), later)
     ready = next(c for c in degraded.conditions if c.type == "Ready")
     assert ready.last_transition_time == "2026-01-01T00:05:00Z"
+
+
+# ---- RoutingPolicy compilation (pure) ------------------------------------------------
+from modelfleet.api.routingpolicy import RoutingPolicySpec  # noqa: E402
+from modelfleet.routing.compile import CanaryWeight, compile_routes  # noqa: E402
+
+SPEC = RoutingPolicySpec.model_validate(
+    {
+        "routes": [
+            {"name": "typo", "match": {"tags": ["typography"]}, "pool": "a", "fallbacks": ["b"]},
+            {"name": "default", "pool": "b", "fallbacks": ["a"]},
+        ]
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("pools", "canaries", "default_weights", "reasons"),
+    [
+        ({"a", "b"}, [], {"b": 100}, []),
+        ({"a"}, [], {"b": 100}, ["MissingPool", "MissingPool"]),
+        ({"a", "b", "c"}, [CanaryWeight("default", "b", "c", 30)], {"b": 70, "c": 30}, []),
+        ({"a", "b", "c"}, [CanaryWeight("default", "b", "c", 100)], {"c": 100}, []),
+        ({"a", "b", "c"}, [CanaryWeight("default", "x", "c", 30)], {"b": 100}, []),
+        ({"a", "b", "c"}, [CanaryWeight("default", "b", "c", 0)], {"b": 100}, []),
+    ],
+)
+def test_compile_routes(
+    pools: set[str],
+    canaries: list[CanaryWeight],
+    default_weights: dict[str, int],
+    reasons: list[str],
+) -> None:
+    routes, problems = compile_routes(SPEC, pools, canaries)
+    default = next(r for r in routes if r.name == "default")
+    assert {p.pool: p.weight for p in default.pools} == default_weights
+    assert [p.reason for p in problems] == reasons
+
+
+def test_compile_routes_detects_fallback_cycle() -> None:
+    spec = RoutingPolicySpec.model_validate(
+        {"routes": [{"name": "r", "pool": "a", "fallbacks": ["b", "a"]}]}
+    )
+    _, problems = compile_routes(spec, {"a", "b"}, [])
+    assert [p.reason for p in problems] == ["FallbackCycle"]
+    assert "spec.routes[0]" in problems[0].message
