@@ -130,6 +130,21 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def terminate(pids: list[int], grace_seconds: float = 15) -> None:
+    """SIGTERM each process group in order, then SIGKILL what outlives the grace period."""
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    for pid in pids:
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
 def write_kubeconfig(paths: Paths, ports: Ports) -> None:
     config = {
         "apiVersion": "v1",
@@ -419,22 +434,9 @@ class Cluster:
     def down(self, quiet: bool = False) -> list[str]:
         state = _read_state(self.paths)
         pids: dict[str, int] = state.get("pids", {})
-        stopped = []
         # Reverse start order: clients before the API server before etcd.
-        for name in reversed(list(pids)):
-            pid = pids[name]
-            if pid_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGTERM)
-                stopped.append(name)
-        deadline = time.monotonic() + 15
-        for name in stopped:
-            pid = pids[name]
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if pid_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
+        stopped = [name for name in reversed(list(pids)) if pid_alive(pids[name])]
+        terminate([pids[name] for name in stopped])
         if pids:
             state["pids"] = {}
             _write_state(self.paths, state)
@@ -492,12 +494,7 @@ class Cluster:
         pid = state.get("pids", {}).pop(name, None)
         if pid is None:
             return False
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        terminate([pid])
         _write_state(self.paths, state)
         return True
 

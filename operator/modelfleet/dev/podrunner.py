@@ -127,20 +127,7 @@ class LocalProcess:
         full_env["PATH"] = f"{Path(sys.executable).parent}:{full_env.get('PATH', '')}"
         argv = list(self.argv)
         if self.netns:
-            subprocess.run(
-                [
-                    "ip",
-                    "-n",
-                    self.netns,
-                    "addr",
-                    "replace",
-                    f"{self.pod_ip}/32",
-                    "dev",
-                    self.netns_device,
-                ],
-                check=True,
-                capture_output=True,
-            )
+            self._pod_address("replace", check=True)
             argv = ["ip", "netns", "exec", self.netns, *argv]
         self.proc = subprocess.Popen(
             argv,
@@ -174,19 +161,21 @@ class LocalProcess:
 
     def release_address(self) -> None:
         if self.netns:
-            subprocess.run(
-                [
-                    "ip",
-                    "-n",
-                    self.netns,
-                    "addr",
-                    "del",
-                    f"{self.pod_ip}/32",
-                    "dev",
-                    self.netns_device,
-                ],
-                capture_output=True,
-            )
+            self._pod_address("del", check=False)
+
+    def _pod_address(self, action: str, check: bool) -> None:
+        assert self.netns is not None
+        cmd = [
+            "ip",
+            "-n",
+            self.netns,
+            "addr",
+            action,
+            f"{self.pod_ip}/32",
+            "dev",
+            self.netns_device,
+        ]
+        subprocess.run(cmd, check=check, capture_output=True)
 
     def probe_ok(self) -> bool:
         if self.probe is None or "httpGet" not in self.probe:

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from modelfleet.providers.base import Measurement, MetricQuery
+from modelfleet.providers.http import OwnedSession
 from modelfleet.providers.template import TemplateError, duration_text, render_query
 
 REQUESTS_METRIC = "modelfleet_router_upstream_requests_total"
@@ -80,7 +81,7 @@ class Sample:
     value: float
 
 
-class PrometheusProvider:
+class PrometheusProvider(OwnedSession):
     """MetricsProvider over Prometheus' /api/v1/query."""
 
     def __init__(
@@ -90,20 +91,8 @@ class PrometheusProvider:
         timeout_seconds: float = 5.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
+        super().__init__(session, timeout_seconds)
         self.address = address.rstrip("/")
-        self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._session = session
-        self._own_session = session is None
-
-    async def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-            self._own_session = True
-        return self._session
-
-    async def close(self) -> None:
-        if self._own_session and self._session is not None and not self._session.closed:
-            await self._session.close()
 
     async def query(self, promql: str) -> list[Sample]:
         """Run an instant query; a scalar result comes back as one unlabelled sample."""

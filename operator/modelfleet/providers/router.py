@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from modelfleet.providers.base import Measurement, MetricQuery
+from modelfleet.providers.http import OwnedSession
 from modelfleet.providers.quantile import histogram_quantile
 
 _QUANTILES = {"latency-p95": 0.95, "latency-p99": 0.99}
@@ -130,7 +131,7 @@ def measurement_for(stats: PoolStats | None, builtin: str) -> Measurement:
     return Measurement(value=None if math.isnan(value) else value, samples=stats.requests)
 
 
-class RouterStatsProvider:
+class RouterStatsProvider(OwnedSession):
     """MetricsProvider over the routers' /v1/stats; built-in metrics only.
 
     One /v1/stats round per window length is shared by all queries made within
@@ -145,22 +146,10 @@ class RouterStatsProvider:
         cache_seconds: float = 1.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
+        super().__init__(session, timeout_seconds)
         self.router_urls = [u.rstrip("/") for u in router_urls]
-        self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self.cache_seconds = cache_seconds
-        self._session = session
-        self._own_session = session is None
         self._cache: dict[int, tuple[float, asyncio.Task[_Fetched]]] = {}
-
-    async def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-            self._own_session = True
-        return self._session
-
-    async def close(self) -> None:
-        if self._own_session and self._session is not None and not self._session.closed:
-            await self._session.close()
 
     async def _fetch_one(self, url: str, window: int) -> Any:
         session = await self._get_session()
