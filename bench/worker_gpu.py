@@ -27,12 +27,11 @@ from modelfleet_worker.compat import DenoiserSpec, VaeSpec, check_pairing
 from modelfleet_worker.config import WorkerConfig
 from modelfleet_worker.engine import Engine, Job
 from modelfleet_worker.pipeline import ItemSpec, LoadedModel, is_oom
-from modelfleet_worker.tiny import TinySpec, write_clip_tokenizer_files, write_tiny_pipeline
+from modelfleet_worker.tiny import TinySpec, sd_pipeline, text_stack, write_tiny_pipeline
 
 
 def build_sd15(device: torch.device, dtype: torch.dtype) -> Any:
     import diffusers
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     d: Any = diffusers
     unet = d.UNet2DConditionModel(  # the SD1.5 UNet config (860M parameters)
@@ -66,40 +65,16 @@ def build_sd15(device: torch.device, dtype: torch.dtype) -> Any:
         latent_channels=4,
         sample_size=512,
     )
-    tmp = Path(tempfile.mkdtemp())
-    write_clip_tokenizer_files(tmp)
-    tok = CLIPTokenizer(vocab=str(tmp / "vocab.json"), merges=str(tmp / "merges.txt"))
-    text = CLIPTextModel(
-        CLIPTextConfig(  # CLIP ViT-L/14 text tower
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_attention_heads=12,
-            num_hidden_layers=12,
-            max_position_embeddings=77,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
+    # CLIP ViT-L/14 text tower, as SD1.5 ships it.
+    tok, text = text_stack(
+        Path(tempfile.mkdtemp()),
+        hidden=768,
+        intermediate=3072,
+        heads=12,
+        layers=12,
+        vocab_size=49408,
     )
-    sched = d.DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipe = d.StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text,
-        tokenizer=tok,
-        scheduler=sched,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = sd_pipeline(unet, vae, tok, text)
     return pipe.to(device=device, dtype=dtype)
 
 

@@ -65,7 +65,6 @@ def write_tiny_pipeline(out_dir: str | os.PathLike[str], spec: TinySpec) -> Path
     # Heavy imports stay local so `--help` and the pure modules load fast.
     import diffusers
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     d: Any = diffusers  # diffusers ships no type hints for its constructors
 
@@ -99,7 +98,34 @@ def write_tiny_pipeline(out_dir: str | os.PathLike[str], spec: TinySpec) -> Path
         sample_size=spec.sample_size * 2,
     )
     tok_dir = out / "_tokenizer_src"
-    vocab_size = write_clip_tokenizer_files(tok_dir)
+    tokenizer, text_encoder = text_stack(
+        tok_dir,
+        hidden=spec.text_hidden,
+        intermediate=2 * spec.text_hidden,
+        heads=2,
+        layers=2,
+    )
+    pipe = sd_pipeline(unet, vae, tokenizer, text_encoder)
+    pipe.save_pretrained(str(out))
+    for f in tok_dir.iterdir():
+        f.unlink()
+    tok_dir.rmdir()
+    return out
+
+
+def text_stack(
+    tok_dir: Path,
+    *,
+    hidden: int,
+    intermediate: int,
+    heads: int,
+    layers: int,
+    vocab_size: int | None = None,
+) -> tuple[Any, Any]:
+    """A CLIP tokenizer written into `tok_dir` plus a randomly initialised text encoder."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    written = write_clip_tokenizer_files(tok_dir)
     # transformers 5 names the file arguments vocab/merges; 4.x vocab_file/merges_file.
     params = inspect.signature(CLIPTokenizer.__init__).parameters
     names = ("vocab", "merges") if "vocab" in params else ("vocab_file", "merges_file")
@@ -110,17 +136,25 @@ def write_tiny_pipeline(out_dir: str | os.PathLike[str], spec: TinySpec) -> Path
     tokenizer = CLIPTokenizer(model_max_length=77, **tok_kwargs)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=spec.text_hidden,
-            intermediate_size=2 * spec.text_hidden,
-            num_attention_heads=2,
-            num_hidden_layers=2,
+            vocab_size=vocab_size or written,
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_attention_heads=heads,
+            num_hidden_layers=layers,
             max_position_embeddings=77,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
     )
+    return tokenizer, text_encoder
+
+
+def sd_pipeline(unet: Any, vae: Any, tokenizer: Any, text_encoder: Any) -> Any:
+    """An SD1.5-layout pipeline (DDIM scheduler, no safety checker) from given parts."""
+    import diffusers
+
+    d: Any = diffusers
     scheduler = d.DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -129,7 +163,7 @@ def write_tiny_pipeline(out_dir: str | os.PathLike[str], spec: TinySpec) -> Path
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    pipe = d.StableDiffusionPipeline(
+    return d.StableDiffusionPipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
@@ -139,8 +173,3 @@ def write_tiny_pipeline(out_dir: str | os.PathLike[str], spec: TinySpec) -> Path
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(str(out))
-    for f in tok_dir.iterdir():
-        f.unlink()
-    tok_dir.rmdir()
-    return out
