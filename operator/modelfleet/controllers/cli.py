@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -39,12 +40,13 @@ async def _run_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from modelfleet.builders.modelpool import BuildSettings
-    from modelfleet.controllers import leader, modelpool
+    from modelfleet.controllers import canary, leader, modelpool, routingpolicy  # noqa: F401  (registers handlers)
 
-    # Register every controller's handlers (import side effects are kopf's model).
-    for name in ("modelfleet.controllers.routingpolicy", "modelfleet.controllers.canary"):
-        with contextlib.suppress(ModuleNotFoundError):
-            __import__(name)
+    canary.configure(args.router_url or [])
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.metrics_host)
 
     identity = args.id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     elector = leader.LeaderElector(
@@ -67,6 +69,13 @@ async def _run_operator(args: argparse.Namespace) -> int:
             else kopf.login_with_service_account(**kwargs)
         )
 
+    # Handlers block on the synchronous Kubernetes client in threads; the default
+    # executor (cores + 4 threads) would serialise hundreds of pools behind six calls.
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(
+            max_workers=args.api_threads, thread_name_prefix="kube"
+        )
+    )
     while True:
         await elector.acquire()
         modelpool.STATE = modelpool.PoolState(
@@ -142,6 +151,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="URL",
         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
     )
+    op.add_argument(
+        "--router-url",
+        action="append",
+        metavar="URL",
+        default=[u for u in os.environ.get("MODELFLEET_ROUTER_URLS", "").split(",") if u],
+        help="router base URL the canary `router` metrics provider reads /v1/stats from (repeatable)",
+    )
+    op.add_argument(
+        "--metrics-port", type=int, default=0, help="serve operator metrics on this port (0: off)"
+    )
+    op.add_argument("--api-threads", type=int, default=32, help="concurrent Kubernetes API calls")
+    op.add_argument("--metrics-host", default="0.0.0.0", help="address for --metrics-port")
     op.set_defaults(handler=_handler)
 
 

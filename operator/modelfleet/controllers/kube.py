@@ -26,7 +26,7 @@ def api_client() -> k8s.ApiClient:
             config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
         )
     # Many pools reconcile at once; the default pool of 4 connections serialises them.
-    configuration.connection_pool_maxsize = 32
+    configuration.connection_pool_maxsize = 64
     return k8s.ApiClient(configuration)
 
 

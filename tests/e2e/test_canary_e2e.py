@@ -1,0 +1,349 @@
+"""Canaries end to end: the real operator drives a real router (`--kube`) in
+front of real tiny-model workers run by the local pod runner, judged by the
+router's own metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from conftest import LocalCluster, wait_for
+from modelfleet.dev import bootstrap
+from modelfleet.router.testing import RouterProcess, free_port
+from worker_fixtures import tiny_model_dir
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(600)]
+G, V = "modelfleet.io", "v1alpha1"
+NS = "e2e-canary"
+
+# name -> extra worker env (fault injection for the bad candidates)
+POOLS: dict[str, dict[str, str]] = {
+    "stable": {},
+    "stable2": {},
+    "good": {},
+    "errors": {"MODELFLEET_WORKER_FAULT_ERROR_RATE": "1.0"},
+    "slow": {"MODELFLEET_WORKER_FAULT_LATENCY_MS": "600"},
+}
+
+
+@dataclass
+class Fleet:
+    cluster: LocalCluster
+    router: RouterProcess
+    operator: Any
+
+    @property
+    def custom(self) -> k8s.CustomObjectsApi:
+        return k8s.CustomObjectsApi(self.cluster.api)
+
+    def canary(self, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(G, V, NS, "canaries", name)
+        return obj
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.canary(name).get("status") or {}
+
+    def policy(self, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            G, V, NS, "routingpolicies", name
+        )
+        return obj
+
+    def events(self, name: str) -> list[Any]:
+        core = k8s.CoreV1Api(self.cluster.api)
+        sel = f"involvedObject.kind=Canary,involvedObject.name={name}"
+        return list(core.list_namespaced_event(NS, field_selector=sel).items)
+
+    def start(self, name: str, stable: str, candidate: str, **spec: Any) -> None:
+        self.custom.create_namespaced_custom_object(
+            G,
+            V,
+            NS,
+            "routingpolicies",
+            {
+                "apiVersion": f"{G}/{V}",
+                "kind": "RoutingPolicy",
+                "metadata": {"name": name},
+                "spec": {"routes": [{"name": "all", "pool": stable}]},
+            },
+        )
+        body = {
+            "routingPolicy": name,
+            "route": "all",
+            "stablePool": stable,
+            "candidatePool": candidate,
+            "steps": [20, 50, 100],
+            "interval": "4s",
+            "analysis": {
+                "minRequests": 3,
+                "failureLimit": 1,
+                "inconclusiveLimit": 2,
+                "metrics": [
+                    {"name": "errors", "builtin": "error-rate", "max": 0.1},
+                    {"name": "p95", "builtin": "latency-p95", "maxRatioToStable": 2.0},
+                ],
+            },
+        }
+        body.update(spec)
+        self.custom.create_namespaced_custom_object(
+            G,
+            V,
+            NS,
+            "canaries",
+            {"apiVersion": f"{G}/{V}", "kind": "Canary", "metadata": {"name": name}, "spec": body},
+        )
+
+    def annotate(self, name: str, action: str) -> None:
+        self.custom.patch_namespaced_custom_object(
+            G,
+            V,
+            NS,
+            "canaries",
+            name,
+            {"metadata": {"annotations": {"modelfleet.io/action": action}}},
+        )
+
+
+class Load:
+    """Closed-loop clients sending image requests through the router for one policy."""
+
+    def __init__(self, router: RouterProcess, policy: str, clients: int = 3) -> None:
+        self.url = router.url + "/v1/images/generations"
+        self.policy = policy
+        self.stop_flag = threading.Event()
+        self.ok = 0
+        self.failed: list[int] = []
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        body = b'{"prompt": "a lighthouse", "size": "64x64", "steps": 2}'
+        while not self.stop_flag.is_set():
+            req = urllib.request.Request(
+                self.url,
+                data=body,
+                headers={"Content-Type": "application/json", "X-ModelFleet-Policy": self.policy},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    resp.read()
+                    self.ok += 1
+            except urllib.error.HTTPError as err:
+                self.failed.append(err.code)
+            except OSError:
+                self.failed.append(0)
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+
+def _pool(name: str, model_dir: str, env: dict[str, str]) -> dict[str, Any]:
+    worker_env = [{"name": "MODELFLEET_WORKER_CPU_THREADS", "value": "1"}]
+    worker_env += [{"name": k, "value": v} for k, v in env.items()]
+    return {
+        "apiVersion": f"{G}/{V}",
+        "kind": "ModelPool",
+        "metadata": {"name": name, "annotations": {"modelfleet.io/local-run": "true"}},
+        "spec": {
+            "model": {"family": "custom", "source": f"file://{model_dir}", "dtype": "float32"},
+            "replicas": 1,
+            "batching": {"maxBatchSize": 4, "maxLatencyMs": 20},
+            "limits": {"maxResolution": 128, "maxSteps": 4},
+            "worker": {"env": worker_env},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def fleet(cluster: LocalCluster, operator: Any) -> Iterator[Fleet]:
+    core = k8s.CoreV1Api(cluster.api)
+    try:
+        core.delete_namespace(NS)
+        wait_for(lambda: not _namespace_exists(core), timeout=120, what="old e2e namespace gone")
+    except k8s.ApiException as exc:
+        if exc.status != 404:
+            raise
+    core.create_namespace({"metadata": {"name": NS}})
+    bootstrap.wait_default_service_account(cluster.api, NS)
+    model = str(tiny_model_dir())
+    custom = k8s.CustomObjectsApi(cluster.api)
+    for name, env in POOLS.items():
+        custom.create_namespaced_custom_object(G, V, NS, "modelpools", _pool(name, model, env))
+
+    port = free_port()
+    os.environ["MODELFLEET_ROUTER_URLS"] = f"http://127.0.0.1:{port}"
+    # The operator reads the router URL at start: restart it with the variable set.
+    operator.main.kill(signal.SIGTERM)
+    started = operator.ensure_running()
+    router = RouterProcess(
+        None, ["--kube", "--namespace", NS, "--kubeconfig", str(cluster.kubeconfig)], port=port
+    )
+
+    def pools_ready() -> bool:
+        items = custom.list_namespaced_custom_object(G, V, NS, "modelpools")["items"]
+        return len(items) == len(POOLS) and all(
+            (p.get("status") or {}).get("phase") == "Ready" for p in items
+        )
+
+    assert started.alive, started.log()
+    wait_for(pools_ready, timeout=240, interval=0.5, what="all e2e pools Ready (real workers)")
+    # The router reports ready once it knows at least one policy.
+    custom.create_namespaced_custom_object(
+        G,
+        V,
+        NS,
+        "routingpolicies",
+        {
+            "apiVersion": f"{G}/{V}",
+            "kind": "RoutingPolicy",
+            "metadata": {"name": "base"},
+            "spec": {"routes": [{"name": "all", "pool": "stable"}]},
+        },
+    )
+    with router:
+        yield Fleet(cluster, router, operator)
+    os.environ.pop("MODELFLEET_ROUTER_URLS", None)
+    core.delete_namespace(NS)
+
+
+def _namespace_exists(core: k8s.CoreV1Api) -> bool:
+    try:
+        core.read_namespace(NS)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def _phase(fleet: Fleet, name: str, phase: str) -> Any:
+    return lambda: (s := fleet.status(name)).get("phase") == phase and s
+
+
+def test_no_traffic_pauses_never_promotes_or_rolls_back(fleet: Fleet) -> None:
+    fleet.start("idle", "stable", "good")
+    seen: set[str] = set()
+
+    def paused() -> Any:
+        s = fleet.status("idle")
+        seen.add(s.get("phase", ""))
+        return s.get("phase") == "Paused" and s
+
+    status = wait_for(paused, timeout=60, interval=0.2, what="Paused for lack of samples")
+    assert "not enough samples" in status["message"]
+    assert status["canaryWeight"] == 20, "missing data holds the weight"
+    assert not seen & {"Succeeded", "RolledBack"}
+
+
+def test_healthy_candidate_succeeds_across_an_operator_kill(fleet: Fleet) -> None:
+    with Load(fleet.router, "healthy") as load:
+        fleet.start("healthy", "stable2", "good")
+        wait_for(
+            lambda: fleet.status("healthy").get("currentStep") == 1,
+            timeout=60,
+            interval=0.2,
+            what="second step",
+        )
+        fleet.operator.main.kill(signal.SIGKILL)  # mid-step; state lives in status
+        fleet.operator.ensure_running()
+        status = wait_for(
+            _phase(fleet, "healthy", "Succeeded"), timeout=120, interval=0.2, what="Succeeded"
+        )
+    assert load.ok > 0 and not [c for c in load.failed if c >= 500]
+    passed_steps = [h["step"] for h in status["history"] if h["result"] == "pass"]
+    assert passed_steps == [0, 1, 2], f"each step judged exactly once: {status['history']}"
+    route = fleet.policy("healthy")["spec"]["routes"][0]
+    assert route["pool"] == "good", "route promoted to the candidate"
+    wait_for(
+        lambda: (
+            fleet.custom.get_namespaced_custom_object(G, V, NS, "modelpools", "stable2")["spec"][
+                "replicas"
+            ]
+            == 0
+        ),
+        timeout=30,
+        what="old stable scaled down",
+    )
+
+
+def test_erroring_candidate_rolls_back_fast(fleet: Fleet) -> None:
+    with Load(fleet.router, "errs") as load:
+        fleet.start("errs", "stable", "errors")
+        wait_for(
+            lambda: (fleet.status("errs").get("canaryWeight") or 0) > 0,
+            timeout=60,
+            interval=0.1,
+            what="candidate receives traffic",
+        )
+        started = time.monotonic()
+        status = wait_for(
+            _phase(fleet, "errs", "RolledBack"), timeout=60, interval=0.1, what="RolledBack"
+        )
+        took = time.monotonic() - started
+    assert status["canaryWeight"] == 0
+    assert "errors" in status["message"], status["message"]
+    assert took < 15, f"rollback took {took:.1f}s"
+    assert not [c for c in load.failed if c >= 500], (
+        "the router retried failed candidate requests on stable"
+    )
+    compiled = fleet.policy("errs")["status"]["routes"][0]["pools"]
+    assert compiled == [{"pool": "stable", "weight": 100}]
+    wait_for(
+        lambda: any(e.reason == "RolledBack" and e.type == "Warning" for e in fleet.events("errs")),
+        timeout=10,
+        what="RolledBack event",
+    )
+
+
+def test_slow_candidate_rolls_back_on_latency_relative_to_stable(fleet: Fleet) -> None:
+    with Load(fleet.router, "slowc"):
+        fleet.start("slowc", "stable", "slow")
+        status = wait_for(
+            _phase(fleet, "slowc", "RolledBack"), timeout=90, interval=0.2, what="RolledBack"
+        )
+    assert "p95" in status["message"], status["message"]
+    p95 = next(m for m in status["metrics"] if m["name"] == "p95")
+    assert p95["result"] == "fail"
+    assert p95["value"] > 2.0 * p95["stableValue"]
+    errors = next(m for m in status["metrics"] if m["name"] == "errors")
+    assert errors["result"] != "fail", "latency alone rolled it back"
+
+
+def test_manual_abort_retry_promote(fleet: Fleet) -> None:
+    with Load(fleet.router, "manual"):
+        fleet.start("manual", "stable", "good", paused=False, scaleDownDelay="1h", interval="30s")
+        wait_for(_phase(fleet, "manual", "Progressing"), timeout=60, what="Progressing")
+        fleet.annotate("manual", "abort:1")
+        status = wait_for(
+            _phase(fleet, "manual", "RolledBack"), timeout=30, interval=0.1, what="aborted"
+        )
+        assert status["canaryWeight"] == 0
+        fleet.annotate("manual", "retry:2")
+        status = wait_for(
+            _phase(fleet, "manual", "Progressing"), timeout=30, interval=0.1, what="retried"
+        )
+        assert status["currentStep"] == 0
+        fleet.annotate("manual", "promote:3")
+        status = wait_for(
+            _phase(fleet, "manual", "Succeeded"), timeout=30, interval=0.1, what="promoted"
+        )
+    assert status["lastAction"] == "promote:3"
+    assert fleet.policy("manual")["spec"]["routes"][0]["pool"] == "good"
+    reasons = {e.reason for e in fleet.events("manual")}
+    assert len(reasons) >= 3, reasons
