@@ -347,3 +347,131 @@ def test_manual_abort_retry_promote(fleet: Fleet) -> None:
     assert fleet.policy("manual")["spec"]["routes"][0]["pool"] == "good"
     reasons = {e.reason for e in fleet.events("manual")}
     assert len(reasons) >= 3, reasons
+
+
+# ---- the router against the real cluster (issue: router and RoutingPolicy) -----------------
+
+
+def _send(router: RouterProcess, policy: str, n: int) -> list[tuple[int, str, str]]:
+    """n sequential requests: (status, pool, fallback header)."""
+    out = []
+    body = b'{"prompt": "a lighthouse", "size": "64x64", "steps": 2}'
+    for _ in range(n):
+        req = urllib.request.Request(
+            router.url + "/v1/images/generations",
+            data=body,
+            headers={"Content-Type": "application/json", "X-ModelFleet-Policy": policy},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                resp.read()
+                out.append(
+                    (
+                        resp.status,
+                        resp.headers["X-ModelFleet-Pool"],
+                        resp.headers["X-ModelFleet-Fallback"],
+                    )
+                )
+        except urllib.error.HTTPError as err:
+            out.append((err.code, err.headers.get("X-ModelFleet-Pool", ""), ""))
+    return out
+
+
+def _policy(fleet: Fleet, name: str, pool: str, fallbacks: list[str]) -> None:
+    fleet.custom.create_namespaced_custom_object(
+        G,
+        V,
+        NS,
+        "routingpolicies",
+        {
+            "apiVersion": f"{G}/{V}",
+            "kind": "RoutingPolicy",
+            "metadata": {"name": name},
+            "spec": {"routes": [{"name": "all", "pool": pool, "fallbacks": fallbacks}]},
+        },
+    )
+    wait_for(
+        lambda: _send(fleet.router, name, 1)[0][0] == 200, timeout=10, what=f"router knows {name}"
+    )
+
+
+def test_canary_weight_change_reaches_the_router_within_a_second(fleet: Fleet) -> None:
+    fleet.start("split", "stable", "good", steps=[30, 100], interval="10m")
+    wait_for(
+        lambda: fleet.status("split").get("canaryWeight") == 30,
+        timeout=60,
+        interval=0.05,
+        what="weight 30 written",
+    )
+    t0 = time.monotonic()
+    compiled = wait_for(
+        lambda: (
+            len(fleet.policy("split").get("status", {}).get("routes", [{}])[0].get("pools", []))
+            == 2
+        ),
+        timeout=5,
+        interval=0.02,
+        what="weights compiled into the policy",
+    )
+    assert compiled
+    time.sleep(
+        max(0.0, 1.0 - (time.monotonic() - t0))
+    )  # the promise under test: 1 s after the weight
+    results = _send(fleet.router, "split", 200)
+    assert all(code == 200 for code, _, _ in results)
+    share = sum(1 for _, pool, _ in results if pool == "good") / len(results)
+    assert 0.17 <= share <= 0.43, f"candidate share {share:.2f}, expected 0.30 (4 sigma)"
+    fleet.annotate("split", "abort:1")
+    wait_for(_phase(fleet, "split", "RolledBack"), timeout=30, what="cleanup abort")
+
+
+def test_pool_without_endpoints_falls_back(fleet: Fleet) -> None:
+    fleet.custom.patch_namespaced_custom_object(
+        G, V, NS, "modelpools", "slow", {"spec": {"replicas": 0}}
+    )
+    discovery = k8s.DiscoveryV1Api(fleet.cluster.api)
+    wait_for(
+        lambda: (
+            not any(
+                ep.conditions.ready
+                for s in discovery.list_namespaced_endpoint_slice(
+                    NS, label_selector="kubernetes.io/service-name=slow"
+                ).items
+                for ep in (s.endpoints or [])
+            )
+        ),
+        timeout=60,
+        what="slow pool has no ready endpoints",
+    )
+    _policy(fleet, "down", "slow", ["stable"])
+    results = _send(fleet.router, "down", 5)
+    assert {(code, pool, fb) for code, pool, fb in results} == {(200, "stable", "true")}
+
+
+def test_killed_worker_is_retried_without_client_errors(fleet: Fleet) -> None:
+    fleet.custom.patch_namespaced_custom_object(
+        G, V, NS, "modelpools", "good", {"spec": {"replicas": 2}}
+    )
+    wait_for(
+        lambda: (
+            (
+                fleet.custom.get_namespaced_custom_object(G, V, NS, "modelpools", "good").get(
+                    "status"
+                )
+                or {}
+            ).get("readyReplicas")
+            == 2
+        ),
+        timeout=120,
+        what="two good replicas",
+    )
+    _policy(fleet, "kill", "good", [])
+    core = k8s.CoreV1Api(fleet.cluster.api)
+    with Load(fleet.router, "kill", clients=3) as load:
+        wait_for(lambda: load.ok >= 10, timeout=60, what="traffic flowing")
+        victim = core.list_namespaced_pod(NS, label_selector="modelfleet.io/pool=good").items[0]
+        # The process dies at once; its endpoint lingers until the slice catches up.
+        core.delete_namespaced_pod(victim.metadata.name, NS, grace_period_seconds=0)
+        before = load.ok
+        wait_for(lambda: load.ok >= before + 20, timeout=60, what="traffic after the kill")
+    assert load.failed == [], f"client saw errors: {load.failed[:10]}"
