@@ -5,6 +5,7 @@ router's own metrics."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -475,3 +476,99 @@ def test_killed_worker_is_retried_without_client_errors(fleet: Fleet) -> None:
         before = load.ok
         wait_for(lambda: load.ok >= before + 20, timeout=60, what="traffic after the kill")
     assert load.failed == [], f"client saw errors: {load.failed[:10]}"
+
+
+# ---- judged by a real Prometheus that goes away mid-analysis -------------------------------
+
+
+class PrometheusProcess:
+    def __init__(self, data: Any, target: str) -> None:
+        self.port = free_port()
+        self.data = data
+        self.config = data / "prometheus.yml"
+        self.config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: router\n    honor_labels: true\n"
+            f"    static_configs:\n      - targets: ['{target}']\n"
+        )
+        self.proc: Any = None
+
+    def start(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={self.config}",
+                f"--storage.tsdb.path={self.data / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=(self.data / "prometheus.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.port}/-/ready", timeout=1
+                ) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_for(ready, timeout=60, what="prometheus ready")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus not installed (make prereqs)"
+)
+def test_prometheus_outage_holds_then_continues(fleet: Fleet, tmp_path: Any) -> None:
+    prom = PrometheusProcess(tmp_path, f"127.0.0.1:{fleet.router.port}")
+    prom.start()
+    try:
+        with Load(fleet.router, "prom"):
+            fleet.start(
+                "prom",
+                "stable",
+                "good",
+                analysis={
+                    "provider": {"type": "prometheus", "address": f"http://127.0.0.1:{prom.port}"},
+                    "minRequests": 3,
+                    "failureLimit": 1,
+                    "inconclusiveLimit": 50,
+                    "metrics": [{"name": "errors", "builtin": "error-rate", "max": 0.1}],
+                },
+            )
+            try:
+                wait_for(
+                    lambda: fleet.status("prom").get("currentStep") == 1,
+                    timeout=90,
+                    interval=0.2,
+                    what="a step passed on Prometheus data",
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; canary status: {fleet.status('prom')}") from None
+            prom.stop()
+            down = wait_for(
+                lambda: (s := fleet.status("prom")).get("inconclusiveChecks", 0) >= 2 and s,
+                timeout=60,
+                interval=0.2,
+                what="analyses inconclusive while Prometheus is down",
+            )
+            assert down["phase"] == "Progressing" and down["currentStep"] == 1, "held, not advanced"
+            assert "unavailable" in down["message"] or "inconclusive" in down["message"], down[
+                "message"
+            ]
+            prom.start()
+            status = wait_for(
+                _phase(fleet, "prom", "Succeeded"), timeout=120, interval=0.2, what="Succeeded"
+            )
+    finally:
+        prom.stop()
+    passed = [h["step"] for h in status["history"] if h["result"] == "pass"]
+    assert passed == [0, 1, 2], status["history"]

@@ -84,6 +84,8 @@ class FakeRouterMetrics:
             r.labels("ns", "cand", "upstream_error").inc(1)
             r.labels("ns", "cand", "busy").inc(1)
             r.labels("ns", "cand", "client_error").inc(1)
+            # A healthy pool: only "ok" series exist, never an error series.
+            r.labels("ns", "healthy", "ok").inc(5)
             h = self.duration.labels("ns", "cand")
             for _ in range(8):
                 h.observe(0.05)
@@ -197,6 +199,10 @@ async def test_builtin_metrics_from_real_prometheus(stack: Stack) -> None:
         assert err.samples == pytest.approx(expected, rel=0.25)
         p95 = await p.measure(q(P95))
         assert p95.error is None and p95.value == pytest.approx(0.875, abs=0.03)
+
+        healthy = await p.measure(q(ERR, "healthy"))
+        assert healthy.error is None and not healthy.no_series
+        assert healthy.value == 0.0 and (healthy.samples or 0) > 0
 
         idle = await p.measure(q(ERR, "idle"))
         assert (idle.value, idle.samples, idle.error, idle.no_series) == (None, 0, None, False)

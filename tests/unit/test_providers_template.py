@@ -59,8 +59,8 @@ def test_value_with_braces_cannot_break_out() -> None:
 
 def test_builtin_queries() -> None:
     assert builtin_query("error-rate", "ns", "p", 30) == (
-        'sum(rate(modelfleet_router_upstream_requests_total{namespace="ns",pool="p",'
-        'outcome=~"upstream_error|timeout|connect_error"}[30s])) / '
+        '(sum(rate(modelfleet_router_upstream_requests_total{namespace="ns",pool="p",'
+        'outcome=~"upstream_error|timeout|connect_error"}[30s])) or vector(0)) / '
         'sum(rate(modelfleet_router_upstream_requests_total{namespace="ns",pool="p",'
         'outcome!~"busy|client_error"}[30s]))'
     )

@@ -36,8 +36,10 @@ def builtin_query(builtin: str, namespace: str, pool: str, window_seconds: int) 
     sel = _selector(namespace, pool)
     w = duration_text(window_seconds)
     if builtin == "error-rate":
+        # A healthy pool has no error series at all: count that as 0 errors, while a
+        # pool with no request series still yields no series (misconfigured or idle).
         return (
-            f'sum(rate({REQUESTS_METRIC}{{{sel},outcome=~"{ERROR_OUTCOMES}"}}[{w}])) / '
+            f'(sum(rate({REQUESTS_METRIC}{{{sel},outcome=~"{ERROR_OUTCOMES}"}}[{w}])) or vector(0)) / '
             f'sum(rate({REQUESTS_METRIC}{{{sel},outcome!~"{IGNORED_OUTCOMES}"}}[{w}]))'
         )
     q = _QUANTILES.get(builtin)
