@@ -6,6 +6,7 @@ routed by intent. Finishes on its own and leaves everything running;
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from modelfleet.dev import bootstrap
+from modelfleet.dev import bootstrap, story
 from modelfleet.dev.cluster import Cluster
 
 NAMESPACE = "modelfleet-demo"
@@ -30,22 +31,14 @@ def say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def _pool(name: str, model_dir: Path, tags: list[str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "modelfleet.io/v1alpha1",
-        "kind": "ModelPool",
-        "metadata": {"name": name, "annotations": {"modelfleet.io/local-run": "true"}},
-        "spec": {
-            "model": {"family": "custom", "source": f"file://{model_dir}", "dtype": "float32"},
-            "replicas": 1,
-            "gpu": {"count": 1},
-            "batching": {"maxBatchSize": 4, "maxLatencyMs": 40},
-            "limits": {"maxResolution": 256, "maxSteps": 8},
-            "tags": tags,
-            "worker": {"env": [{"name": "MODELFLEET_WORKER_CPU_THREADS", "value": "1"}]},
-        },
-    }
-
+# name -> worker env: three intent pools, plus two candidates for the canary story.
+POOLS: dict[str, dict[str, str]] = {
+    "typography": {},
+    "preview": {},
+    "production": {},
+    "production-v2": {},
+    "production-bad": {"MODELFLEET_WORKER_FAULT_ERROR_RATE": "0.5"},
+}
 
 POLICY = {
     "apiVersion": "modelfleet.io/v1alpha1",
@@ -71,23 +64,6 @@ POLICY = {
 }
 
 
-def _apply_custom(api: k8s.ApiClient, plural: str, doc: dict[str, Any]) -> None:
-    custom = k8s.CustomObjectsApi(api)
-    try:
-        custom.create_namespaced_custom_object("modelfleet.io", "v1alpha1", NAMESPACE, plural, doc)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        custom.patch_namespaced_custom_object(
-            "modelfleet.io",
-            "v1alpha1",
-            NAMESPACE,
-            plural,
-            doc["metadata"]["name"],
-            {"spec": doc["spec"]},
-        )
-
-
 def _wait(check: Any, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -98,14 +74,19 @@ def _wait(check: Any, timeout: float, what: str) -> Any:
     raise SystemExit(f"[demo] timed out after {timeout:.0f}s waiting for {what}")
 
 
-def _post(prompt: str, tier: str | None = None) -> tuple[int, dict[str, str], dict[str, Any]]:
+def _post(
+    prompt: str, tier: str | None = None, policy: str | None = None
+) -> tuple[int, dict[str, str], dict[str, Any]]:
     body: dict[str, Any] = {"prompt": prompt, "size": "64x64", "steps": 2, "seed": 7}
     if tier:
         body["tier"] = tier
+    headers = {"Content-Type": "application/json"}
+    if policy:
+        headers["X-ModelFleet-Policy"] = policy
     req = urllib.request.Request(
         f"http://127.0.0.1:{ROUTER_PORT}/v1/images/generations",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers=headers,
     )
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
@@ -122,8 +103,36 @@ def main() -> int:
     api = bootstrap.api_client(cluster.paths.kubeconfig)
     env = {**os.environ, "KUBECONFIG": str(cluster.paths.kubeconfig)}
 
-    if "operator" not in cluster.running():
-        cluster.start_extra("operator", [sys.executable, "-m", "modelfleet.cli", "operator"], env)
+    if "router" not in cluster.running():
+        cluster.start_extra(
+            "router",
+            [
+                sys.executable,
+                "-m",
+                "modelfleet.cli",
+                "router",
+                "--kube",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ROUTER_PORT),
+            ],
+            env,
+        )
+    # (Re)start the operator so it reads canary metrics from this router.
+    cluster.stop_extra("operator")
+    cluster.start_extra(
+        "operator",
+        [
+            sys.executable,
+            "-m",
+            "modelfleet.cli",
+            "operator",
+            "--router-url",
+            f"http://127.0.0.1:{ROUTER_PORT}",
+        ],
+        env,
+    )
     core = k8s.CoreV1Api(api)
     try:
         core.create_namespace({"metadata": {"name": NAMESPACE}})
@@ -144,14 +153,12 @@ def main() -> int:
             ],
             check=True,
         )
-    for name, tags in (
-        ("typography", ["typography"]),
-        ("preview", ["preview"]),
-        ("production", ["photoreal"]),
-    ):
-        _apply_custom(api, "modelpools", _pool(name, model_dir, tags))
-    _apply_custom(api, "routingpolicies", POLICY)
-    say("created ModelPools typography, preview, production and RoutingPolicy images")
+    for name, env in POOLS.items():
+        story.create_or_update(
+            api, NAMESPACE, "modelpools", story.pool_manifest(name, str(model_dir), env)
+        )
+    story.create_or_update(api, NAMESPACE, "routingpolicies", POLICY)
+    say("created ModelPools " + ", ".join(POOLS) + " and RoutingPolicy images")
 
     custom = k8s.CustomObjectsApi(api)
 
@@ -162,27 +169,10 @@ def main() -> int:
         phases = {
             p["metadata"]["name"]: (p.get("status") or {}).get("phase") for p in pools["items"]
         }
-        return len(phases) == 3 and all(v == "Ready" for v in phases.values())
+        return len(phases) == len(POOLS) and all(v == "Ready" for v in phases.values())
 
     _wait(all_ready, 300, "pools Ready (real tiny-model workers loading)")
     say("all pools Ready: each worker pod is a real local process serving at its pod IP")
-
-    if "router" not in cluster.running():
-        cluster.start_extra(
-            "router",
-            [
-                sys.executable,
-                "-m",
-                "modelfleet.cli",
-                "router",
-                "--kube",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ROUTER_PORT),
-            ],
-            env,
-        )
 
     def router_ready() -> bool:
         try:
@@ -199,23 +189,66 @@ def main() -> int:
         ("a photoreal mountain lake at dawn", "production"),
     ):
         status, headers, body = _wait(
-            lambda p=prompt, t=tier: _ok(_post(p, t)), 120, "a routed image"
+            lambda p=prompt, t=tier: _ok(_post(p, t, policy="images")), 120, "a routed image"
         )
         png = base64.b64decode(body["data"][0]["b64_json"])
         say(
             f"{status} route={headers.get('X-ModelFleet-Route')} pool={headers.get('X-ModelFleet-Pool')} "
             f"fallback={headers.get('X-ModelFleet-Fallback')} png={len(png)}B  <- {prompt!r}"
         )
+    outcomes = _canary_story(api)
+    say("summary:")
+    for o in outcomes:
+        detail = o.message if o.phase != "Succeeded" else "route now points at the candidate"
+        say(f"  canary {o.name}: {o.phase} in {o.seconds:.0f}s; {detail}")
     say(f"done in {time.monotonic() - t0:.0f}s; everything keeps running. Look around:")
     print(f"""
   eval "$({sys.executable} -m modelfleet.cli dev env)"
   kubectl get nodes -L nvidia.com/gpu.product
   kubectl -n {NAMESPACE} get modelpools,routingpolicies,deploy,pods -o wide
   kubectl -n {NAMESPACE} get events --field-selector involvedObject.kind=ModelPool
+  kubectl -n {NAMESPACE} get canaries -o wide
+  kubectl -n {NAMESPACE} get canary swap-bad -o jsonpath='{{.status.metrics}}'
+  kubectl -n {NAMESPACE} get events --field-selector involvedObject.kind=Canary
   curl -s localhost:{ROUTER_PORT}/v1/images/generations -d '{{"prompt":"logo \\"ACME\\"","size":"64x64","steps":2}}' | head -c 200
   {sys.executable} -m modelfleet.cli dev down     # stop everything
 """)
     return 0
+
+
+def _canary_story(api: k8s.ApiClient) -> list[story.Outcome]:
+    """A healthy candidate goes 10 -> 30 -> 60 -> 100 -> Succeeded; an erroring one is
+    rolled back. Each gets its own copy of the default route and live traffic."""
+    custom = k8s.CustomObjectsApi(api)
+    outcomes = []
+    for name, candidate in (("swap-good", "production-v2"), ("swap-bad", "production-bad")):
+        with contextlib.suppress(ApiException):
+            custom.delete_namespaced_custom_object(
+                "modelfleet.io", "v1alpha1", NAMESPACE, "canaries", name
+            )
+        with contextlib.suppress(ApiException):
+            custom.delete_namespaced_custom_object(
+                "modelfleet.io", "v1alpha1", NAMESPACE, "routingpolicies", name
+            )
+        story.create_or_update(
+            api, NAMESPACE, "routingpolicies", story.single_route_policy(name, "production")
+        )
+        say(
+            f"canary {name}: production -> {candidate}, steps 10/30/60/100, interval 5s, under load"
+        )
+        with story.Load(f"http://127.0.0.1:{ROUTER_PORT}", name, clients=2):
+            _wait(lambda n=name: _ok(_post_policy(n)), 60, f"router knows policy {name}")
+            manifest = story.canary_manifest(
+                name, name, "production", candidate, "5s", [10, 30, 60, 100]
+            )
+            manifest["spec"]["scaleDownDelay"] = "1h"  # keep production up for the next canary
+            story.create_or_update(api, NAMESPACE, "canaries", manifest)
+            outcomes.append(story.watch_canary(api, NAMESPACE, name, say=say, timeout=300))
+    return outcomes
+
+
+def _post_policy(policy: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+    return _post("a lighthouse", policy=policy)
 
 
 def _ok(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from kubernetes import client as k8s
 
 from conftest import LocalCluster, wait_for
 from modelfleet.dev import bootstrap
+from modelfleet.dev.story import Load, pool_manifest
 from modelfleet.router.testing import RouterProcess, free_port
 from worker_fixtures import tiny_model_dir
 
@@ -115,62 +115,6 @@ class Fleet:
         )
 
 
-class Load:
-    """Closed-loop clients sending image requests through the router for one policy."""
-
-    def __init__(self, router: RouterProcess, policy: str, clients: int = 3) -> None:
-        self.url = router.url + "/v1/images/generations"
-        self.policy = policy
-        self.stop_flag = threading.Event()
-        self.ok = 0
-        self.failed: list[int] = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def _run(self) -> None:
-        body = b'{"prompt": "a lighthouse", "size": "64x64", "steps": 2}'
-        while not self.stop_flag.is_set():
-            req = urllib.request.Request(
-                self.url,
-                data=body,
-                headers={"Content-Type": "application/json", "X-ModelFleet-Policy": self.policy},
-            )
-            try:
-                with urllib.request.urlopen(req, timeout=30) as resp:
-                    resp.read()
-                    self.ok += 1
-            except urllib.error.HTTPError as err:
-                self.failed.append(err.code)
-            except OSError:
-                self.failed.append(0)
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_flag.set()
-        for t in self.threads:
-            t.join(timeout=60)
-
-
-def _pool(name: str, model_dir: str, env: dict[str, str]) -> dict[str, Any]:
-    worker_env = [{"name": "MODELFLEET_WORKER_CPU_THREADS", "value": "1"}]
-    worker_env += [{"name": k, "value": v} for k, v in env.items()]
-    return {
-        "apiVersion": f"{G}/{V}",
-        "kind": "ModelPool",
-        "metadata": {"name": name, "annotations": {"modelfleet.io/local-run": "true"}},
-        "spec": {
-            "model": {"family": "custom", "source": f"file://{model_dir}", "dtype": "float32"},
-            "replicas": 1,
-            "batching": {"maxBatchSize": 4, "maxLatencyMs": 20},
-            "limits": {"maxResolution": 128, "maxSteps": 4},
-            "worker": {"env": worker_env},
-        },
-    }
-
-
 @pytest.fixture(scope="module")
 def fleet(cluster: LocalCluster, operator: Any) -> Iterator[Fleet]:
     core = k8s.CoreV1Api(cluster.api)
@@ -185,7 +129,7 @@ def fleet(cluster: LocalCluster, operator: Any) -> Iterator[Fleet]:
     model = str(tiny_model_dir())
     custom = k8s.CustomObjectsApi(cluster.api)
     for name, env in POOLS.items():
-        custom.create_namespaced_custom_object(G, V, NS, "modelpools", _pool(name, model, env))
+        custom.create_namespaced_custom_object(G, V, NS, "modelpools", pool_manifest(name, model, env))
 
     port = free_port()
     os.environ["MODELFLEET_ROUTER_URLS"] = f"http://127.0.0.1:{port}"
@@ -253,7 +197,7 @@ def test_no_traffic_pauses_never_promotes_or_rolls_back(fleet: Fleet) -> None:
 
 
 def test_healthy_candidate_succeeds_across_an_operator_kill(fleet: Fleet) -> None:
-    with Load(fleet.router, "healthy") as load:
+    with Load(fleet.router.url, "healthy") as load:
         fleet.start("healthy", "stable2", "good")
         wait_for(
             lambda: fleet.status("healthy").get("currentStep") == 1,
@@ -284,7 +228,7 @@ def test_healthy_candidate_succeeds_across_an_operator_kill(fleet: Fleet) -> Non
 
 
 def test_erroring_candidate_rolls_back_fast(fleet: Fleet) -> None:
-    with Load(fleet.router, "errs") as load:
+    with Load(fleet.router.url, "errs") as load:
         fleet.start("errs", "stable", "errors")
         wait_for(
             lambda: (fleet.status("errs").get("canaryWeight") or 0) > 0,
@@ -313,7 +257,7 @@ def test_erroring_candidate_rolls_back_fast(fleet: Fleet) -> None:
 
 
 def test_slow_candidate_rolls_back_on_latency_relative_to_stable(fleet: Fleet) -> None:
-    with Load(fleet.router, "slowc"):
+    with Load(fleet.router.url, "slowc"):
         fleet.start("slowc", "stable", "slow")
         status = wait_for(
             _phase(fleet, "slowc", "RolledBack"), timeout=90, interval=0.2, what="RolledBack"
@@ -327,7 +271,7 @@ def test_slow_candidate_rolls_back_on_latency_relative_to_stable(fleet: Fleet) -
 
 
 def test_manual_abort_retry_promote(fleet: Fleet) -> None:
-    with Load(fleet.router, "manual"):
+    with Load(fleet.router.url, "manual"):
         fleet.start("manual", "stable", "good", paused=False, scaleDownDelay="1h", interval="30s")
         wait_for(_phase(fleet, "manual", "Progressing"), timeout=60, what="Progressing")
         fleet.annotate("manual", "abort:1")
@@ -468,7 +412,7 @@ def test_killed_worker_is_retried_without_client_errors(fleet: Fleet) -> None:
     )
     _policy(fleet, "kill", "good", [])
     core = k8s.CoreV1Api(fleet.cluster.api)
-    with Load(fleet.router, "kill", clients=3) as load:
+    with Load(fleet.router.url, "kill", clients=3) as load:
         wait_for(lambda: load.ok >= 10, timeout=60, what="traffic flowing")
         victim = core.list_namespaced_pod(NS, label_selector="modelfleet.io/pool=good").items[0]
         # The process dies at once; its endpoint lingers until the slice catches up.
@@ -531,7 +475,7 @@ def test_prometheus_outage_holds_then_continues(fleet: Fleet, tmp_path: Any) -> 
     prom = PrometheusProcess(tmp_path, f"127.0.0.1:{fleet.router.port}")
     prom.start()
     try:
-        with Load(fleet.router, "prom"):
+        with Load(fleet.router.url, "prom"):
             fleet.start(
                 "prom",
                 "stable",

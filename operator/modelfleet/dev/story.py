@@ -1,0 +1,209 @@
+"""Shared by `make demo`, the canary benchmark and the e2e tests: tiny-model
+pools backed by real local workers, a closed-loop load generator, and a
+canary run watched (and narrated) until it ends."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+
+G, V = "modelfleet.io", "v1alpha1"
+TERMINAL = {"Succeeded", "RolledBack", "Failed", "Paused"}
+
+
+def pool_manifest(
+    name: str, model_dir: str, env: dict[str, str] | None = None, replicas: int = 1
+) -> dict[str, Any]:
+    """A ModelPool of real tiny-model workers run by the local pod runner."""
+    worker_env = [{"name": "MODELFLEET_WORKER_CPU_THREADS", "value": "1"}]
+    worker_env += [{"name": k, "value": v} for k, v in (env or {}).items()]
+    return {
+        "apiVersion": f"{G}/{V}",
+        "kind": "ModelPool",
+        "metadata": {"name": name, "annotations": {"modelfleet.io/local-run": "true"}},
+        "spec": {
+            "model": {"family": "custom", "source": f"file://{model_dir}", "dtype": "float32"},
+            "replicas": replicas,
+            "gpu": {"count": 1},
+            "batching": {"maxBatchSize": 4, "maxLatencyMs": 20},
+            "limits": {"maxResolution": 256, "maxSteps": 8},
+            "worker": {"env": worker_env},
+        },
+    }
+
+
+def create_or_update(api: k8s.ApiClient, namespace: str, plural: str, doc: dict[str, Any]) -> None:
+    custom = k8s.CustomObjectsApi(api)
+    try:
+        custom.create_namespaced_custom_object(G, V, namespace, plural, doc)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        custom.patch_namespaced_custom_object(
+            G, V, namespace, plural, doc["metadata"]["name"], {"spec": doc["spec"]}
+        )
+
+
+def single_route_policy(name: str, pool: str, fallbacks: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{G}/{V}",
+        "kind": "RoutingPolicy",
+        "metadata": {"name": name},
+        "spec": {"routes": [{"name": "all", "pool": pool, "fallbacks": fallbacks or []}]},
+    }
+
+
+class Load:
+    """Closed-loop clients sending image requests through the router for one policy."""
+
+    def __init__(self, router_url: str, policy: str, clients: int = 3) -> None:
+        self.url = router_url + "/v1/images/generations"
+        self.policy = policy
+        self.stop_flag = threading.Event()
+        self.ok = 0
+        self.failed: list[int] = []
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        body = b'{"prompt": "a lighthouse", "size": "64x64", "steps": 2}'
+        while not self.stop_flag.is_set():
+            req = urllib.request.Request(
+                self.url,
+                data=body,
+                headers={"Content-Type": "application/json", "X-ModelFleet-Policy": self.policy},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    resp.read()
+                    self.ok += 1
+            except urllib.error.HTTPError as err:
+                self.failed.append(err.code)
+            except OSError:
+                self.failed.append(0)
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+
+@dataclass
+class Outcome:
+    name: str
+    phase: str
+    seconds: float
+    message: str
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    # From the moment the candidate first got traffic to the moment its weight was 0 again.
+    weight_zero_after: float | None = None
+
+
+def _metric_text(metrics: list[dict[str, Any]]) -> str:
+    parts = []
+    for m in metrics:
+        value = m.get("value")
+        shown = "n/a" if value is None else f"{value:.3g}"
+        limit = m.get("threshold")
+        parts.append(
+            f"{m['name']}={shown}"
+            + (f" (limit {limit:.3g})" if limit is not None else "")
+            + f" {m['result']}"
+        )
+    return ", ".join(parts)
+
+
+def watch_canary(
+    api: k8s.ApiClient,
+    namespace: str,
+    name: str,
+    say: Callable[[str], None] | None = None,
+    timeout: float = 600,
+) -> Outcome:
+    """Poll the Canary until it ends; narrate every change of phase, step or weight."""
+    custom = k8s.CustomObjectsApi(api)
+    t0 = time.monotonic()
+    last: tuple[Any, ...] = ()
+    first_traffic: float | None = None
+    while time.monotonic() - t0 < timeout:
+        status = (
+            custom.get_namespaced_custom_object(G, V, namespace, "canaries", name).get("status")
+            or {}
+        )
+        weight = status.get("canaryWeight") or 0
+        if weight > 0 and first_traffic is None:
+            first_traffic = time.monotonic()
+        key = (
+            status.get("phase"),
+            status.get("currentStep"),
+            weight,
+            len(status.get("history", [])),
+        )
+        if key != last:
+            last = key
+            if say is not None:
+                say(
+                    f"{name}: {status.get('phase')} step {status.get('currentStep')} weight {weight}%"
+                    + (
+                        f" | {_metric_text(status.get('metrics', []))}"
+                        if status.get("metrics")
+                        else ""
+                    )
+                )
+        if status.get("phase") in TERMINAL:
+            zero = time.monotonic() - first_traffic if first_traffic and weight == 0 else None
+            return Outcome(
+                name,
+                status["phase"],
+                time.monotonic() - t0,
+                status.get("message", ""),
+                status.get("metrics", []),
+                zero,
+            )
+        time.sleep(0.1)
+    raise TimeoutError(f"canary {namespace}/{name} did not finish within {timeout:.0f}s")
+
+
+def canary_manifest(
+    name: str,
+    policy: str,
+    stable: str,
+    candidate: str,
+    interval: str,
+    steps: list[int],
+    min_requests: int = 5,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{G}/{V}",
+        "kind": "Canary",
+        "metadata": {"name": name},
+        "spec": {
+            "routingPolicy": policy,
+            "route": "all",
+            "stablePool": stable,
+            "candidatePool": candidate,
+            "steps": steps,
+            "interval": interval,
+            "analysis": {
+                "minRequests": min_requests,
+                "failureLimit": 1,
+                "inconclusiveLimit": 5,
+                "metrics": [
+                    {"name": "error-rate", "builtin": "error-rate", "max": 0.05},
+                    {"name": "latency-p95", "builtin": "latency-p95", "maxRatioToStable": 2.0},
+                ],
+            },
+        },
+    }
