@@ -52,6 +52,8 @@ format: venv
 
 crds: venv
 	$(PY) -m modelfleet.cli crds generate --out crds
+	$(PY) -m modelfleet.cli crds generate --out charts/modelfleet/crds
+	$(PY) -m modelfleet.cli crds docs --out docs/api-reference.md
 
 down: venv
 	$(PY) -m modelfleet.cli dev down

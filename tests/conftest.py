@@ -71,7 +71,8 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
 
     from modelfleet.dev import bootstrap
 
-    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
+    # Unique per run: a namespace of an earlier run may still be terminating.
+    digest = hashlib.sha1(f"{request.node.nodeid}{time.time_ns()}".encode()).hexdigest()[:6]
     base = request.node.name.lower().replace("_", "-")
     base = "".join(ch for ch in base if ch.isalnum() or ch == "-")[:40].strip("-")
     name = f"t-{base}-{digest}"

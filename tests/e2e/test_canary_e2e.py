@@ -129,7 +129,9 @@ def fleet(cluster: LocalCluster, operator: Any) -> Iterator[Fleet]:
     model = str(tiny_model_dir())
     custom = k8s.CustomObjectsApi(cluster.api)
     for name, env in POOLS.items():
-        custom.create_namespaced_custom_object(G, V, NS, "modelpools", pool_manifest(name, model, env))
+        custom.create_namespaced_custom_object(
+            G, V, NS, "modelpools", pool_manifest(name, model, env)
+        )
 
     port = free_port()
     os.environ["MODELFLEET_ROUTER_URLS"] = f"http://127.0.0.1:{port}"

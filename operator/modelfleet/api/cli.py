@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from modelfleet.api import crdgen
+from modelfleet.api import crdgen, docgen
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -15,16 +15,32 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(args: argparse.Namespace) -> int:
+    print(f"wrote {docgen.write(Path(args.out))}")
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
+    rc = 0
     stale = crdgen.stale_files(Path(args.out))
     if stale:
         print(
             f"stale CRDs in {args.out}: {', '.join(stale)}; run `modelfleet crds generate`",
             file=sys.stderr,
         )
-        return 1
-    print(f"CRDs in {args.out} are up to date")
-    return 0
+        rc = 1
+    else:
+        print(f"CRDs in {args.out} are up to date")
+    if args.docs:
+        if docgen.is_stale(Path(args.docs)):
+            print(
+                f"stale API reference {args.docs}; run `modelfleet crds docs --out {args.docs}`",
+                file=sys.stderr,
+            )
+            rc = 1
+        else:
+            print(f"API reference {args.docs} is up to date")
+    return rc
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,4 +51,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gen.set_defaults(handler=_generate)
     check = crds_sub.add_parser("check", help="exit 1 when crds/ differs from the models")
     check.add_argument("--out", default="crds", help="directory to check (default: crds)")
+    check.add_argument(
+        "--docs",
+        default=str(docgen.DEFAULT_PATH),
+        help=f"API reference to check too ('' to skip; default: {docgen.DEFAULT_PATH})",
+    )
     check.set_defaults(handler=_check)
+    docs = crds_sub.add_parser("docs", help="write the Markdown API reference from the models")
+    docs.add_argument(
+        "--out",
+        default=str(docgen.DEFAULT_PATH),
+        help=f"output file (default: {docgen.DEFAULT_PATH})",
+    )
+    docs.set_defaults(handler=_docs)

@@ -1,0 +1,283 @@
+"""The pure parts of `kubectl modelfleet`: tables, status text, report HTML."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import pytest
+
+from modelfleet import kubectl_plugin as kp
+
+CANARY: dict[str, Any] = {
+    "metadata": {"name": "c", "namespace": "ns", "annotations": {}},
+    "spec": {
+        "routingPolicy": "images",
+        "route": "default",
+        "stablePool": "prod",
+        "candidatePool": "prod-v2",
+        "steps": [10, 30, 60, 100],
+        "interval": "5m",
+        "analysis": {"inconclusiveLimit": 3},
+    },
+    "status": {
+        "phase": "Progressing",
+        "currentStep": 2,
+        "canaryWeight": 60,
+        "startedAt": "2026-01-01T00:00:00Z",
+        "message": "step 3/4 <60%>",
+        "metrics": [
+            {"name": "errors", "result": "pass", "value": 0.001234567, "threshold": 0.02},
+            {"name": "p95", "result": "fail", "value": 2.5, "threshold": 1.8, "stableValue": 1.5},
+        ],
+        "history": [
+            {
+                "step": 0,
+                "weight": 10,
+                "result": "pass",
+                "time": "2026-01-01T00:05:00Z",
+                "metrics": [{"name": "errors", "result": "pass", "value": 0.01, "threshold": 0.02}],
+            },
+            {
+                "step": 1,
+                "weight": 30,
+                "result": "inconclusive",
+                "time": "2026-01-01T00:10:00Z",
+                "metrics": [{"name": "errors", "result": "inconclusive", "threshold": 0.02}],
+            },
+        ],
+        "conditions": [{"type": "Ready", "status": "False", "reason": "StepProgressing"}],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, "-"),
+        (0, "0"),
+        (400, "400"),
+        (0.001234567, "0.001235"),
+        (2.5, "2.5"),
+        (1e-9, "1e-09"),
+        (float("nan"), "nan"),
+        (True, "true"),
+    ],
+)
+def test_fmt_number(value: Any, text: str) -> None:
+    assert kp.fmt_number(value) == text
+
+
+def test_format_table_aligns_columns() -> None:
+    out = kp.format_table(["name", "x"], [["a", 1], ["longer", None]])
+    assert out.splitlines() == ["NAME     X", "a        1", "longer"]
+
+
+@pytest.mark.parametrize(
+    ("step", "steps", "label"),
+    [(None, [10, 100], "-/2"), (0, [10, 100], "1/2"), (3, [10, 30, 60, 100], "4/4")],
+)
+def test_step_label(step: int | None, steps: list[int], label: str) -> None:
+    assert kp.step_label(step, steps) == label
+
+
+@pytest.mark.parametrize(
+    ("metric", "text"),
+    [
+        ({"result": "pass", "value": 0.01, "threshold": 0.02}, "0.01 <= 0.02"),
+        ({"result": "fail", "value": 2.5, "threshold": 1.8}, "2.5 > 1.8"),
+        ({"result": "inconclusive", "threshold": 0.02}, "- (limit 0.02)"),
+        ({"result": "inconclusive", "value": 0.3}, "0.3"),
+        ({"result": "inconclusive"}, "-"),
+    ],
+)
+def test_metric_comparison(metric: dict[str, Any], text: str) -> None:
+    assert kp.metric_comparison(metric) == text
+
+
+def test_format_status() -> None:
+    out = kp.format_status(CANARY)
+    assert "Canary:     ns/c" in out
+    assert "Phase:      Progressing" in out
+    assert "Step:       3/4  (weights 10%, 30%, 60%, 100%)" in out
+    assert "Weight:     60% to candidate" in out
+    assert "Stable:     prod" in out
+    assert "Candidate:  prod-v2" in out
+    assert "Message:    step 3/4 <60%>" in out
+    assert re.search(r"errors\s+pass\s+0\.001235 <= 0\.02", out)
+    assert re.search(r"p95\s+fail\s+2\.5 > 1\.8\s+1\.5", out)
+    assert re.search(r"1/4\s+10%\s+pass\s+2026-01-01T00:05:00Z\s+errors=pass", out)
+    assert re.search(r"2/4\s+30%\s+inconclusive", out)
+    assert re.search(r"Ready\s+False\s+StepProgressing", out)
+
+
+def test_format_status_without_status_and_with_action() -> None:
+    obj = {
+        "metadata": {
+            "name": "c",
+            "namespace": "ns",
+            "annotations": {"modelfleet.io/action": "promote:1"},
+        },
+        "spec": {"steps": [50, 100], "paused": True},
+    }
+    out = kp.format_status(obj)
+    assert "Phase:      Unknown (not yet seen by the operator) (spec.paused=true)" in out
+    assert "Step:       -/2" in out
+    assert "Weight:     - to candidate" in out
+    assert "Action:     promote:1 (pending)" in out
+    assert "(none yet)" in out and "(no analyses yet)" in out and "(none)" in out
+    obj["status"] = {"lastAction": "promote:1"}
+    assert "Action:     promote:1 (handled)" in kp.format_status(obj)
+
+
+def test_status_json_drops_managed_fields() -> None:
+    obj = {"metadata": {"name": "c", "managedFields": [{}]}, "spec": {}}
+    assert kp.status_json(obj) == {"metadata": {"name": "c"}, "spec": {}}
+    assert "managedFields" in obj["metadata"]
+
+
+def _pool(ns: str, name: str, spec: dict[str, Any], status: dict[str, Any] | None = None) -> Any:
+    return {"metadata": {"name": name, "namespace": ns}, "spec": spec, "status": status or {}}
+
+
+def test_format_pools() -> None:
+    pools = [
+        _pool(
+            "b",
+            "big",
+            {
+                "replicas": 3,
+                "gpu": {"count": 2, "product": "NVIDIA-H100"},
+                "model": {"source": "hf://org/m", "revision": "abc"},
+            },
+            {"readyReplicas": 2, "phase": "Progressing"},
+        ),
+        _pool("a", "small", {"replicas": 2, "model": {"source": "s3://x/y"}}),
+        _pool("a", "cpu", {"replicas": 5, "gpu": {"count": 0}, "model": {"source": "file:///m"}}),
+    ]
+    out = kp.format_pools(pools, all_namespaces=False)
+    lines = out.splitlines()
+    assert re.match(r"NAME\s+READY/REPLICAS\s+PHASE\s+GPU\s+MODEL$", lines[0])
+    assert re.match(r"cpu\s+0/5\s+-\s+0\s+file:///m$", lines[1])
+    assert re.match(r"small\s+0/2\s+-\s+1 x any\s+s3://x/y$", lines[2])
+    assert re.match(r"big\s+2/3\s+Progressing\s+2 x NVIDIA-H100\s+hf://org/m@abc$", lines[3])
+    assert lines[-1] == "Total GPUs requested: 8 (3 pools)"
+    wide = kp.format_pools(pools, all_namespaces=True).splitlines()
+    assert wide[0].startswith("NAMESPACE")
+    assert re.match(r"a\s+cpu", wide[1])
+
+
+def test_pool_gpus_defaults() -> None:
+    assert kp.pool_gpus({"spec": {}}) == 1
+    assert kp.pool_gpus({"spec": {"replicas": 0}}) == 0
+    assert kp.gpu_label(None) == "1 x any"
+
+
+def test_new_request_id_is_unix_ms() -> None:
+    assert kp.new_request_id(1700000000.1234) == "1700000000123"
+    assert re.fullmatch(r"\d{13}", kp.new_request_id())
+
+
+@pytest.mark.parametrize(
+    ("phase", "paused", "inconclusive", "needed"),
+    [
+        ("Paused", False, 3, True),  # paused for lack of data
+        ("Paused", False, 0, True),  # paused, spec says run: only the action continues it
+        ("Paused", True, 0, False),  # paused by the user: spec.paused=false is enough
+        ("Paused", True, 3, True),  # both: the action is needed too
+        ("Progressing", False, 0, False),
+        (None, True, 0, False),
+    ],
+)
+def test_resume_needs_action(
+    phase: str | None, paused: bool, inconclusive: int, needed: bool
+) -> None:
+    obj = {
+        "spec": {"paused": paused, "analysis": {"inconclusiveLimit": 3}},
+        "status": {"phase": phase, "inconclusiveChecks": inconclusive},
+    }
+    assert kp.resume_needs_action(obj) is needed
+
+
+@pytest.mark.parametrize(
+    ("verb", "phase", "warns"),
+    [
+        ("abort", "Progressing", False),
+        ("abort", "Succeeded", True),
+        ("promote", "Paused", False),
+        ("promote", "RolledBack", True),
+        ("retry", "Failed", False),
+        ("retry", "Progressing", True),
+        ("pause", "Succeeded", True),
+        ("pause", None, False),
+    ],
+)
+def test_action_hint(verb: str, phase: str | None, warns: bool) -> None:
+    hint = kp.action_hint(verb, {"status": {"phase": phase}})
+    assert (hint is not None) is warns
+
+
+def _parse_svg(svg: str) -> ET.Element:
+    return ET.fromstring(svg)
+
+
+def test_svg_weight_timeline_is_valid_and_plots_each_analysis() -> None:
+    svg = kp.svg_weight_timeline(CANARY["status"]["history"], "2026-01-01T00:00:00Z")
+    root = _parse_svg(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    circles = root.findall(f"{ns}circle")
+    assert len(circles) == 2
+    assert [c.get("fill") for c in circles] == ["#2e7d32", "#9e9e9e"]
+    assert root.find(f"{ns}polyline") is not None
+    assert "seconds since start" in svg
+    # Higher weight sits higher (smaller y).
+    assert float(circles[1].get("cy", "0")) < float(circles[0].get("cy", "0"))
+
+
+def test_svg_weight_timeline_empty_and_bad_times() -> None:
+    assert "no analyses yet" in kp.svg_weight_timeline([])
+    _parse_svg(kp.svg_weight_timeline([]))
+    svg = kp.svg_weight_timeline([{"step": 0, "weight": 10, "result": "pass", "time": "?"}])
+    assert "analysis #" in svg
+    _parse_svg(svg)
+
+
+def test_svg_metric() -> None:
+    series = kp.metric_series(CANARY["status"]["history"])
+    assert series == {"errors": [(0, 0.01, 0.02), (1, None, 0.02)]}
+    root = _parse_svg(kp.svg_metric("errors<&>", series["errors"], 2))
+    assert root.get("aria-label") == "metric errors<&>"
+
+
+def test_render_report_escapes_and_embeds() -> None:
+    images = [
+        (
+            kp.ImageResult("p <1>", 1, png_b64="QUJD"),
+            kp.ImageResult("p <1>", 1, error="boom <x>"),
+        )
+    ]
+    page = kp.render_report(CANARY, images, generated_at="T")
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count("<svg") == 2  # timeline + one per metric in the history (errors)
+    assert "step 3/4 &lt;60%&gt;" in page
+    assert "<60%>" not in page
+    assert 'src="data:image/png;base64,QUJD"' in page
+    assert "boom &lt;x&gt;" in page
+    assert "Progressing" in page
+    assert "<script" not in page
+
+
+def test_render_report_without_status() -> None:
+    page = kp.render_report({"metadata": {"name": "c"}, "spec": {}}, generated_at="T")
+    assert "Unknown" in page and "<svg" in page and "<img" not in page
+
+
+def test_parser_flags_before_and_after_the_subcommand() -> None:
+    parser = kp.build_parser()
+    a = parser.parse_args(["-n", "x", "--kubeconfig", "k", "status", "c"])
+    assert (a.namespace, a.kubeconfig, a.canary) == ("x", "k", "c")
+    b = parser.parse_args(["status", "c", "-n", "y", "-w", "-o", "json"])
+    assert (b.namespace, b.kubeconfig, b.watch, b.output) == ("y", None, True, "json")
+    c = parser.parse_args(["pools", "-A"])
+    assert c.all_namespaces and c.namespace is None

@@ -1,0 +1,52 @@
+"""The operator/router image cannot be built here (no Docker engine): check what
+can be checked without building it."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "operator" / "Dockerfile"
+
+
+def _instructions() -> list[tuple[str, str]]:
+    out = []
+    for line in DOCKERFILE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_runs_as_numeric_non_root_user() -> None:
+    users = [rest for word, rest in _instructions() if word == "USER"]
+    assert users, "no USER instruction"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, users[-1]
+
+
+def test_copied_paths_exist() -> None:
+    for word, rest in _instructions():
+        if word == "COPY":
+            *sources, _dest = rest.split()
+            for src in sources:
+                assert (REPO / src).exists(), f"COPY {src}: missing in the build context"
+
+
+def test_command_is_a_declared_console_script_and_no_torch() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    cmd = next(rest for word, rest in _instructions() if word == "CMD")
+    assert re.findall(r'"([^"]+)"', cmd)[0] in scripts
+    install = " ".join(rest for word, rest in _instructions() if word == "RUN")
+    assert "pip install ." in install and "[worker]" not in install, (
+        "the control-plane image must not pull torch"
+    )
+
+
+def test_chart_uses_the_same_entrypoints() -> None:
+    chart = REPO / "charts" / "modelfleet" / "templates"
+    assert 'command: ["modelfleet", "operator"]' in (chart / "operator.yaml").read_text()
+    assert 'command: ["modelfleet", "router"]' in (chart / "router.yaml").read_text()
