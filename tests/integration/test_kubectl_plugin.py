@@ -24,6 +24,17 @@ from conftest import LocalCluster
 
 pytestmark = pytest.mark.cluster
 
+
+@pytest.fixture(scope="module", autouse=True)
+def no_operator(operator: Any) -> Iterator[None]:
+    """These tests write Canary status by hand, as an operator would: the session's
+    real operator must not drive the same canaries meanwhile."""
+    import signal
+
+    operator.ensure_running().kill(signal.SIGTERM)
+    yield
+    operator.ensure_running()
+
 BIN = Path(sys.executable).parent
 PLUGIN = BIN / "kubectl-modelfleet"
 GROUP, VERSION = "modelfleet.io", "v1alpha1"
