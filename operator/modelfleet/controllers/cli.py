@@ -31,8 +31,10 @@ def _configure(settings: Any, args: argparse.Namespace) -> None:
     settings.watching.server_timeout = 300
     settings.watching.reconnect_backoff = 1.0
     settings.networking.request_timeout = 30
-    settings.batching.worker_limit = 64
-    settings.batching.idle_timeout = 30.0
+    # One kopf worker per object, alive until idle_timeout: a cap on workers plus a
+    # long idle time throttles a burst of new pools to cap/idle per second.
+    settings.batching.worker_limit = None
+    settings.batching.idle_timeout = 2.0
     settings.batching.batch_window = 0.05
 
 
@@ -83,6 +85,7 @@ async def _run_operator(args: argparse.Namespace) -> int:
                 default_image=args.default_worker_image, local_run=args.local_run_pods
             )
         )
+        await asyncio.to_thread(modelpool.prime_nodes)
         stop = asyncio.Event()
         namespaces = args.namespace or []
         op = asyncio.create_task(

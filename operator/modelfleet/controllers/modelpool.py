@@ -59,6 +59,20 @@ def _child_fingerprint(obj: dict[str, Any]) -> Any:
     return meta.get("generation") or meta.get("resourceVersion")
 
 
+_META_KEPT = ("name", "namespace", "uid", "generation", "resourceVersion", "labels", "annotations")
+
+
+def compact(body: Any, keep: tuple[str, ...] = ("status",)) -> dict[str, Any]:
+    """The part of an object the controller reads: caching whole bodies (managedFields,
+    pod specs) of thousands of pods and Deployments costs hundreds of MB."""
+    meta = body.get("metadata") or {}
+    out: dict[str, Any] = {"metadata": {k: meta[k] for k in _META_KEPT if k in meta}}
+    for key in keep:
+        if key in body:
+            out[key] = body[key]
+    return out
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -70,7 +84,7 @@ async def _apply_children(pool: ModelPool, body: Any) -> None:
         applied = await kube.run(kube.apply, manifest)
         fingerprints[manifest["kind"]] = _child_fingerprint(applied)
         if manifest["kind"] == "Deployment":
-            STATE.deployments[key] = applied
+            STATE.deployments[key] = compact(applied)
     first = key not in STATE.applied
     STATE.applied[key] = (pool.metadata.generation, fingerprints)
     if first and not (body.get("status") or {}).get("observedGeneration"):
@@ -165,6 +179,17 @@ async def _write_status(
             kopf.info(body, reason="Ready", message=cond.message)
 
 
+def prime_nodes() -> None:
+    """Fill the node cache before any pool is judged: otherwise the first pools
+    reconciled after a start look unplaceable until the node watch catches up."""
+    from kubernetes import client as k8s
+
+    nodes = k8s.CoreV1Api(kube.api_client()).list_node()
+    STATE.nodes = {
+        n.metadata.name: poolstatus.summarize_node(kube.sanitize(n)) for n in nodes.items
+    }
+
+
 def _schedule(key: Key) -> None:
     asyncio.get_running_loop().create_task(reconcile(key))
 
@@ -179,7 +204,7 @@ async def pool_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         STATE.deployments.pop(key, None)
         STATE.pods.pop(key, None)
         return
-    STATE.pools[key] = dict(body)
+    STATE.pools[key] = compact(body, ("apiVersion", "kind", "spec", "status"))
     await reconcile(key)
 
 
@@ -215,7 +240,7 @@ async def _child_event(kind: str, event: dict[str, Any], body: kopf.Body) -> Non
             STATE.applied[key] = (None, record[1])
     else:
         if kind == "Deployment":
-            STATE.deployments[key] = dict(body)
+            STATE.deployments[key] = compact(body)
         if record is not None and _child_fingerprint(dict(body)) != record[1].get(kind):
             STATE.applied[key] = (None, record[1])  # edited by someone else: restore
     if key in STATE.pools:
@@ -232,7 +257,7 @@ async def pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
     if event["type"] == "DELETED":
         pods.pop(body["metadata"]["name"], None)
     else:
-        pods[body["metadata"]["name"]] = dict(body)
+        pods[body["metadata"]["name"]] = compact(body)
     if key in STATE.pools:
         await reconcile(key)
 
