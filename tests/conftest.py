@@ -86,14 +86,19 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
     core.delete_namespace(name)
 
 
+def modelfleet_cluster() -> Any:
+    from modelfleet.dev.cluster import Cluster
+
+    return Cluster()
+
+
 @pytest.fixture(scope="session")
 def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One real operator process for the whole session (tests may kill and replace it)."""
-    from modelfleet.dev.cluster import Cluster
     from operator_fixture import OperatorManager
 
     # Exactly one operator may act: stop the one `make demo` left running.
-    Cluster().stop_extra("operator")
+    modelfleet_cluster().stop_extra("operator")
     manager = OperatorManager(cluster.kubeconfig, tmp_path_factory.mktemp("operator-logs"))
     manager.ensure_running()
     yield manager

@@ -355,6 +355,80 @@ def test_least_privilege_rbac(
             assert rp is not None
             events = k8s.CoreV1Api(cluster.api).list_namespaced_event(namespace).items
             assert any(e.reason == "Created" for e in events)
+
+            # Every write a canary makes: its status, the compiled weights, the promotion
+            # (RoutingPolicy spec), the old stable's scale-down (ModelPool spec), Events.
+            candidate = copy.deepcopy(pool)
+            candidate["metadata"] = {"name": "rbac-candidate"}
+            custom.create_namespaced_custom_object(
+                "modelfleet.io", "v1alpha1", namespace, "modelpools", candidate
+            )
+            canary = {
+                "apiVersion": "modelfleet.io/v1alpha1",
+                "kind": "Canary",
+                "metadata": {"name": "c"},
+                "spec": {
+                    "routingPolicy": "p",
+                    "route": "all",
+                    "stablePool": "rbac-pool",
+                    "candidatePool": "rbac-candidate",
+                    "interval": "1h",
+                    "scaleDownDelay": "0s",
+                },
+            }
+            custom.create_namespaced_custom_object(
+                "modelfleet.io", "v1alpha1", namespace, "canaries", canary
+            )
+
+            def canary_phase() -> str:
+                obj = custom.get_namespaced_custom_object(
+                    "modelfleet.io", "v1alpha1", namespace, "canaries", "c"
+                )
+                return str((obj.get("status") or {}).get("phase"))
+
+            wait_for(
+                lambda: canary_phase() == "Progressing", timeout=60, what="canary Progressing (SA)"
+            )
+            wait_for(
+                lambda: (
+                    len(
+                        (
+                            custom.get_namespaced_custom_object(
+                                "modelfleet.io", "v1alpha1", namespace, "routingpolicies", "p"
+                            ).get("status")
+                            or {}
+                        )
+                        .get("routes", [{}])[0]
+                        .get("pools", [])
+                    )
+                    == 2
+                ),
+                timeout=30,
+                what="canary weight compiled (SA)",
+            )
+            custom.patch_namespaced_custom_object(
+                "modelfleet.io",
+                "v1alpha1",
+                namespace,
+                "canaries",
+                "c",
+                {"metadata": {"annotations": {"modelfleet.io/action": "promote:1"}}},
+            )
+            wait_for(lambda: canary_phase() == "Succeeded", timeout=60, what="canary promoted (SA)")
+            wait_for(
+                lambda: (
+                    custom.get_namespaced_custom_object(
+                        "modelfleet.io", "v1alpha1", namespace, "routingpolicies", "p"
+                    )["spec"]["routes"][0]["pool"]
+                    == "rbac-candidate"
+                    and custom.get_namespaced_custom_object(
+                        "modelfleet.io", "v1alpha1", namespace, "modelpools", "rbac-pool"
+                    )["spec"]["replicas"]
+                    == 0
+                ),
+                timeout=30,
+                what="route promoted and old stable scaled down (SA)",
+            )
             forbidden = [
                 line
                 for line in (tmp_path / "op.log").read_text().splitlines()

@@ -35,6 +35,7 @@ def no_operator(operator: Any) -> Iterator[None]:
     yield
     operator.ensure_running()
 
+
 BIN = Path(sys.executable).parent
 PLUGIN = BIN / "kubectl-modelfleet"
 GROUP, VERSION = "modelfleet.io", "v1alpha1"
