@@ -103,3 +103,51 @@ def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
     manager.ensure_running()
     yield manager
     manager.stop_all()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On a failed cluster test, attach what a person would look at first: the
+    operator's log tail and the test namespace's objects and events."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    manager = funcargs.get("operator")
+    main = getattr(manager, "main", None)
+    if main is not None:
+        tail = "\n".join(main.log().splitlines()[-80:])
+        report.sections.append(("operator log (last 80 lines)", tail))
+    ns, cluster_ = funcargs.get("namespace"), funcargs.get("cluster")
+    if isinstance(ns, str) and isinstance(cluster_, LocalCluster):
+        report.sections.append(("namespace state", _describe_namespace(cluster_, ns)))
+
+
+def _describe_namespace(cluster: LocalCluster, ns: str) -> str:
+    import subprocess
+
+    from modelfleet.dev import binaries
+
+    kubectl = str(binaries.binary_path("kubectl"))
+    out = []
+    for args in (
+        ["get", "modelpools,canaries,routingpolicies,deploy,rs,pods", "-o", "wide"],
+        [
+            "get",
+            "modelpools",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}: {.status}{'\\n'}{end}",
+        ],
+        ["get", "events", "--sort-by=.lastTimestamp"],
+    ):
+        proc = subprocess.run(
+            [kubectl, "-n", ns, *args],
+            env=cluster.env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        out.append(f"$ kubectl -n {ns} {' '.join(args)}\n{proc.stdout}{proc.stderr}")
+    return "\n".join(out)

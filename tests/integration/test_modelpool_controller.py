@@ -293,3 +293,28 @@ def test_operator_killed_mid_reconcile_converges(
     assert sorted(d.metadata.name for d in deps) == sorted(names)
     rs = apps.list_namespaced_replica_set(namespace).items
     assert len(rs) == len(names), "a restart must not roll the pods"
+
+
+def test_failed_apply_is_reported_and_retried_with_backoff(
+    cluster: LocalCluster, namespace: str, operator: Any
+) -> None:
+    """A transient API refusal (here: a ResourceQuota allowing no Deployments) shows in
+    status, and the operator retries on its own: no further event is needed."""
+    core = k8s.CoreV1Api(cluster.api)
+    core.create_namespaced_resource_quota(
+        namespace,
+        {"metadata": {"name": "no-deployments"}, "spec": {"hard": {"count/deployments.apps": "0"}}},
+    )
+    _create(cluster, namespace, _pool("quota", replicas=1))
+
+    def apply_failed() -> dict[str, Any] | None:
+        cond = _condition(_get(cluster, namespace, "quota"), "Degraded")
+        return cond if cond.get("reason") == "ApplyFailed" else None
+
+    cond = wait_for(apply_failed, timeout=30, what="Degraded/ApplyFailed")
+    assert "quota" in cond["message"], cond["message"]
+
+    core.delete_namespaced_resource_quota("no-deployments", namespace)
+    # Well inside the 60 s resync: only the backoff retry can make this in time.
+    wait_for(lambda: _ready(cluster, namespace, "quota"), timeout=40, what="pool Ready after retry")
+    assert _condition(_get(cluster, namespace, "quota"), "Degraded")["status"] == "False"

@@ -243,6 +243,21 @@ def test_unchanged_status_keeps_transition_time() -> None:
     assert ready.last_transition_time == "2026-01-01T00:05:00Z"
 
 
+def test_apply_failure_then_recovery() -> None:
+    p = pool(replicas=2)
+    healthy = ps.compute_status(p, None, deployment_status(2, 2, 2), [], None, NOW)
+    failed = ps.failed_status(3, healthy, ps.APPLY_FAILED, "quota exceeded", NOW)
+    conds = {c.type: c for c in failed.conditions}
+    assert failed.phase == "Degraded"
+    assert (conds["Degraded"].status, conds["Degraded"].reason) == ("True", ps.APPLY_FAILED)
+    assert (conds["Ready"].status, conds["Ready"].message) == ("False", "quota exceeded")
+    assert failed.ready_replicas == 2, "last seen counts are kept, not zeroed"
+    recovered = ps.compute_status(p, failed, deployment_status(2, 2, 2), [], None, NOW)
+    conds = {c.type: c for c in recovered.conditions}
+    assert recovered.phase == "Ready"
+    assert conds["Degraded"].status == "False"
+
+
 # ---- RoutingPolicy compilation (pure) ------------------------------------------------
 from modelfleet.api.routingpolicy import RoutingPolicySpec  # noqa: E402
 from modelfleet.routing.compile import CanaryWeight, compile_routes  # noqa: E402

@@ -22,6 +22,7 @@ UNSCHEDULABLE = "Unschedulable"
 IMAGE_PULL_FAILED = "ImagePullFailed"
 CRASH_LOOPING = "CrashLooping"
 INVALID_SPEC = "InvalidSpec"
+APPLY_FAILED = "ApplyFailed"
 HEALTHY = "Healthy"
 
 _PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
@@ -205,13 +206,22 @@ def compute_status(
 def invalid_status(
     pool_generation: int | None, previous: ModelPoolStatus | None, message: str, now: datetime
 ) -> ModelPoolStatus:
+    return failed_status(pool_generation, previous, INVALID_SPEC, message, now)
+
+
+def failed_status(
+    pool_generation: int | None,
+    previous: ModelPoolStatus | None,
+    reason: str,
+    message: str,
+    now: datetime,
+) -> ModelPoolStatus:
+    """Degraded and not Ready for `reason`; replica counts stay as last seen."""
     conditions = list(previous.conditions) if previous else []
     conditions = set_condition(
-        conditions, "Degraded", "True", INVALID_SPEC, message, now, pool_generation
+        conditions, "Degraded", "True", reason, message, now, pool_generation
     )
-    conditions = set_condition(
-        conditions, "Ready", "False", INVALID_SPEC, message, now, pool_generation
-    )
+    conditions = set_condition(conditions, "Ready", "False", reason, message, now, pool_generation)
     return ModelPoolStatus(
         phase="Degraded",
         observed_generation=pool_generation,

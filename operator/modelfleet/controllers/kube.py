@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from functools import cache
 from typing import Any
@@ -102,3 +103,12 @@ def list_custom(plural: str, namespace: str | None = None) -> list[dict[str, Any
 
 async def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own sentence (its Status.message), not the client's dump."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or f"HTTP {exc.status} {exc.reason}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
 from modelfleet import GROUP, VERSION
@@ -22,6 +23,7 @@ from modelfleet.api.modelpool import ModelPool, ModelPoolStatus
 from modelfleet.builders import modelpool as build
 from modelfleet.builders import poolstatus
 from modelfleet.controllers import kube
+from modelfleet.controllers.requeue import Requeue, namespace_terminating
 
 log = logging.getLogger("modelfleet.modelpool")
 Key = tuple[str, str]
@@ -116,15 +118,39 @@ async def reconcile(key: Key) -> None:
             STATE.dirty.discard(key)
             try:
                 await _reconcile_once(key)
-            except kopf.TemporaryError:
-                raise
             except Exception as exc:  # the operator never crash-loops on one pool
-                log.exception("reconciling %s/%s failed", *key)
-                body = STATE.pools.get(key)
-                if body is not None:
-                    kopf.warn(body, reason="ReconcileFailed", message=str(exc)[:500])
+                _failed(key, exc)
+            else:
+                RETRY.succeeded(key)
             if key not in STATE.dirty:
                 break
+
+
+class ApplyFailed(Exception):
+    """Applying children failed; already reported in status (Degraded/ApplyFailed)."""
+
+
+def _failed(key: Key, exc: Exception) -> None:
+    if namespace_terminating(exc):
+        log.info("%s/%s: namespace is being deleted; not retrying", *key)
+        return
+    delay = RETRY.failed(key)
+    if isinstance(exc, ApplyFailed | ApiException):
+        log.warning("reconciling %s/%s failed: %s; retrying in %.1fs", *key, exc, delay)
+    else:  # a bug, not the API server: keep the traceback
+        log.exception("reconciling %s/%s failed; retrying in %.1fs", *key, delay)
+    body = STATE.pools.get(key)
+    if body is not None and not isinstance(exc, ApplyFailed):
+        message = kube.api_message(exc) if isinstance(exc, ApiException) else str(exc)
+        kopf.warn(body, reason="ReconcileFailed", message=f"{message[:450]} (retry in {delay:g}s)")
+
+
+async def _retry(key: Key) -> None:
+    if key in STATE.pools:
+        await reconcile(key)
+
+
+RETRY = Requeue(_retry)
 
 
 async def _reconcile_once(key: Key) -> None:
@@ -152,7 +178,17 @@ async def _reconcile_once(key: Key) -> None:
 
     placement = poolstatus.placement_problem(pool, list(STATE.nodes.values()))
     if _needs_apply(key, pool):
-        await _apply_children(pool, body)
+        try:
+            await _apply_children(pool, body)
+        except ApiException as exc:
+            if namespace_terminating(exc):
+                raise
+            message = f"applying the pool's objects failed: {kube.api_message(exc)}"
+            failed = poolstatus.failed_status(
+                pool.metadata.generation, previous, poolstatus.APPLY_FAILED, message, _now()
+            )
+            await _write_status(key, body, previous, failed)
+            raise ApplyFailed(message) from exc
     pods = list(STATE.pods.get(key, {}).values())
     status = poolstatus.compute_status(
         pool, previous, STATE.deployments.get(key), pods, placement, _now()
@@ -203,6 +239,7 @@ async def pool_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         STATE.applied.pop(key, None)
         STATE.deployments.pop(key, None)
         STATE.pods.pop(key, None)
+        RETRY.forget(key)
         return
     STATE.pools[key] = compact(body, ("apiVersion", "kind", "spec", "status"))
     await reconcile(key)

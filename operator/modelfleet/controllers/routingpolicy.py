@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from typing import Any
 
 import kopf
@@ -14,8 +15,10 @@ from modelfleet import GROUP, VERSION
 from modelfleet.api.conditions import set_condition
 from modelfleet.api.routingpolicy import RoutingPolicy, RoutingPolicyStatus
 from modelfleet.controllers import kube
+from modelfleet.controllers.requeue import Requeue, namespace_terminating
 from modelfleet.routing.compile import COMPILED, CanaryWeight, compile_routes
 
+log = logging.getLogger("modelfleet.routingpolicy")
 ACTIVE_CANARY_PHASES = {"Pending", "Progressing", "Paused"}
 Key = tuple[str, str]
 POLICIES: dict[Key, Any] = {}
@@ -43,6 +46,26 @@ def _canary_weights(namespace: str, policy: str) -> list[CanaryWeight]:
 
 
 async def reconcile(key: Key) -> None:
+    try:
+        await _reconcile(key)
+    except Exception as exc:  # one policy's failure never stops the others
+        if namespace_terminating(exc):
+            return
+        delay = RETRY.failed(key)
+        log.exception("reconciling RoutingPolicy %s/%s failed; retrying in %.1fs", *key, delay)
+    else:
+        RETRY.succeeded(key)
+
+
+async def _retry(key: Key) -> None:
+    if key in POLICIES:
+        await reconcile(key)
+
+
+RETRY = Requeue(_retry)
+
+
+async def _reconcile(key: Key) -> None:
     async with LOCKS.setdefault(key, asyncio.Lock()):
         body = POLICIES.get(key)
         if body is None:
@@ -116,6 +139,7 @@ async def policy_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if event["type"] == "DELETED":
         POLICIES.pop(key, None)
+        RETRY.forget(key)
         return
     POLICIES[key] = dict(body)
     await reconcile(key)
