@@ -87,3 +87,26 @@ def test_forget_cancels_the_pending_retry() -> None:
         return calls
 
     assert asyncio.run(scenario()) == ["kept"]
+
+
+def test_cancel_all_leaves_nothing_to_fire() -> None:
+    async def scenario() -> tuple[list[object], dict[object, int]]:
+        calls: list[object] = []
+        fired = asyncio.Event()
+
+        async def retry(key: object) -> None:
+            calls.append(key)
+            fired.set()
+
+        requeue = Requeue(retry, base_s=0.02)
+        requeue.failed("a")
+        requeue.failed("b")
+        requeue.cancel_all()
+        probe = Requeue(retry, base_s=0.05)  # fires after a and b would have
+        probe.failed("probe")
+        await asyncio.wait_for(fired.wait(), timeout=5)
+        return calls, dict(requeue.failures)
+
+    calls, failures = asyncio.run(scenario())
+    assert calls == ["probe"]
+    assert failures == {}

@@ -42,7 +42,9 @@ async def _run_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from modelfleet.builders.modelpool import BuildSettings
-    from modelfleet.controllers import canary, leader, modelpool, routingpolicy  # noqa: F401  (registers handlers)
+
+    # Importing the controllers registers their kopf handlers.
+    from modelfleet.controllers import canary, leader, modelpool, routingpolicy
 
     canary.configure(args.router_url or [])
     if args.metrics_port:
@@ -101,6 +103,8 @@ async def _run_operator(args: argparse.Namespace) -> int:
         hold = asyncio.create_task(elector.hold())
         done, _ = await asyncio.wait({op, hold}, return_when=asyncio.FIRST_COMPLETED)
         resync.cancel()
+        modelpool.RETRY.cancel_all()
+        routingpolicy.RETRY.cancel_all()
         stop.set()
         if op in done:
             hold.cancel()

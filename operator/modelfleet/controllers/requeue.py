@@ -73,6 +73,13 @@ class Requeue:
         if timer is not None:
             timer.cancel()
 
+    def cancel_all(self) -> None:
+        """Leadership lost: a standby must not act, not even on a pending retry."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self.failures.clear()
+
     def _fire(self, key: Hashable) -> None:
         self._timers.pop(key, None)
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(self._retry(key))
