@@ -232,6 +232,29 @@ def test_compute_status(
     assert status.observed_generation == 3
 
 
+RUNNING_POD = {
+    "metadata": {"name": "p-3", "labels": {"a": "b"}, "managedFields": [{}]},
+    "spec": {"containers": [{"name": "worker"}]},
+    "status": {
+        "phase": "Running",
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready"}],
+        "containerStatuses": [{"name": "worker", "state": {"running": {}}, "ready": True}],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "pod", [waiting_pod("ImagePullBackOff"), waiting_pod("CrashLoopBackOff"), UNSCHEDULABLE_POD]
+)
+def test_pod_digest_keeps_every_problem(pod: dict[str, Any]) -> None:
+    assert ps._pod_problem([ps.pod_digest(pod)]) == ps._pod_problem([pod])
+    assert ps._pod_problem([pod]) is not None
+
+
+def test_pod_digest_of_a_healthy_pod_is_just_its_name() -> None:
+    assert ps.pod_digest(RUNNING_POD) == {"metadata": {"name": "p-3"}, "status": {}}
+
+
 def test_unchanged_status_keeps_transition_time() -> None:
     p = pool(replicas=2)
     first = ps.compute_status(p, None, deployment_status(2, 2, 2), [], None, NOW)

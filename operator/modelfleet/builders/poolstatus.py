@@ -79,6 +79,31 @@ def placement_problem(pool: ModelPool, nodes: list[NodeSummary]) -> tuple[str, s
     return None
 
 
+def pod_digest(pod: dict[str, Any]) -> dict[str, Any]:
+    """The part of a pod that `compute_status` reads: waiting containers and a failed
+    scheduling. A thousand healthy pods then cost a few hundred bytes each."""
+    status = pod.get("status") or {}
+    waiting = [
+        {
+            "state": {"waiting": (cs.get("state") or {})["waiting"]},
+            "restartCount": cs.get("restartCount", 0),
+        }
+        for cs in status.get("containerStatuses") or []
+        if (cs.get("state") or {}).get("waiting")
+    ]
+    unscheduled = [
+        c
+        for c in status.get("conditions") or []
+        if c.get("type") == "PodScheduled" and c.get("status") == "False"
+    ]
+    digest: dict[str, Any] = {}
+    if waiting:
+        digest["containerStatuses"] = waiting
+    if unscheduled:
+        digest["conditions"] = unscheduled
+    return {"metadata": {"name": (pod.get("metadata") or {}).get("name", "?")}, "status": digest}
+
+
 def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     for pod in pods:
         status = pod.get("status") or {}

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import socket
@@ -14,6 +16,7 @@ import uuid
 from typing import Any
 
 DEFAULT_IMAGE = "ghcr.io/modelfleet/worker:0.1.0"
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 
 
 def _configure(settings: Any, args: argparse.Namespace) -> None:
@@ -114,7 +117,20 @@ async def _run_operator(args: argparse.Namespace) -> int:
             await asyncio.wait_for(op, timeout=10)
 
 
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """glibc gives each thread that allocates its own malloc arena; with dozens of
+    API threads the half-empty arenas hold tens of MB. Same as MALLOC_ARENA_MAX."""
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return False
+
+
 def _handler(args: argparse.Namespace) -> int:
+    limit_malloc_arenas()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

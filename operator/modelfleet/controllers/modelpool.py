@@ -294,7 +294,7 @@ async def pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
     if event["type"] == "DELETED":
         pods.pop(body["metadata"]["name"], None)
     else:
-        pods[body["metadata"]["name"]] = compact(body)
+        pods[body["metadata"]["name"]] = poolstatus.pod_digest(dict(body))
     if key in STATE.pools:
         await reconcile(key)
 
