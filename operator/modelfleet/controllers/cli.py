@@ -107,6 +107,8 @@ async def _run_operator(args: argparse.Namespace) -> int:
         done, _ = await asyncio.wait({op, hold}, return_when=asyncio.FIRST_COMPLETED)
         resync.cancel()
         modelpool.RETRY.cancel_all()
+        for task in list(modelpool.STATE.tasks):
+            task.cancel()
         routingpolicy.RETRY.cancel_all()
         stop.set()
         if op in done:

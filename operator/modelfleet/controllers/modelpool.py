@@ -41,6 +41,10 @@ class PoolState:
     applied: dict[Key, tuple[int | None, dict[str, Any]]] = field(default_factory=dict)
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     dirty: set[Key] = field(default_factory=set)
+    # Reconciles in progress at once: each holds built manifests and waits on an API
+    # thread, so a burst of a thousand pools queues here instead of in memory.
+    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
     settings: build.BuildSettings = field(default_factory=build.BuildSettings)
 
 
@@ -117,7 +121,8 @@ async def reconcile(key: Key) -> None:
         while True:
             STATE.dirty.discard(key)
             try:
-                await _reconcile_once(key)
+                async with STATE.slots:
+                    await _reconcile_once(key)
             except Exception as exc:  # the operator never crash-loops on one pool
                 _failed(key, exc)
             else:
@@ -227,7 +232,13 @@ def prime_nodes() -> None:
 
 
 def _schedule(key: Key) -> None:
-    asyncio.get_running_loop().create_task(reconcile(key))
+    """Reconcile in the background: the watch handler returns at once, so kopf does
+    not hold thousands of raw event bodies while their pools wait for an API thread."""
+    if key in STATE.dirty and STATE.locks.get(key) is not None and STATE.locks[key].locked():
+        return  # a pass is already running and will go round once more
+    task = asyncio.get_running_loop().create_task(reconcile(key))
+    STATE.tasks.add(task)
+    task.add_done_callback(STATE.tasks.discard)
 
 
 # ---- watches --------------------------------------------------------------------
@@ -242,7 +253,7 @@ async def pool_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         RETRY.forget(key)
         return
     STATE.pools[key] = compact(body, ("apiVersion", "kind", "spec", "status"))
-    await reconcile(key)
+    _schedule(key)
 
 
 _CHILD_FILTER = {"app.kubernetes.io/managed-by": build.MANAGED_BY}
@@ -281,7 +292,7 @@ async def _child_event(kind: str, event: dict[str, Any], body: kopf.Body) -> Non
         if record is not None and _child_fingerprint(dict(body)) != record[1].get(kind):
             STATE.applied[key] = (None, record[1])  # edited by someone else: restore
     if key in STATE.pools:
-        await reconcile(key)
+        _schedule(key)
 
 
 @kopf.on.event("v1", "pods", labels={build.POOL_LABEL: kopf.PRESENT})  # type: ignore[arg-type]
@@ -296,7 +307,7 @@ async def pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
     else:
         pods[body["metadata"]["name"]] = poolstatus.pod_digest(dict(body))
     if key in STATE.pools:
-        await reconcile(key)
+        _schedule(key)
 
 
 @kopf.on.event("v1", "nodes")  # type: ignore[arg-type]
