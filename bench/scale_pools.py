@@ -128,9 +128,15 @@ def main() -> int:
     cluster = Cluster()
     cluster.up(nodes=4)
     api = bootstrap.api_client(cluster.paths.kubeconfig)
-    bootstrap.ensure_nodes(api, args.nodes)
+    added = bootstrap.ensure_nodes(api, args.nodes)
     cluster.stop_extra("operator")
-    rows = [run(n, cluster, api) for n in args.pools]
+    try:
+        rows = [run(n, cluster, api) for n in args.pools]
+    finally:
+        # Leave the dev cluster as `dev up` made it: tests size their GPU use to 4 nodes.
+        core = k8s.CoreV1Api(api)
+        for name in added:
+            core.delete_node(name)
     print(
         "| pools | Ready | create (s) | all Ready (s) | operator peak RSS (MB) | API requests / pool |"
     )

@@ -150,4 +150,28 @@ def _describe_namespace(cluster: LocalCluster, ns: str) -> str:
             check=False,
         )
         out.append(f"$ kubectl -n {ns} {' '.join(args)}\n{proc.stdout}{proc.stderr}")
+    out.append(gpu_allocation(cluster))
     return "\n".join(out)
+
+
+def gpu_allocation(cluster: LocalCluster) -> str:
+    """GPUs held per namespace (terminating namespaces included): a test's pods stay
+    Pending when earlier tests' pods still hold the fake nodes' GPUs."""
+    from kubernetes import client as k8s
+
+    core = k8s.CoreV1Api(cluster.api)
+    held: dict[str, int] = {}
+    for pod in core.list_pod_for_all_namespaces().items:
+        if pod.status.phase in ("Succeeded", "Failed") or not pod.spec.node_name:
+            continue
+        for c in pod.spec.containers:
+            gpus = int(((c.resources and c.resources.limits) or {}).get("nvidia.com/gpu", 0))
+            if gpus:
+                held[pod.metadata.namespace] = held.get(pod.metadata.namespace, 0) + gpus
+    capacity = sum(
+        int((n.status.allocatable or {}).get("nvidia.com/gpu", 0)) for n in core.list_node().items
+    )
+    top = sorted(held.items(), key=lambda kv: -kv[1])[:10]
+    lines = [f"GPUs held by scheduled pods: {sum(held.values())} of {capacity}"]
+    lines += [f"  {ns}: {n}" for ns, n in top]
+    return "\n".join(lines)
