@@ -63,7 +63,7 @@ def test_pool_creates_children_and_becomes_ready(
     cluster: LocalCluster, namespace: str, operator: Any
 ) -> None:
     _create(cluster, namespace, _pool("sdxl"))
-    pool = wait_for(lambda: _ready(cluster, namespace, "sdxl"), timeout=60, what="pool Ready")
+    pool = wait_for(lambda: _ready(cluster, namespace, "sdxl"), timeout=120, what="pool Ready")
     assert pool["status"]["readyReplicas"] == pool["status"]["replicas"] == 2
     assert _condition(pool, "Ready")["status"] == "True"
     assert _condition(pool, "Degraded")["status"] == "False"
@@ -121,7 +121,7 @@ def test_pool_creates_children_and_becomes_ready(
 
 def test_spec_change_rolls_deployment(cluster: LocalCluster, namespace: str, operator: Any) -> None:
     _create(cluster, namespace, _pool("roll"))
-    wait_for(lambda: _ready(cluster, namespace, "roll"), timeout=60, what="pool Ready")
+    wait_for(lambda: _ready(cluster, namespace, "roll"), timeout=120, what="pool Ready")
     apps = k8s.AppsV1Api(cluster.api)
     before = apps.read_namespaced_deployment("roll", namespace).metadata.generation
     patched = _custom(cluster).patch_namespaced_custom_object(
@@ -133,7 +133,7 @@ def test_spec_change_rolls_deployment(cluster: LocalCluster, namespace: str, ope
         {"spec": {"image": "registry.local/worker:2", "batching": {"maxBatchSize": 8}}},
     )
     gen = patched["metadata"]["generation"]
-    wait_for(lambda: _ready(cluster, namespace, "roll", gen), timeout=60, what="rolled pool Ready")
+    wait_for(lambda: _ready(cluster, namespace, "roll", gen), timeout=120, what="rolled pool Ready")
     dep = apps.read_namespaced_deployment("roll", namespace)
     assert dep.metadata.generation > before
     container = dep.spec.template.spec.containers[0]
@@ -148,7 +148,7 @@ def test_drift_is_repaired_and_deletion_cascades(
     cluster: LocalCluster, namespace: str, operator: Any
 ) -> None:
     _create(cluster, namespace, _pool("drift"))
-    wait_for(lambda: _ready(cluster, namespace, "drift"), timeout=60, what="pool Ready")
+    wait_for(lambda: _ready(cluster, namespace, "drift"), timeout=120, what="pool Ready")
     apps, core = k8s.AppsV1Api(cluster.api), k8s.CoreV1Api(cluster.api)
     first_uid = apps.read_namespaced_deployment("drift", namespace).metadata.uid
 
