@@ -201,6 +201,10 @@ def main() -> int:
     for o in outcomes:
         detail = o.message if o.phase != "Succeeded" else "route now points at the candidate"
         say(f"  canary {o.name}: {o.phase} in {o.seconds:.0f}s; {detail}")
+    expected = {"swap-good": "Succeeded", "swap-bad": "RolledBack"}
+    off_script = [o for o in outcomes if expected.get(o.name) != o.phase]
+    for o in off_script:
+        say(f"  NOT AS EXPECTED: canary {o.name} should end {expected.get(o.name)}, got {o.phase}")
     say(f"done in {time.monotonic() - t0:.0f}s; everything keeps running. Look around:")
     print(f"""
   eval "$({sys.executable} -m modelfleet.cli dev env)"
@@ -213,7 +217,7 @@ def main() -> int:
   curl -s localhost:{ROUTER_PORT}/v1/images/generations -d '{{"prompt":"logo \\"ACME\\"","size":"64x64","steps":2}}' | head -c 200
   {sys.executable} -m modelfleet.cli dev down     # stop everything
 """)
-    return 0
+    return 1 if off_script else 0
 
 
 def _canary_story(api: k8s.ApiClient) -> list[story.Outcome]:
@@ -236,7 +240,8 @@ def _canary_story(api: k8s.ApiClient) -> list[story.Outcome]:
         say(
             f"canary {name}: production -> {candidate}, steps 10/30/60/100, interval 5s, under load"
         )
-        with story.Load(f"http://127.0.0.1:{ROUTER_PORT}", name, clients=2):
+        # Enough traffic that 10% of it fills minRequests within one 5 s interval.
+        with story.Load(f"http://127.0.0.1:{ROUTER_PORT}", name, clients=4):
             _wait(lambda n=name: _ok(_post_policy(n)), 60, f"router knows policy {name}")
             manifest = story.canary_manifest(
                 name, name, "production", candidate, "5s", [10, 30, 60, 100]
