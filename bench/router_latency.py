@@ -203,6 +203,7 @@ async def _load(port: int, rate: float, duration: float, warmup: float) -> dict[
         "max_ms": lat[-1] * 1000 if lat else float("nan"),
         "connections": opened,
         "achieved_rate": sent_rate,
+        "sent": total,
     }
 
 
@@ -295,6 +296,22 @@ http {{
     return proc, port
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User+system CPU of `pid` and its direct children (nginx's worker process)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -343,11 +360,15 @@ def main() -> int:
                 targets["nginx"] = ng[1]
             else:
                 print("nginx not found: skipping (apt-get install -y nginx)", file=sys.stderr)
+            pids = {"router": router.pid, **({"nginx": ng[0].pid} if ng else {})}
             results: dict[tuple[str, float], dict[str, Any]] = {}
             for rate in rates:
                 for name, port in targets.items():
+                    cpu0 = _cpu_seconds(pids[name]) if name in pids else 0.0
                     results[(name, rate)] = run_load(port, rate, args.duration, args.warmup)
                     r = results[(name, rate)]
+                    if name in pids:  # warm-up requests included: all of them cost CPU
+                        r["cpu_us"] = (_cpu_seconds(pids[name]) - cpu0) / max(r["sent"], 1) * 1e6
                     print(
                         f"  {name:7s} {rate:6.0f}/s  p50 {r['p50_ms']:7.2f} ms  "
                         f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}",
@@ -391,6 +412,15 @@ def main() -> int:
         print(
             f"| {rate:.0f} | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} | {r['p50_ms']:.2f} / "
             f"{r['p99_ms']:.2f} | {ncol} | {ra50:+.2f} / {ra99:+.2f} | {nadd} | {ratio} |"
+        )
+    print("\n| rate (req/s) | router CPU / request | nginx CPU / request | ratio |")
+    print("|---:|---:|---:|---:|")
+    for rate in rates:
+        rc = results[("router", rate)].get("cpu_us")
+        nc = (results.get(("nginx", rate)) or {}).get("cpu_us")
+        print(
+            f"| {rate:.0f} | {rc:.0f} us | "
+            + (f"{nc:.0f} us | {rc / nc:.1f}x |" if nc else "n/a | n/a |")
         )
     print("\n| router rate (req/s) | achieved | p50 (ms) | p99 (ms) | errors |")
     print("|---:|---:|---:|---:|---:|")

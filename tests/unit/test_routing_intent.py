@@ -76,6 +76,23 @@ def test_forwards_worker_fields_and_strips_router_fields() -> None:
     assert p.intent.tier == "preview"
     assert p.intent.tags == frozenset({"photoreal", "animals"})
     assert p.intent.prompt == "a red fox"
+    assert p.forward_raw is None, "router fields must not reach the worker"
+
+
+@pytest.mark.parametrize(
+    ("raw", "forwarded_as_is"),
+    [
+        (b'{"prompt": "fox", "n": 1}', True),
+        (b'{"prompt": "fox", "tier": "preview"}', False),
+        (b'{"prompt": "fox", "tags": []}', False),
+    ],
+)
+def test_body_without_router_fields_is_forwarded_byte_for_byte(
+    raw: bytes, forwarded_as_is: bool
+) -> None:
+    p = parse_request(raw, {})
+    assert (p.forward_raw == raw) is forwarded_as_is
+    assert json.loads(p.forward_raw or json.dumps(p.forward)) == p.forward
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from modelfleet.routing.stats import LATENCY_BUCKETS
@@ -63,3 +65,23 @@ class RouterMetrics:
             ["namespace", "pool", "outcome"],
             registry=r,
         )
+        # labels() takes a lock and builds a key per call: a visible share of a
+        # proxied request's CPU. Children are looked up once per label set.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def finished(
+        self, ns: str, policy: str, route: str, pool: str, outcome: str, seconds: float
+    ) -> None:
+        self._child(self.requests, ns, policy, route, pool, outcome).inc()
+        self._child(self.request_duration, ns, policy, route, pool).observe(seconds)
+
+    def attempted(self, ns: str, pool: str, outcome: str, seconds: float) -> None:
+        self._child(self.upstream_requests, ns, pool, outcome).inc()
+        self._child(self.upstream_duration, ns, pool).observe(seconds)

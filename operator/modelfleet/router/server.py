@@ -263,7 +263,7 @@ class Router:
                 route_headers,
             )
         try:
-            body = json.dumps(parsed.forward, separators=(",", ":")).encode()
+            body = parsed.forward_raw or json.dumps(parsed.forward, separators=(",", ":")).encode()
             chosen = choose_pool(route.pools, self._rnd)
             if route.shadow is not None and self._rnd() * 100 < route.shadow.percent:
                 self._shadow(snap, ns, route.shadow.pool, body)
@@ -355,8 +355,7 @@ class Router:
             del self._ejected_until[ep]
         if res.outcome is not Attempt.OK and res.outcome is not Attempt.CLIENT_ERROR:
             log.info("attempt %s %s: %s %s", pool, ep, res.outcome, res.error)
-        self.metrics.upstream_requests.labels(ns, pool, res.outcome.value).inc()
-        self.metrics.upstream_duration.labels(ns, pool).observe(t1 - t0)
+        self.metrics.attempted(ns, pool, res.outcome.value, t1 - t0)
         self.stats.record(ns, pool, res.outcome, t1 - t0, t1)
         return res
 
@@ -388,8 +387,7 @@ class Router:
     def _finish(
         self, ns: str, pname: str, route: str, pool: str, outcome: Outcome, start: float
     ) -> None:
-        self.metrics.requests.labels(ns, pname, route, pool, outcome.value).inc()
-        self.metrics.request_duration.labels(ns, pname, route, pool).observe(self._clock() - start)
+        self.metrics.finished(ns, pname, route, pool, outcome.value, self._clock() - start)
 
     # -- shadow ----------------------------------------------------------------------
 

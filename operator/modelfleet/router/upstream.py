@@ -43,6 +43,8 @@ class UpstreamClient:
             # The worker decides content types; we pass bodies through as bytes.
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),
+            # Workers set no cookies; the default jar filters every request and response.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:

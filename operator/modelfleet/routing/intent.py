@@ -64,6 +64,8 @@ class Intent:
 class ParsedRequest:
     intent: Intent
     forward: dict[str, Any]
+    # The client's bytes when every field goes to the worker: no re-encoding needed.
+    forward_raw: bytes | None = None
 
 
 def _invalid(param: str, message: str) -> RequestError:
@@ -163,4 +165,5 @@ def parse_request(raw: bytes, headers: Mapping[str, str]) -> ParsedRequest:
         prompt=body["prompt"],
         headers=headers,
     )
-    return ParsedRequest(intent=intent, forward=forward)
+    forward_raw = raw if len(forward) == len(body) else None
+    return ParsedRequest(intent=intent, forward=forward, forward_raw=forward_raw)
