@@ -20,7 +20,7 @@ import pytest
 from kubernetes import client as k8s
 
 from api_cases import example
-from conftest import LocalCluster
+from conftest import LocalCluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -199,8 +199,17 @@ def test_status_watch_exits_on_terminal_phase(cluster: LocalCluster, namespace: 
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
     try:
-        time.sleep(1.5)
+        # The first block (the canary as it is now) must be on screen before it finishes.
+        wait_for(
+            lambda: any(line.startswith("Phase:") for line in list(lines)),
+            timeout=30,
+            what="first status block printed",
+        )
         assert proc.poll() is None, "watch exited before the canary finished"
         set_status(
             cluster,
@@ -208,10 +217,13 @@ def test_status_watch_exits_on_terminal_phase(cluster: LocalCluster, namespace: 
             "w",
             {"phase": "Succeeded", "canaryWeight": 100, "currentStep": 3, "message": "all done"},
         )
-        out, err = proc.communicate(timeout=20)
+        proc.wait(timeout=20)
+        reader.join(timeout=10)
+        err = proc.stderr.read() if proc.stderr else ""
     finally:
         if proc.poll() is None:
             proc.kill()
+    out = "".join(lines)
     assert proc.returncode == 0, err
     assert "Phase:      Progressing" in out
     assert "Phase:      Succeeded" in out

@@ -29,7 +29,9 @@ def _pool(name: str) -> dict[str, Any]:
     doc = copy.deepcopy(example("modelpool-preview.yaml"))
     doc["metadata"] = {"name": name}
     doc["spec"]["model"]["source"] = "file:///models/x"
-    doc["spec"]["replicas"] = 0
+    # One replica each (kwok makes the pods Ready): a Canary starts only once both
+    # of its pools are ready.
+    doc["spec"]["replicas"] = 1
     return doc
 
 
@@ -55,16 +57,9 @@ def test_missing_pools_then_compiled_with_canary_weights(
         lambda: _ready(cluster, namespace).get("status") == "True", timeout=30, what="policy Ready"
     )
 
-    canary = example("canary.yaml")
-    custom.create_namespaced_custom_object(G, V, namespace, "canaries", canary)
-    custom.patch_namespaced_custom_object_status(
-        G,
-        V,
-        namespace,
-        "canaries",
-        canary["metadata"]["name"],
-        {"status": {"phase": "Progressing", "currentStep": 1, "canaryWeight": 30}},
-    )
+    # The real canary controller starts it at steps[0] = 10%; its 5m interval keeps it
+    # there for the rest of this test.
+    custom.create_namespaced_custom_object(G, V, namespace, "canaries", example("canary.yaml"))
 
     def weights() -> dict[str, int] | None:
         rp = custom.get_namespaced_custom_object(G, V, namespace, "routingpolicies", "images")
@@ -73,9 +68,11 @@ def test_missing_pools_then_compiled_with_canary_weights(
                 return {p["pool"]: p["weight"] for p in route["pools"]}
         return None
 
-    assert wait_for(weights, timeout=30, what="canary weights compiled") == {
-        "production": 70,
-        "production-v2": 30,
+    assert wait_for(weights, timeout=90, what="canary weights compiled") == {
+        "production": 90,
+        "production-v2": 10,
     }
+    canary = custom.get_namespaced_custom_object(G, V, namespace, "canaries", "production-v2")
+    assert (canary["status"]["phase"], canary["status"]["canaryWeight"]) == ("Progressing", 10)
     events = k8s.CoreV1Api(cluster.api).list_namespaced_event(namespace).items
     assert any(e.reason == "MissingPool" and e.type == "Warning" for e in events)
