@@ -76,17 +76,7 @@ def main() -> int:
     core.create_namespace({"metadata": {"name": NS}})
     bootstrap.wait_default_service_account(api, NS)
 
-    model = cluster.paths.root / "demo-model"
-    if not (model / "model_index.json").exists():
-        subprocess.run(
-            [
-                str(Path(sys.executable).parent / "modelfleet-worker"),
-                "tiny-model",
-                "--out",
-                str(model),
-            ],
-            check=True,
-        )
+    model = story.ensure_tiny_model(cluster.paths.root)
     pools = {"stable": {}, "good": {}, "bad": {"MODELFLEET_WORKER_FAULT_ERROR_RATE": "1.0"}}
     for name, env in pools.items():
         story.create_or_update(api, NS, "modelpools", story.pool_manifest(name, str(model), env))

@@ -9,12 +9,10 @@ import base64
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
@@ -141,18 +139,7 @@ def main() -> int:
             raise
     bootstrap.wait_default_service_account(api, NAMESPACE)
 
-    model_dir = cluster.paths.root / "demo-model"
-    if not (model_dir / "model_index.json").exists():
-        say("writing a tiny randomly initialised diffusers pipeline (no downloads)")
-        subprocess.run(
-            [
-                str(Path(sys.executable).parent / "modelfleet-worker"),
-                "tiny-model",
-                "--out",
-                str(model_dir),
-            ],
-            check=True,
-        )
+    model_dir = story.ensure_tiny_model(cluster.paths.root, say)
     for name, env in POOLS.items():
         story.create_or_update(
             api, NAMESPACE, "modelpools", story.pool_manifest(name, str(model_dir), env)

@@ -696,14 +696,6 @@ def connect(kubeconfig: str | None, context: str | None, namespace: str | None) 
     return Kube(api=k8s.ApiClient(cfg), namespace=ns, host=str(cfg.host))
 
 
-def _api_message(exc: Any) -> str:
-    try:
-        body = json.loads(exc.body)
-        return str(body.get("message") or exc.reason)
-    except (TypeError, ValueError, AttributeError):
-        return str(getattr(exc, "reason", exc))
-
-
 def _crd_installed(kube: Kube, plural: str) -> bool:
     from kubernetes.client.rest import ApiException
 
@@ -979,9 +971,11 @@ def _run(handler: Callable[[Kube, argparse.Namespace], int], args: argparse.Name
         kube = connect(args.kubeconfig, args.context, args.namespace)
         return handler(kube, args)
     except ApiException as exc:
+        from modelfleet.controllers.kube import api_message
+
         if exc.status in (401, 403):
-            raise PluginError(f"not allowed: {_api_message(exc)}") from exc
-        raise PluginError(f"Kubernetes API error (HTTP {exc.status}): {_api_message(exc)}") from exc
+            raise PluginError(f"not allowed: {api_message(exc)}") from exc
+        raise PluginError(f"Kubernetes API error (HTTP {exc.status}): {api_message(exc)}") from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
         host = kube.host if kube else "(unknown)"

@@ -106,9 +106,7 @@ async def _run_operator(args: argparse.Namespace) -> int:
         hold = asyncio.create_task(elector.hold())
         done, _ = await asyncio.wait({op, hold}, return_when=asyncio.FIRST_COMPLETED)
         resync.cancel()
-        modelpool.RETRY.cancel_all()
-        for task in list(modelpool.STATE.tasks):
-            task.cancel()
+        modelpool.stand_down()
         routingpolicy.RETRY.cancel_all()
         stop.set()
         if op in done:

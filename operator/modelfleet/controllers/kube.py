@@ -108,7 +108,6 @@ async def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def api_message(exc: ApiException) -> str:
     """The API server's own sentence (its Status.message), not the client's dump."""
     try:
-        message = json.loads(exc.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return str(message or f"HTTP {exc.status} {exc.reason}")
+        return str(json.loads(exc.body).get("message") or exc.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason or exc)

@@ -150,6 +150,13 @@ def _failed(key: Key, exc: Exception) -> None:
         kopf.warn(body, reason="ReconcileFailed", message=f"{message[:450]} (retry in {delay:g}s)")
 
 
+def stand_down() -> None:
+    """Leadership lost: no pending retry or scheduled pass may act for a standby."""
+    RETRY.cancel_all()
+    for task in list(STATE.tasks):
+        task.cancel()
+
+
 async def _retry(key: Key) -> None:
     if key in STATE.pools:
         await reconcile(key)
@@ -234,7 +241,8 @@ def prime_nodes() -> None:
 def _schedule(key: Key) -> None:
     """Reconcile in the background: the watch handler returns at once, so kopf does
     not hold thousands of raw event bodies while their pools wait for an API thread."""
-    if key in STATE.dirty and STATE.locks.get(key) is not None and STATE.locks[key].locked():
+    lock = STATE.locks.get(key)
+    if lock is not None and lock.locked() and key in STATE.dirty:
         return  # a pass is already running and will go round once more
     task = asyncio.get_running_loop().create_task(reconcile(key))
     STATE.tasks.add(task)

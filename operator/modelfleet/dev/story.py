@@ -4,12 +4,15 @@ canary run watched (and narrated) until it ends."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
@@ -17,6 +20,18 @@ from kubernetes.client.rest import ApiException
 
 G, V = "modelfleet.io", "v1alpha1"
 TERMINAL = {"Succeeded", "RolledBack", "Failed", "Paused"}
+
+
+def ensure_tiny_model(cluster_root: Path, say: Callable[[str], None] | None = None) -> Path:
+    """The tiny randomly initialised pipeline the demo's and benches' workers load,
+    written once into the cluster's state directory."""
+    model = cluster_root / "demo-model"
+    if not (model / "model_index.json").exists():
+        if say is not None:
+            say("writing a tiny randomly initialised diffusers pipeline (no downloads)")
+        worker = Path(sys.executable).parent / "modelfleet-worker"
+        subprocess.run([str(worker), "tiny-model", "--out", str(model)], check=True)
+    return model
 
 
 def pool_manifest(
