@@ -39,6 +39,9 @@ class PoolState:
     nodes: dict[str, poolstatus.NodeSummary] = field(default_factory=dict)
     # Generation of each child right after our last apply: a different one means drift.
     applied: dict[Key, tuple[int | None, dict[str, Any]]] = field(default_factory=dict)
+    # Pools with a child deleted or edited by someone else. Cleared when an apply
+    # starts, not when it ends: a deletion seen during that apply must not be lost.
+    stale: set[Key] = field(default_factory=set)
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     dirty: set[Key] = field(default_factory=set)
     # Reconciles in progress at once: each holds built manifests and waits on an API
@@ -86,6 +89,7 @@ def _now() -> dt.datetime:
 async def _apply_children(pool: ModelPool, body: Any) -> None:
     key = (pool.metadata.namespace or "", pool.metadata.name)
     fingerprints: dict[str, Any] = {}
+    STATE.stale.discard(key)
     for manifest in build.children(pool, STATE.settings):
         applied = await kube.run(kube.apply, manifest)
         fingerprints[manifest["kind"]] = _child_fingerprint(applied)
@@ -106,7 +110,7 @@ async def _apply_children(pool: ModelPool, body: Any) -> None:
 
 def _needs_apply(key: Key, pool: ModelPool) -> bool:
     record = STATE.applied.get(key)
-    if record is None or record[0] != pool.metadata.generation:
+    if key in STATE.stale or record is None or record[0] != pool.metadata.generation:
         return True
     dep = STATE.deployments.get(key)
     return dep is None or _child_fingerprint(dep) != record[1].get("Deployment")
@@ -256,6 +260,7 @@ async def pool_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
     if event["type"] == "DELETED":
         STATE.pools.pop(key, None)
         STATE.applied.pop(key, None)
+        STATE.stale.discard(key)
         STATE.deployments.pop(key, None)
         STATE.pods.pop(key, None)
         RETRY.forget(key)
@@ -291,15 +296,15 @@ async def _child_event(kind: str, event: dict[str, Any], body: kopf.Body) -> Non
     if event["type"] == "DELETED":
         if kind == "Deployment":
             STATE.deployments.pop(key, None)
-        if record is not None:
-            record[1][kind] = None  # gone: next pass re-applies it
-            STATE.applied[key] = (None, record[1])
+        drifted = True  # gone: the next pass re-applies it
     else:
         if kind == "Deployment":
             STATE.deployments[key] = compact(body)
-        if record is not None and _child_fingerprint(dict(body)) != record[1].get(kind):
-            STATE.applied[key] = (None, record[1])  # edited by someone else: restore
+        # Edited by someone else: the next pass restores it.
+        drifted = record is not None and _child_fingerprint(dict(body)) != record[1].get(kind)
     if key in STATE.pools:
+        if drifted:
+            STATE.stale.add(key)
         _schedule(key)
 
 
