@@ -8,25 +8,25 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modelfleet-installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo prereqs venv binaries unit integration e2e lint format crds down clean
+.PHONY: test demo prereqs venv binaries unit integration integration-process integration-cluster e2e lint format crds down clean
 
 test: prereqs venv binaries
 	$(PY) -m modelfleet.cli crds check --out crds
-	$(VENV)/bin/ruff check operator worker_image tests bench
+	$(VENV)/bin/ruff check operator worker_image common devtools tests bench
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests
 
 demo: prereqs venv binaries
-	$(PY) -m modelfleet.demo
+	$(PY) -m modelfleet_dev.demo
 
 prereqs:
 	@PYTHON=$(PYTHON) bash scripts/prereqs.sh
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devtools/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[worker,dev]'
+	$(PY) -m pip install -q -e '.[worker,dev]' -e ./devtools
 	@touch $(STAMP)
 
 binaries: venv
@@ -38,17 +38,25 @@ unit: venv
 integration: venv binaries
 	$(PY) -m pytest -p no:cacheprovider tests/integration
 
+# Process-level tier: real servers on loopback, no Kubernetes.
+integration-process: venv
+	$(PY) -m pytest -p no:cacheprovider tests/integration/process
+
+# Cluster tier: the real local control plane.
+integration-cluster: venv binaries
+	$(PY) -m pytest -p no:cacheprovider tests/integration/cluster
+
 e2e: venv binaries
 	$(PY) -m pytest -p no:cacheprovider tests/e2e
 
 lint: venv
-	$(VENV)/bin/ruff format --check operator worker_image tests bench
-	$(VENV)/bin/ruff check operator worker_image tests bench
+	$(VENV)/bin/ruff format --check operator worker_image common devtools tests bench
+	$(VENV)/bin/ruff check operator worker_image common devtools tests bench
 	$(VENV)/bin/mypy
 
 format: venv
-	$(VENV)/bin/ruff format operator worker_image tests bench
-	$(VENV)/bin/ruff check --fix operator worker_image tests bench
+	$(VENV)/bin/ruff format operator worker_image common devtools tests bench
+	$(VENV)/bin/ruff check --fix operator worker_image common devtools tests bench
 
 crds: venv
 	$(PY) -m modelfleet.cli crds generate --out crds

@@ -22,9 +22,9 @@ from pathlib import Path
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from modelfleet.dev import bootstrap, story
-from modelfleet.dev.cluster import Cluster
-from modelfleet.router.testing import free_port
+from modelfleet_dev import bootstrap, story
+from modelfleet_dev.cluster import Cluster
+from modelfleet_dev.routerproc import free_port
 
 NS = "bench-canary"
 

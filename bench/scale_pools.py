@@ -22,8 +22,8 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 
-from modelfleet.dev import bootstrap
-from modelfleet.dev.cluster import Cluster, _ssl_context
+from modelfleet_dev import bootstrap
+from modelfleet_dev.cluster import Cluster, _ssl_context
 
 
 def _rss_kb(pid: int) -> int:

@@ -39,7 +39,7 @@ class LocalCluster:
     api: Any  # kubernetes.client.ApiClient
 
     def env(self) -> dict[str, str]:
-        from modelfleet.dev import binaries
+        from modelfleet_dev import binaries
 
         path = ":".join(str(d) for d in binaries.bin_dirs())
         return {
@@ -52,8 +52,8 @@ class LocalCluster:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
     """Start the local control plane once per session, or reuse a running one."""
-    from modelfleet.dev import bootstrap
-    from modelfleet.dev.cluster import Cluster
+    from modelfleet_dev import bootstrap
+    from modelfleet_dev.cluster import Cluster
 
     c = Cluster()
     started_here = not c.is_up()
@@ -69,7 +69,7 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
     """A fresh namespace per test; deleted afterwards (deletion is not awaited)."""
     from kubernetes import client as k8s
 
-    from modelfleet.dev import bootstrap
+    from modelfleet_dev import bootstrap
 
     # Unique per run: a namespace of an earlier run may still be terminating.
     digest = hashlib.sha1(f"{request.node.nodeid}{time.time_ns()}".encode()).hexdigest()[:6]
@@ -87,7 +87,7 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
 
 
 def modelfleet_cluster() -> Any:
-    from modelfleet.dev.cluster import Cluster
+    from modelfleet_dev.cluster import Cluster
 
     return Cluster()
 
@@ -127,7 +127,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def _describe_namespace(cluster: LocalCluster, ns: str) -> str:
     import subprocess
 
-    from modelfleet.dev import binaries
+    from modelfleet_dev import binaries
 
     kubectl = str(binaries.binary_path("kubectl"))
     out = []

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 # `register(subparsers)`; the module is imported only when present so a
 # base install (no router extras, say) still gets the other commands.
 SUBCOMMAND_MODULES = (
-    "modelfleet.dev.cli",
+    "modelfleet_dev.cli",
     "modelfleet.api.cli",
     "modelfleet.controllers.cli",
     "modelfleet.router.cli",

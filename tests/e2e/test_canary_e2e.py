@@ -18,9 +18,9 @@ import pytest
 from kubernetes import client as k8s
 
 from conftest import LocalCluster, wait_for
-from modelfleet.dev import bootstrap
-from modelfleet.dev.story import Load, pool_manifest
-from modelfleet.router.testing import RouterProcess, free_port
+from modelfleet_dev import bootstrap
+from modelfleet_dev.routerproc import RouterProcess, free_port
+from modelfleet_dev.story import Load, pool_manifest
 from worker_fixtures import tiny_model_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(600)]

@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from modelfleet_common.errors import error_body
+
 from .batching import BatchKey
 from .config import WorkerConfig
 from .engine import Engine, Job, JobResult, QueueFullError
@@ -45,7 +47,7 @@ def error_response(
     status: int, code: str, message: str, param: str | None = None, **headers: str
 ) -> web.Response:
     return web.json_response(
-        {"error": {"code": code, "message": message, "param": param}},
+        error_body(code, message, param),
         status=status,
         headers=headers or None,
     )

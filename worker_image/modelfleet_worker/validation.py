@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from modelfleet_common.errors import error_body
+
 MAX_BODY_BYTES = 1024 * 1024
 MAX_PROMPT_CHARS = 4000
 MAX_N = 8
@@ -49,7 +51,7 @@ class RequestError(Exception):
         self.param = param
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "param": self.param}}
+        return error_body(self.code, self.message, self.param)
 
 
 def _invalid(param: str, message: str) -> RequestError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from itertools import pairwise
 from typing import Annotated, Literal
 
@@ -19,6 +20,12 @@ from modelfleet.api.common import (
 
 BuiltinMetric = Literal["error-rate", "latency-p95", "latency-p99"]
 CanaryPhase = Literal["Pending", "Progressing", "Paused", "Succeeded", "RolledBack", "Failed"]
+# The one definition of the phase groups; everything else (core, controllers, plugin) reads these.
+PHASES: tuple[CanaryPhase, ...] = typing.get_args(CanaryPhase)
+ACTIVE_PHASES: frozenset[CanaryPhase] = frozenset({"Pending", "Progressing", "Paused"})
+TERMINAL_PHASES: frozenset[CanaryPhase] = frozenset({"Succeeded", "RolledBack", "Failed"})
+# Phases `retry` restarts from step 1.
+RETRYABLE_PHASES: frozenset[CanaryPhase] = frozenset({"RolledBack", "Failed", "Paused"})
 CheckResult = Literal["pass", "fail", "inconclusive"]
 
 DEFAULT_STEPS = [10, 30, 60, 100]

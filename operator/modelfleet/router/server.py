@@ -26,7 +26,6 @@ from modelfleet.routing.ladder import (
     Outcome,
     Tried,
     client_error_body,
-    error_json,
     exhausted,
 )
 from modelfleet.routing.stats import HORIZON_S, AttemptStats
@@ -39,6 +38,7 @@ from modelfleet.routing.table import (
     pool_ladder,
     select_policy,
 )
+from modelfleet_common.errors import error_json
 
 log = logging.getLogger("modelfleet.router")
 

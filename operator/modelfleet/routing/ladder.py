@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from modelfleet_common.errors import error_json
+
 
 class Attempt(StrEnum):
     """Outcome of one upstream attempt (label `outcome` of upstream_requests_total)."""
@@ -65,10 +67,6 @@ def client_error_body(status: int, body: bytes) -> bytes:
         pass
     text = body[:500].decode("utf-8", "replace")
     return error_json("upstream_client_error", f"worker answered {status}: {text}")
-
-
-def error_json(code: str, message: str, param: str | None = None) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message, "param": param}}).encode()
 
 
 @dataclass(frozen=True)

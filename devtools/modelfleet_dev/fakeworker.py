@@ -2,7 +2,7 @@
 demand (500, 429, 400, hang, connection reset, garbage 200, delay).
 
 In-process: `FakeWorker(name)`, `await w.start()`, `w.url`, `w.mode = "fail"`.
-As a process: `python -m modelfleet.router.fakeworker --port 8081 [--name a]`; the mode
+As a process: `python -m modelfleet_dev.fakeworker --port 8081 [--name a]`; the mode
 can then be set with `POST /_control {"mode": ..., "delay_ms": ...}`."""
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from modelfleet_common.errors import error_body
+
 MODES = ("ok", "fail", "busy", "bad_request", "hang", "reset", "garbage")
 # 1x1 transparent PNG: keeps the answer the size of a fixed small JSON.
 TINY_PNG_B64 = (
@@ -23,9 +25,7 @@ TINY_PNG_B64 = (
 
 
 def _err(status: int, code: str, message: str) -> web.Response:
-    return web.json_response(
-        {"error": {"code": code, "message": message, "param": None}}, status=status
-    )
+    return web.json_response(error_body(code, message), status=status)
 
 
 class FakeWorker:

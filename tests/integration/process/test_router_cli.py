@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from modelfleet.router.testing import free_port, policy
+from modelfleet_dev.routerproc import free_port, policy
 
 
 def _run(cfg: Path) -> subprocess.CompletedProcess[str]:

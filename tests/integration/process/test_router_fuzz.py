@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelfleet.router.testing import RouterProcess, free_port, policy, write_config
+from modelfleet_dev.routerproc import RouterProcess, free_port, policy, write_config
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(180)
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     port = free_port()
     worker = subprocess.Popen(
-        [sys.executable, "-m", "modelfleet.router.fakeworker", "--port", str(port)],
+        [sys.executable, "-m", "modelfleet_dev.fakeworker", "--port", str(port)],
         stdout=subprocess.DEVNULL,
     )
     try:

@@ -15,7 +15,7 @@ from kubernetes.client.rest import ApiException
 
 from api_cases import INVALID, Invalid, example_files
 from conftest import LocalCluster, wait_for
-from modelfleet.dev import bootstrap
+from modelfleet_dev import bootstrap
 
 pytestmark = pytest.mark.cluster
 PLURALS = {"ModelPool": "modelpools", "RoutingPolicy": "routingpolicies", "Canary": "canaries"}
@@ -46,7 +46,7 @@ def test_kubectl_reports_real_server_version(cluster: LocalCluster) -> None:
         check=True,
     ).stdout
     version = yaml.safe_load(out)
-    from modelfleet.dev.binaries import KUBERNETES_VERSION
+    from modelfleet_dev.binaries import KUBERNETES_VERSION
 
     assert version["serverVersion"]["gitVersion"] == KUBERNETES_VERSION
     assert version["clientVersion"]["gitVersion"] == KUBERNETES_VERSION

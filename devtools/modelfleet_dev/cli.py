@@ -9,8 +9,8 @@ import sys
 
 from kubernetes.client.rest import ApiException
 
-from modelfleet.dev import binaries
-from modelfleet.dev.cluster import Cluster, ClusterError
+from modelfleet_dev import binaries
+from modelfleet_dev.cluster import Cluster, ClusterError
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -310,7 +310,7 @@ def test_least_privilege_rbac(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        from modelfleet.router.testing import RouterProcess
+        from modelfleet_dev.routerproc import RouterProcess
 
         try:
             custom = k8s.CustomObjectsApi(cluster.api)

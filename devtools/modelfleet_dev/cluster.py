@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from modelfleet.dev import binaries, pki
+from modelfleet_dev import binaries, pki
 
 APISERVER_PORT_DEFAULT = 16443
 
@@ -262,7 +262,7 @@ def _commands(paths: Paths, ports: Ports) -> dict[str, list[str]]:
         "pod-runner": [
             sys.executable,
             "-m",
-            "modelfleet.dev.podrunner",
+            "modelfleet_dev.podrunner",
             f"--kubeconfig={kc}",
             f"--log-dir={paths.logs / 'pods'}",
             f"--netns={NETNS}",
@@ -477,7 +477,7 @@ class Cluster:
         if not (self.paths.pki / "admin.crt").exists():
             pki.generate(self.paths.pki)
         write_kubeconfig(self.paths, self.ports)
-        stages = resources.files("modelfleet.dev").joinpath("kwok-stages.yaml").read_text()
+        stages = resources.files("modelfleet_dev").joinpath("kwok-stages.yaml").read_text()
         self.paths.kwok_config.write_text(stages)
 
     def start_extra(self, name: str, cmd: list[str], env: dict[str, str]) -> int:
@@ -535,7 +535,7 @@ class Cluster:
     def _ensure_nodes_and_crds(
         self, nodes: int, gpu_product: str, timings: dict[str, float], since: float | None = None
     ) -> None:
-        from modelfleet.dev import bootstrap
+        from modelfleet_dev import bootstrap
 
         start = since if since is not None else time.monotonic()
         client = bootstrap.api_client(self.paths.kubeconfig)

@@ -18,8 +18,8 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from modelfleet.dev import bootstrap, story
-from modelfleet.dev.cluster import Cluster
+from modelfleet_dev import bootstrap, story
+from modelfleet_dev.cluster import Cluster
 
 NAMESPACE = "modelfleet-demo"
 ROUTER_PORT = int(os.environ.get("MODELFLEET_DEMO_ROUTER_PORT", "18080"))

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelfleet.router.fakeworker import FakeWorker
-from modelfleet.router.testing import RouterProcess, policy, write_config
+from modelfleet_dev.fakeworker import FakeWorker
+from modelfleet_dev.routerproc import RouterProcess, policy, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
