@@ -50,3 +50,23 @@ def test_chart_uses_the_same_entrypoints() -> None:
     chart = REPO / "charts" / "modelfleet" / "templates"
     assert 'command: ["modelfleet", "operator"]' in (chart / "operator.yaml").read_text()
     assert 'command: ["modelfleet", "router"]' in (chart / "router.yaml").read_text()
+
+
+def test_dev_and_test_code_stays_out_of_the_images() -> None:
+    """The images install the root project; devtools/ is a distribution of its own."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    find = project["tool"]["setuptools"]["packages"]["find"]
+    assert "devtools" not in find["where"]
+    assert not any(p.startswith("modelfleet_dev") for p in find["include"])
+    assert all(pattern != "modelfleet*" for pattern in find["include"]), (
+        "modelfleet* would also match modelfleet_dev"
+    )
+    for dockerfile in (DOCKERFILE, REPO / "worker_image" / "Dockerfile"):
+        copied = [
+            line.split()[1]
+            for line in dockerfile.read_text().splitlines()
+            if line.strip().upper().startswith("COPY ")
+        ]
+        assert "devtools" not in copied, f"{dockerfile.name} copies devtools/"
+        # The error envelope and other wire formats both images speak.
+        assert "common" in copied, f"{dockerfile.name} lacks common/ (modelfleet_common)"
