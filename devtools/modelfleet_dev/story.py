@@ -18,8 +18,11 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
+from modelfleet.api.canary import TERMINAL_PHASES
+
 G, V = "modelfleet.io", "v1alpha1"
-TERMINAL = {"Succeeded", "RolledBack", "Failed", "Paused"}
+# A watched run ends when the canary finishes, or pauses itself (then it waits for a person).
+STOPPED = TERMINAL_PHASES | {"Paused"}
 
 
 def ensure_tiny_model(cluster_root: Path, say: Callable[[str], None] | None = None) -> Path:
@@ -177,7 +180,7 @@ def watch_canary(
                         else ""
                     )
                 )
-        if status.get("phase") in TERMINAL:
+        if status.get("phase") in STOPPED:
             zero = time.monotonic() - first_traffic if first_traffic and weight == 0 else None
             return Outcome(
                 name,

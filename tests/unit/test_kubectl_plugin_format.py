@@ -1,4 +1,4 @@
-"""The pure parts of `kubectl modelfleet`: tables, status text, report HTML."""
+"""The pure parts of `kubectl modelfleet`: tables, status text, pools, hints, report HTML."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from modelfleet import kubectl_plugin as kp
+from modelfleet.api.canary import AnalysisSpec
+from modelfleet.canary.manual import Request
+from modelfleet.kubectl import actions, client, formatting, main, pause, pools, report, status
 
 CANARY: dict[str, Any] = {
     "metadata": {"name": "c", "namespace": "ns", "annotations": {}},
@@ -66,11 +68,11 @@ CANARY: dict[str, Any] = {
     ],
 )
 def test_fmt_number(value: Any, text: str) -> None:
-    assert kp.fmt_number(value) == text
+    assert formatting.fmt_number(value) == text
 
 
 def test_format_table_aligns_columns() -> None:
-    out = kp.format_table(["name", "x"], [["a", 1], ["longer", None]])
+    out = formatting.format_table(["name", "x"], [["a", 1], ["longer", None]])
     assert out.splitlines() == ["NAME     X", "a        1", "longer"]
 
 
@@ -79,7 +81,7 @@ def test_format_table_aligns_columns() -> None:
     [(None, [10, 100], "-/2"), (0, [10, 100], "1/2"), (3, [10, 30, 60, 100], "4/4")],
 )
 def test_step_label(step: int | None, steps: list[int], label: str) -> None:
-    assert kp.step_label(step, steps) == label
+    assert formatting.step_label(step, steps) == label
 
 
 @pytest.mark.parametrize(
@@ -93,11 +95,11 @@ def test_step_label(step: int | None, steps: list[int], label: str) -> None:
     ],
 )
 def test_metric_comparison(metric: dict[str, Any], text: str) -> None:
-    assert kp.metric_comparison(metric) == text
+    assert formatting.metric_comparison(metric) == text
 
 
 def test_format_status() -> None:
-    out = kp.format_status(CANARY)
+    out = status.format_status(CANARY)
     assert "Canary:     ns/c" in out
     assert "Phase:      Progressing" in out
     assert "Step:       3/4  (weights 10%, 30%, 60%, 100%)" in out
@@ -121,19 +123,19 @@ def test_format_status_without_status_and_with_action() -> None:
         },
         "spec": {"steps": [50, 100], "paused": True},
     }
-    out = kp.format_status(obj)
+    out = status.format_status(obj)
     assert "Phase:      Unknown (not yet seen by the operator) (spec.paused=true)" in out
     assert "Step:       -/2" in out
     assert "Weight:     - to candidate" in out
     assert "Action:     promote:1 (pending)" in out
     assert "(none yet)" in out and "(no analyses yet)" in out and "(none)" in out
     obj["status"] = {"lastAction": "promote:1"}
-    assert "Action:     promote:1 (handled)" in kp.format_status(obj)
+    assert "Action:     promote:1 (handled)" in status.format_status(obj)
 
 
 def test_status_json_drops_managed_fields() -> None:
     obj = {"metadata": {"name": "c", "managedFields": [{}]}, "spec": {}}
-    assert kp.status_json(obj) == {"metadata": {"name": "c"}, "spec": {}}
+    assert status.status_json(obj) == {"metadata": {"name": "c"}, "spec": {}}
     assert "managedFields" in obj["metadata"]
 
 
@@ -142,7 +144,7 @@ def _pool(ns: str, name: str, spec: dict[str, Any], status: dict[str, Any] | Non
 
 
 def test_format_pools() -> None:
-    pools = [
+    items = [
         _pool(
             "b",
             "big",
@@ -156,27 +158,27 @@ def test_format_pools() -> None:
         _pool("a", "small", {"replicas": 2, "model": {"source": "s3://x/y"}}),
         _pool("a", "cpu", {"replicas": 5, "gpu": {"count": 0}, "model": {"source": "file:///m"}}),
     ]
-    out = kp.format_pools(pools, all_namespaces=False)
+    out = pools.format_pools(items, all_namespaces=False)
     lines = out.splitlines()
     assert re.match(r"NAME\s+READY/REPLICAS\s+PHASE\s+GPU\s+MODEL$", lines[0])
     assert re.match(r"cpu\s+0/5\s+-\s+0\s+file:///m$", lines[1])
     assert re.match(r"small\s+0/2\s+-\s+1 x any\s+s3://x/y$", lines[2])
     assert re.match(r"big\s+2/3\s+Progressing\s+2 x NVIDIA-H100\s+hf://org/m@abc$", lines[3])
     assert lines[-1] == "Total GPUs requested: 8 (3 pools)"
-    wide = kp.format_pools(pools, all_namespaces=True).splitlines()
+    wide = pools.format_pools(items, all_namespaces=True).splitlines()
     assert wide[0].startswith("NAMESPACE")
     assert re.match(r"a\s+cpu", wide[1])
 
 
 def test_pool_gpus_defaults() -> None:
-    assert kp.pool_gpus({"spec": {}}) == 1
-    assert kp.pool_gpus({"spec": {"replicas": 0}}) == 0
-    assert kp.gpu_label(None) == "1 x any"
+    assert pools.pool_gpus({"spec": {}}) == 1
+    assert pools.pool_gpus({"spec": {"replicas": 0}}) == 0
+    assert pools.gpu_label(None) == "1 x any"
 
 
 def test_new_request_id_is_unix_ms() -> None:
-    assert kp.new_request_id(1700000000.1234) == "1700000000123"
-    assert re.fullmatch(r"\d{13}", kp.new_request_id())
+    assert actions.new_request_id(1700000000.1234) == "1700000000123"
+    assert re.fullmatch(r"\d{13}", actions.new_request_id())
 
 
 @pytest.mark.parametrize(
@@ -197,7 +199,24 @@ def test_resume_needs_action(
         "spec": {"paused": paused, "analysis": {"inconclusiveLimit": 3}},
         "status": {"phase": phase, "inconclusiveChecks": inconclusive},
     }
-    assert kp.resume_needs_action(obj) is needed
+    assert pause.resume_needs_action(obj) is needed
+
+
+@pytest.mark.parametrize("limit", [1, 8, None])
+def test_resume_needs_action_uses_the_canarys_inconclusive_limit(limit: int | None) -> None:
+    # Paused by the user: the action is needed only once the canary's own limit is reached.
+    analysis = {} if limit is None else {"inconclusiveLimit": limit}
+    effective = AnalysisSpec().inconclusive_limit if limit is None else limit
+
+    def needed(checks: int) -> bool:
+        obj = {
+            "spec": {"paused": True, "analysis": analysis},
+            "status": {"phase": "Paused", "inconclusiveChecks": checks},
+        }
+        return pause.resume_needs_action(obj)
+
+    assert not needed(effective - 1)
+    assert needed(effective)
 
 
 @pytest.mark.parametrize(
@@ -213,9 +232,27 @@ def test_resume_needs_action(
         ("pause", None, False),
     ],
 )
-def test_action_hint(verb: str, phase: str | None, warns: bool) -> None:
-    hint = kp.action_hint(verb, {"status": {"phase": phase}})
+def test_action_hint(verb: Request, phase: str | None, warns: bool) -> None:
+    hint = actions.action_hint(verb, {"status": {"phase": phase}})
     assert (hint is not None) is warns
+
+
+def test_action_hint_words_come_from_the_shared_rules() -> None:
+    def hint(verb: Request, phase: str) -> str | None:
+        return actions.action_hint(verb, {"status": {"phase": phase}})
+
+    assert hint("retry", "Progressing") == (
+        "the canary is Progressing; retry only acts on RolledBack, Failed or Paused canaries"
+    )
+    assert hint("promote", "RolledBack") == (
+        "the canary is RolledBack; promote only acts on active canaries; use retry first"
+    )
+    assert hint("promote", "Succeeded") == (
+        "the canary is Succeeded; promote only acts on active canaries"
+    )
+    assert (
+        hint("pause", "Failed") == "the canary is Failed; pausing a finished canary has no effect"
+    )
 
 
 def _parse_svg(svg: str) -> ET.Element:
@@ -223,7 +260,7 @@ def _parse_svg(svg: str) -> ET.Element:
 
 
 def test_svg_weight_timeline_is_valid_and_plots_each_analysis() -> None:
-    svg = kp.svg_weight_timeline(CANARY["status"]["history"], "2026-01-01T00:00:00Z")
+    svg = report.svg_weight_timeline(CANARY["status"]["history"], "2026-01-01T00:00:00Z")
     root = _parse_svg(svg)
     ns = "{http://www.w3.org/2000/svg}"
     circles = root.findall(f"{ns}circle")
@@ -236,28 +273,28 @@ def test_svg_weight_timeline_is_valid_and_plots_each_analysis() -> None:
 
 
 def test_svg_weight_timeline_empty_and_bad_times() -> None:
-    assert "no analyses yet" in kp.svg_weight_timeline([])
-    _parse_svg(kp.svg_weight_timeline([]))
-    svg = kp.svg_weight_timeline([{"step": 0, "weight": 10, "result": "pass", "time": "?"}])
+    assert "no analyses yet" in report.svg_weight_timeline([])
+    _parse_svg(report.svg_weight_timeline([]))
+    svg = report.svg_weight_timeline([{"step": 0, "weight": 10, "result": "pass", "time": "?"}])
     assert "analysis #" in svg
     _parse_svg(svg)
 
 
 def test_svg_metric() -> None:
-    series = kp.metric_series(CANARY["status"]["history"])
+    series = report.metric_series(CANARY["status"]["history"])
     assert series == {"errors": [(0, 0.01, 0.02), (1, None, 0.02)]}
-    root = _parse_svg(kp.svg_metric("errors<&>", series["errors"], 2))
+    root = _parse_svg(report.svg_metric("errors<&>", series["errors"], 2))
     assert root.get("aria-label") == "metric errors<&>"
 
 
 def test_render_report_escapes_and_embeds() -> None:
     images = [
         (
-            kp.ImageResult("p <1>", 1, png_b64="QUJD"),
-            kp.ImageResult("p <1>", 1, error="boom <x>"),
+            client.ImageResult("p <1>", 1, png_b64="QUJD"),
+            client.ImageResult("p <1>", 1, error="boom <x>"),
         )
     ]
-    page = kp.render_report(CANARY, images, generated_at="T")
+    page = report.render_report(CANARY, images, generated_at="T")
     assert page.startswith("<!DOCTYPE html>")
     assert page.count("<svg") == 2  # timeline + one per metric in the history (errors)
     assert "step 3/4 &lt;60%&gt;" in page
@@ -269,12 +306,12 @@ def test_render_report_escapes_and_embeds() -> None:
 
 
 def test_render_report_without_status() -> None:
-    page = kp.render_report({"metadata": {"name": "c"}, "spec": {}}, generated_at="T")
+    page = report.render_report({"metadata": {"name": "c"}, "spec": {}}, generated_at="T")
     assert "Unknown" in page and "<svg" in page and "<img" not in page
 
 
 def test_parser_flags_before_and_after_the_subcommand() -> None:
-    parser = kp.build_parser()
+    parser = main.build_parser()
     a = parser.parse_args(["-n", "x", "--kubeconfig", "k", "status", "c"])
     assert (a.namespace, a.kubeconfig, a.canary) == ("x", "k", "c")
     b = parser.parse_args(["status", "c", "-n", "y", "-w", "-o", "json"])

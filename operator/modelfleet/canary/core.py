@@ -33,7 +33,13 @@ from modelfleet.api.common import parse_duration
 from modelfleet.api.conditions import ConditionStatus, get_condition, set_condition
 from modelfleet.canary import reasons as R
 from modelfleet.canary.analysis import judge_metric, overall, summarize
-from modelfleet.canary.manual import ACTION_ANNOTATION, ManualAction, parse_action
+from modelfleet.canary.manual import (
+    ACTION_ANNOTATION,
+    ManualAction,
+    parse_action,
+    paused_for_lack_of_data,
+    refusal,
+)
 from modelfleet.canary.types import (
     Action,
     AnalysisObservation,
@@ -261,52 +267,46 @@ class _Tick:
         self.st.canary_weight = 100
         self._event("Normal", reason, message)
 
-    def _ignore(self, action: ManualAction, hint: str) -> None:
+    def _ignore(self, action: ManualAction, why: str) -> None:
         self._event(
             "Warning",
             R.ACTION_IGNORED,
-            f"{ACTION_ANNOTATION}={action.raw!r} ignored: canary is {self.st.phase}{hint}",
+            f"{ACTION_ANNOTATION}={action.raw!r} ignored: canary is {self.st.phase}; {why}",
         )
 
     # --- manual actions ---------------------------------------------------------------
 
     def _manual(self, action: ManualAction) -> None:
         st = self.st
-        phase = st.phase
-        active = phase in ("Pending", "Progressing", "Paused")
-        by = f"{ACTION_ANNOTATION}={action.raw!r}"
         if action.verb is None:
             self._event("Warning", R.INVALID_ACTION, action.error or "invalid action")
-        elif action.verb == "abort":
-            if active:
-                self._rollback(R.ABORTED, f"aborted by {by} {self._where()}; candidate weight 0%")
-            else:
-                self._ignore(action, "")
+            return
+        assert st.phase is not None  # run() makes a new canary Pending first
+        candidate = self.obs.candidate
+        why = refusal(
+            action.verb,
+            st.phase,
+            spec_paused=self.spec.paused,
+            candidate_unready=None if candidate.ready else candidate.message,
+        )
+        if why is not None:
+            self._ignore(action, why)
+            return
+        by = f"{ACTION_ANNOTATION}={action.raw!r}"
+        if action.verb == "abort":
+            self._rollback(R.ABORTED, f"aborted by {by} {self._where()}; candidate weight 0%")
         elif action.verb == "promote":
-            if not active:
-                self._ignore(action, "; use retry first" if phase != "Succeeded" else "")
-            elif not self.obs.candidate.ready:
-                self._ignore(action, f"; candidate pool not ready: {self.obs.candidate.message}")
-            else:
-                self._succeed(
-                    R.PROMOTED,
-                    f"promoted by {by} {self._where()}, skipping the remaining steps; "
-                    f"route now serves pool {self.spec.candidate_pool!r}",
-                )
+            self._succeed(
+                R.PROMOTED,
+                f"promoted by {by} {self._where()}, skipping the remaining steps; "
+                f"route now serves pool {self.spec.candidate_pool!r}",
+            )
         elif action.verb == "retry":
-            if phase in ("RolledBack", "Failed", "Paused"):
-                self._reset()
-                st.message = f"retried by {by}: starting again from step 1"
-                self._event("Normal", R.RETRIED, st.message)
-            else:
-                self._ignore(action, "; retry works on RolledBack, Failed or Paused canaries")
-        elif action.verb == "resume":
-            if phase != "Paused":
-                self._ignore(action, "")
-            elif self.spec.paused:
-                self._ignore(action, "; spec.paused is true, set it to false to resume")
-            else:
-                self._resume(f"resumed by {by}")
+            self._reset()
+            st.message = f"retried by {by}: starting again from step 1"
+            self._event("Normal", R.RETRIED, st.message)
+        else:
+            self._resume(f"resumed by {by}")
 
     def _resume(self, why: str) -> None:
         st = self.st
@@ -524,7 +524,7 @@ class _Tick:
         st = self.st
         if self.spec.paused:
             self._pause_user()
-        elif st.inconclusive_checks >= self.spec.analysis.inconclusive_limit:
+        elif paused_for_lack_of_data(st.inconclusive_checks, self.spec.analysis.inconclusive_limit):
             # Paused for lack of data; only a `resume` (or retry) action continues.
             if self.reason != R.PAUSED_NO_DATA:
                 self.reason = R.PAUSED_NO_DATA

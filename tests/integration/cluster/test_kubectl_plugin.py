@@ -21,6 +21,7 @@ from kubernetes import client as k8s
 
 from api_cases import example
 from conftest import LocalCluster, wait_for
+from modelfleet import GROUP, VERSION
 
 pytestmark = pytest.mark.cluster
 
@@ -38,7 +39,6 @@ def no_operator(operator: Any) -> Iterator[None]:
 
 BIN = Path(sys.executable).parent
 PLUGIN = BIN / "kubectl-modelfleet"
-GROUP, VERSION = "modelfleet.io", "v1alpha1"
 # A 1x1 PNG: what the fake worker returns.
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
