@@ -18,6 +18,7 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
+from modelfleet import GROUP, VERSION
 from modelfleet_dev import bootstrap, story
 from modelfleet_dev.cluster import Cluster
 
@@ -150,9 +151,7 @@ def main() -> int:
     custom = k8s.CustomObjectsApi(api)
 
     def all_ready() -> bool:
-        pools = custom.list_namespaced_custom_object(
-            "modelfleet.io", "v1alpha1", NAMESPACE, "modelpools"
-        )
+        pools = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "modelpools")
         phases = {
             p["metadata"]["name"]: (p.get("status") or {}).get("phase") for p in pools["items"]
         }
@@ -214,12 +213,10 @@ def _canary_story(api: k8s.ApiClient) -> list[story.Outcome]:
     outcomes = []
     for name, candidate in (("swap-good", "production-v2"), ("swap-bad", "production-bad")):
         with contextlib.suppress(ApiException):
-            custom.delete_namespaced_custom_object(
-                "modelfleet.io", "v1alpha1", NAMESPACE, "canaries", name
-            )
+            custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "canaries", name)
         with contextlib.suppress(ApiException):
             custom.delete_namespaced_custom_object(
-                "modelfleet.io", "v1alpha1", NAMESPACE, "routingpolicies", name
+                GROUP, VERSION, NAMESPACE, "routingpolicies", name
             )
         story.create_or_update(
             api, NAMESPACE, "routingpolicies", story.single_route_policy(name, "production")

@@ -32,7 +32,8 @@ from kubernetes import config as k8s_config
 from kubernetes import watch
 from kubernetes.client.rest import ApiException
 
-LOCAL_RUN_ANNOTATION = "modelfleet.io/local-run"
+from modelfleet import LOCAL_RUN_ANNOTATION
+
 log = logging.getLogger("modelfleet.podrunner")
 
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")

@@ -18,9 +18,10 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
+from modelfleet import GROUP, LOCAL_RUN_ANNOTATION, VERSION
 from modelfleet.api.canary import TERMINAL_PHASES
 
-G, V = "modelfleet.io", "v1alpha1"
+G, V = GROUP, VERSION
 # A watched run ends when the canary finishes, or pauses itself (then it waits for a person).
 STOPPED = TERMINAL_PHASES | {"Paused"}
 
@@ -46,7 +47,7 @@ def pool_manifest(
     return {
         "apiVersion": f"{G}/{V}",
         "kind": "ModelPool",
-        "metadata": {"name": name, "annotations": {"modelfleet.io/local-run": "true"}},
+        "metadata": {"name": name, "annotations": {LOCAL_RUN_ANNOTATION: "true"}},
         "spec": {
             "model": {"family": "custom", "source": f"file://{model_dir}", "dtype": "float32"},
             "replicas": replicas,

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .batching import BatchKey, Pending, select_batch
+from .batching import BatchKey, Pending, next_deadline, select_batch
 from .memory import run_with_split
 
 log = logging.getLogger("modelfleet_worker.engine")
@@ -25,6 +25,7 @@ class Job:
     prompt: str
     negative_prompt: str | None
     seed: int
+    text: tuple[str, ...] = ()  # expected text (a text-drawing test backend draws it)
 
 
 @dataclass(frozen=True)
@@ -157,11 +158,11 @@ class Engine:
                 self._pending, now, self._max_latency_s, self._cap_for, drain=self._draining
             )
             if sel is None:
-                if not self._pending:
+                due = next_deadline(self._pending, self._max_latency_s)
+                if due is None:  # nothing waits
                     self._idle.set()
                     await self._wake.wait()
                     continue
-                due = min(p.enqueued_at for p in self._pending) + self._max_latency_s
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.0, due - now))
                 continue

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modelfleet import API_VERSION
+from modelfleet import API_VERSION, LOCAL_RUN_ANNOTATION
 from modelfleet.api.modelpool import ModelPool
 
 FIELD_MANAGER = "modelfleet-operator"
 MANAGED_BY = "modelfleet-operator"
 POOL_LABEL = "modelfleet.io/pool"
-LOCAL_RUN_ANNOTATION = "modelfleet.io/local-run"
 WORKER_PORT = 8080
 WORKER_UID = 10001
 CACHE_DIR = "/var/cache/modelfleet"

@@ -18,14 +18,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from modelfleet import GROUP, VERSION
 from modelfleet.api.routingpolicy import RoutingPolicy
 from modelfleet.router.config import Snapshot, format_validation_error
 from modelfleet.routing.table import compile_policy
 
 log = logging.getLogger("modelfleet.router.kube")
 
-GROUP = "modelfleet.io"
-VERSION = "v1alpha1"
 PLURAL = "routingpolicies"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 PORT_NAME = "http"
