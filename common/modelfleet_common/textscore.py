@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 DEFAULT_MIN_WORD_ACCURACY = 1.0
@@ -94,50 +94,54 @@ def matched_words(expected: Sequence[str], read: Sequence[str]) -> int:
     """How many expected words were read, each read word used once (multisets).
 
     OCR engines often drop or add the space between large display words
-    ("SALENOW", "SA LE"); a read word that is exactly a run of adjacent
-    expected words, or a run of adjacent read words that is exactly one
-    expected word, counts as those words. Every letter must still be right.
+    ("SALENOW", "SA LE"). Before counting, a read word that is exactly a run
+    of adjacent expected words is split into them, and a run of adjacent read
+    words that are not expected words but join into one is joined. Every
+    letter must still be right: only spacing is forgiven.
     """
-    pool = Counter(read)
-    hit = [False] * len(expected)
-    for i, w in enumerate(expected):
+    vocab = set(expected)
+    split: list[str] = []
+    for r in read:
+        run = None if r in vocab else _run(expected, r)
+        split.extend(expected[run[0] : run[1] + 1] if run else [r])
+    joined: list[str] = []
+    i = 0
+    while i < len(split):
+        j = _join(split, i, vocab)
+        joined.append("".join(split[i : j + 1]))
+        i = j + 1
+    pool = Counter(joined)
+    found = 0
+    for w in expected:
         if pool[w] > 0:
             pool[w] -= 1
-            hit[i] = True
-    left = []  # read words no exact match used, in read order
-    for w in read:
-        if pool[w] > 0:
-            pool[w] -= 1
-            left.append(w)
-    for r in list(left):  # merged: one read word is several expected words
-        run = _run(expected, r, lambda k: not hit[k])
-        if run is not None:
-            hit[run[0] : run[1] + 1] = [True] * (run[1] + 1 - run[0])
-            left.remove(r)
-    for i, w in enumerate(expected):  # split: several read words are one expected word
-        if not hit[i]:
-            run = _run(left, w, lambda k: True)
-            if run is not None:
-                hit[i] = True
-                del left[run[0] : run[1] + 1]
-    return sum(hit)
+            found += 1
+    return found
 
 
-def _run(
-    parts: Sequence[str], target: str, usable: Callable[[int], bool]
-) -> tuple[int, int] | None:
-    """First run parts[i..j] (two or more, all usable) whose concatenation is target."""
+def _run(parts: Sequence[str], target: str) -> tuple[int, int] | None:
+    """First run parts[i..j] of two or more whose concatenation is target."""
     for i in range(len(parts)):
-        joined = ""
+        acc = ""
         for j in range(i, len(parts)):
-            if not usable(j):
+            acc += parts[j]
+            if not target.startswith(acc):
                 break
-            joined += parts[j]
-            if not target.startswith(joined):
-                break
-            if joined == target and j > i:
+            if acc == target and j > i:
                 return i, j
     return None
+
+
+def _join(words: Sequence[str], i: int, vocab: set[str]) -> int:
+    """Last index of a run from i of non-vocabulary words that joins into a vocabulary word."""
+    acc = ""
+    for j in range(i, len(words)):
+        if words[j] in vocab:
+            break
+        acc += words[j]
+        if acc in vocab and j > i:
+            return j
+    return i
 
 
 def word_accuracy(expected: str, read: str) -> float:

@@ -84,6 +84,11 @@ ACCURACY: list[tuple[str, str, float]] = [
     ("SALE NOW", "SLAENOW", 0.0),
     ("SALE NOW", "SALENOWW", 0.0),
     ("SALE NOW", "SA LF NOW", 0.5),
+    ("50% BIRTHDAY OFFER BIRTHDAY", "50%BIRTHDAY OFFER BIRTHDAY", 1.0),
+    ("SALE SALE", "SALESALE", 1.0),
+    ("SALE NOW", "SALE SALENOW", 1.0),  # the merged word still gives NOW
+    ("NOW", "N O W", 1.0),
+    ("NOW", "N O", 0.0),
     ("", "anything", 1.0),
 ]
 
