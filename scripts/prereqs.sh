@@ -28,6 +28,12 @@ fi
 debs=()
 command -v prometheus >/dev/null 2>&1 || debs+=(prometheus)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || debs+=(nginx-light)
+# Text verification: the text-drawing test backend's fonts, and the shared
+# libraries OpenCV (pulled in by rapidocr_onnxruntime) loads.
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ] || debs+=(fonts-dejavu)
+libs=$(ldconfig -p 2>/dev/null || true)
+[[ $libs == *libGL.so.1* ]] || debs+=(libgl1)
+[[ $libs == *libglib-2.0.so.0* ]] || debs+=(libglib2.0-0)
 if [ ${#debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "[prereqs] installing Debian packages: ${debs[*]}"

@@ -1,4 +1,4 @@
-"""`modelfleet-worker serve | fetch | tiny-model`."""
+"""`modelfleet-worker serve | fetch | tiny-model | verify`."""
 
 from __future__ import annotations
 
@@ -35,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument("--revision", default=os.environ.get(ENV_PREFIX + "REVISION", ""))
 
+    from .verifycli import add_verify_arguments
+
+    verify = sub.add_parser(
+        "verify",
+        help="OCR-score images against the text they should show (JSON out)",
+        description="Exit 0 when every image passed, 1 when one failed, 2 on unusable input.",
+    )
+    add_verify_arguments(verify)
+
     tiny = sub.add_parser("tiny-model", help="write a tiny random SD pipeline (tests, benches)")
     tiny.add_argument("--out", required=True)
     tiny.add_argument("--family", default="sd15", choices=["sd15"])
@@ -59,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .server import serve
 
         return serve(cfg)
+    if args.command == "verify":
+        from .verifycli import run
+
+        return run(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "fetch":
         from .fetch import FetchError, fetch

@@ -13,6 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from modelfleet_common.textscore import DEFAULT_MIN_WORD_ACCURACY
+
+from .ocr import DEFAULT_ENGINE, ENGINES
+
 ENV_PREFIX = "MODELFLEET_WORKER_"
 
 FAMILIES = ("sd15", "sdxl", "sd3", "flux", "custom")
@@ -110,6 +114,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fault_error_rate", _rate, 0.0, "drill: fraction of requests answered 500"),
     Setting("fault_oom_above_batch", _non_negative_int, 0, "drill: OOM on batches above k (0=off)"),
     Setting("fault_seed", int, 0, "seed for the injected-error coin (0 = random)"),
+    Setting("verify", parse_bool, True, "OCR-verify the text each render was asked for"),
+    Setting("verify_engine", _choice(ENGINES), DEFAULT_ENGINE, "OCR engine: " + "|".join(ENGINES)),
+    Setting("verify_workers", _positive_int, 1, "OCR threads (each takes one CPU core)"),
+    Setting(
+        "verify_min_word_accuracy",
+        _rate,
+        DEFAULT_MIN_WORD_ACCURACY,
+        "word accuracy a render needs to pass verification",
+    ),
 )
 
 
@@ -141,6 +154,10 @@ class WorkerConfig:
     fault_error_rate: float = 0.0
     fault_oom_above_batch: int = 0
     fault_seed: int = 0
+    verify: bool = True
+    verify_engine: str = "rapidocr"
+    verify_workers: int = 1
+    verify_min_word_accuracy: float = DEFAULT_MIN_WORD_ACCURACY
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:

@@ -85,6 +85,36 @@ class WorkerMetrics:
             P + "fault_oom_above_batch", "Injected OOM above this batch size (0=off)", registry=r
         )
 
+        # Text verification, labelled by pool so canary queries need no join.
+        self.text_word_accuracy = Histogram(
+            P + "text_word_accuracy",
+            "Word accuracy of each verified image (OCR vs the requested text)",
+            ["pool"],
+            buckets=(0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            registry=r,
+        ).labels(pool=pool)
+        self.text_verified = Counter(
+            P + "text_verified", "Images whose text was read and scored", ["pool"], registry=r
+        ).labels(pool=pool)
+        self.text_failed = Counter(
+            P + "text_failed",
+            "Verified images below the word-accuracy threshold",
+            ["pool"],
+            registry=r,
+        ).labels(pool=pool)
+        self.text_unreadable = Counter(
+            P + "text_unreadable",
+            "Images with expected text where OCR found no text or failed",
+            ["pool"],
+            registry=r,
+        ).labels(pool=pool)
+        self.ocr_seconds = Histogram(
+            P + "ocr_seconds",
+            "OCR time per image, in the verification pool",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
+            registry=r,
+        )
+
     def bind_gpu(self, read: Callable[[], tuple[int, int]]) -> None:
         """read() -> (free, total); evaluated at scrape time."""
         self.gpu_free.set_function(lambda: float(read()[0]))

@@ -33,6 +33,7 @@ class ItemSpec:
     prompt: str
     negative_prompt: str | None
     seed: int
+    text: tuple[str, ...] = ()  # expected text; diffusers reads it from the prompt
 
 
 @dataclass(frozen=True)

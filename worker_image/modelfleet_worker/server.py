@@ -27,9 +27,13 @@ from .faults import FaultInjector, FaultSettings
 from .memory import margin_bytes, memory_batch_cap, scaled_profile
 from .metrics import WorkerMetrics
 from .validation import MAX_BODY_BYTES, GenerationRequest, Limits, RequestError, parse_body
+from .verify import FAILED, Verification, VerifyPool
 
 log = logging.getLogger("modelfleet_worker.server")
 
+# Builds the model the server runs (default: load_diffusers).
+Loader = Callable[[WorkerConfig], Any]
+EXIT_BAD_CONFIG = 2
 EXIT_LOAD_FAILED = 3
 _STATUS_CODES = {
     400: "invalid_request",
@@ -60,8 +64,9 @@ def encode_png(image: Any) -> str:
 
 
 class WorkerServer:
-    def __init__(self, cfg: WorkerConfig) -> None:
+    def __init__(self, cfg: WorkerConfig, verifier: VerifyPool | None = None) -> None:
         self.cfg = cfg
+        self.verifier = verifier  # None: verification off
         self.state = "loading"  # loading -> ready -> draining
         self.metrics = WorkerMetrics(cfg.pool, cfg.model, cfg.family)
         self.faults = FaultInjector(
@@ -127,7 +132,7 @@ class WorkerServer:
         def runner(key: BatchKey, jobs: Sequence[Job]) -> list[Any]:
             from .pipeline import ItemSpec
 
-            specs = [ItemSpec(j.prompt, j.negative_prompt, j.seed) for j in jobs]
+            specs = [ItemSpec(j.prompt, j.negative_prompt, j.seed, j.text) for j in jobs]
             images: list[Any] = model.generate(
                 specs, key.width, key.height, key.steps, key.guidance_scale
             )
@@ -250,7 +255,9 @@ class WorkerServer:
         key = BatchKey(
             req.width, req.height, req.steps, req.guidance_scale, req.negative_prompt is not None
         )
-        jobs = [Job(req.prompt, req.negative_prompt, seed + i) for i in range(req.n)]
+        jobs = [
+            Job(req.prompt, req.negative_prompt, seed + i, req.expected_text) for i in range(req.n)
+        ]
         try:
             futures = engine.submit(key, jobs)
         except QueueFullError as exc:
@@ -272,8 +279,10 @@ class WorkerServer:
                 "size",
             )
         loop = asyncio.get_running_loop()
-        pngs = await asyncio.gather(
-            *(loop.run_in_executor(None, encode_png, r.image) for r in results)
+        # OCR (its own pool) and PNG encoding run side by side, off the batch loop.
+        pngs, checks = await asyncio.gather(
+            asyncio.gather(*(loop.run_in_executor(None, encode_png, r.image) for r in results)),
+            self._verify([r.image for r in results], req.expected_text),
         )
         self.metrics.images.inc(len(results))
         self.metrics.requests.labels(outcome="ok").inc()
@@ -282,7 +291,8 @@ class WorkerServer:
             {
                 "created": int(time.time()),
                 "data": [
-                    {"b64_json": png, "seed": job.seed} for png, job in zip(pngs, jobs, strict=True)
+                    _image_item(png, job.seed, check)
+                    for png, job, check in zip(pngs, jobs, checks, strict=True)
                 ],
                 "timing": {
                     "queue_wait_ms": round(max(r.queue_wait_s for r in results) * 1000.0, 3),
@@ -294,6 +304,23 @@ class WorkerServer:
                 "pool": self.cfg.pool,
             }
         )
+
+    async def _verify(
+        self, images: Sequence[Any], expected: tuple[str, ...]
+    ) -> list[Verification | None]:
+        if self.verifier is None or not expected:
+            return [None] * len(images)  # nothing asked for: neither pass nor fail
+        checks = await asyncio.gather(*(self.verifier.verify(im, expected) for im in images))
+        for c in checks:
+            self.metrics.ocr_seconds.observe(c.ocr_s)
+            if c.score is None:
+                self.metrics.text_unreadable.inc()
+                continue
+            self.metrics.text_verified.inc()
+            self.metrics.text_word_accuracy.observe(c.score.word_accuracy)
+            if c.status == FAILED:
+                self.metrics.text_failed.inc()
+        return list(checks)
 
     # ----- shutdown ----------------------------------------------------------
 
@@ -313,10 +340,48 @@ class WorkerServer:
             log.warning("drain timed out with %d requests still open", self._active)
 
 
-async def _serve(cfg: WorkerConfig) -> int:
-    from .fetch import FetchError, fetch
+def _image_item(png: str, seed: int, check: Verification | None) -> dict[str, Any]:
+    item: dict[str, Any] = {"b64_json": png, "seed": seed}
+    if check is not None:
+        item["modelfleet"] = check.block()
+    return item
 
-    server = WorkerServer(cfg)
+
+def load_diffusers(cfg: WorkerConfig) -> Any:
+    """The product's loader: fetch, load and warm up the diffusers pipeline."""
+    from .fetch import fetch
+    from .pipeline import configure_torch, load_model
+
+    configure_torch(cfg)
+    model_dir = fetch(cfg.model, cfg.cache_dir, cfg.revision)
+    vae_dir: Path | None = fetch(cfg.vae, cfg.cache_dir) if cfg.vae else None
+    model = load_model(cfg, model_dir, vae_dir)
+    if cfg.warmup:
+        model.warm_up()
+    return model
+
+
+def start_verifier(cfg: WorkerConfig) -> VerifyPool | None:
+    """The OCR pool, or None when verification is off. Raises OcrUnavailableError."""
+    if not cfg.verify:
+        return None
+    return VerifyPool(cfg.verify_engine, cfg.verify_workers, cfg.verify_min_word_accuracy)
+
+
+async def _serve(cfg: WorkerConfig, loader: Loader) -> int:
+    from .fetch import FetchError
+    from .ocr import OcrUnavailableError
+
+    try:
+        verifier = start_verifier(cfg)
+    except OcrUnavailableError as err:
+        log.error(
+            "refusing to start: verification is on (MODELFLEET_WORKER_VERIFY) but %s; "
+            "or turn it off with --verify=false",
+            err,
+        )
+        return EXIT_BAD_CONFIG
+    server = WorkerServer(cfg, verifier)
     runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port)
@@ -332,16 +397,9 @@ async def _serve(cfg: WorkerConfig) -> int:
 
     def load() -> None:
         # A plain daemon thread: SIGTERM during a multi-minute load must not wait for it.
-        from .pipeline import configure_torch, load_model
-
         t0 = time.perf_counter()
         try:
-            configure_torch(cfg)
-            model_dir = fetch(cfg.model, cfg.cache_dir, cfg.revision)
-            vae_dir: Path | None = fetch(cfg.vae, cfg.cache_dir) if cfg.vae else None
-            model = load_model(cfg, model_dir, vae_dir)
-            if cfg.warmup:
-                model.warm_up()
+            model = loader(cfg)
             server.metrics.load_seconds.set(time.perf_counter() - t0)
         except BaseException as exc:
             _post(loop, _set_exc, loaded, exc)
@@ -371,6 +429,8 @@ async def _serve(cfg: WorkerConfig) -> int:
     await server.drain()
     if server.engine is not None:
         await server.engine.close()
+    if verifier is not None:
+        verifier.close()
     await runner.cleanup()
     log.info("drained; exiting")
     return 0
@@ -392,12 +452,14 @@ def _set_exc(fut: asyncio.Future[Any], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
-def serve(cfg: WorkerConfig) -> int:
+def serve(cfg: WorkerConfig, loader: Loader | None = None) -> int:
+    """Serve until SIGTERM. `loader` builds the model (default: diffusers); the
+    dev tools pass a text-drawing one (modelfleet_dev.textrender)."""
     logging.basicConfig(
         level=os.environ.get("MODELFLEET_WORKER_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    code = asyncio.run(_serve(cfg))
+    code = asyncio.run(_serve(cfg, loader or load_diffusers))
     if code == 0 and any(t.name == "model-load" for t in threading.enumerate()):
         # The load thread may be inside torch; interpreter teardown under it can crash.
         os._exit(0)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelfleet_common.errors import error_body
+from modelfleet_common.expected_text import ExpectedTextError, expected_text
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_PROMPT_CHARS = 4000
@@ -40,6 +41,7 @@ class GenerationRequest:
     steps: int
     guidance_scale: float
     negative_prompt: str | None
+    expected_text: tuple[str, ...] = ()  # what OCR verification looks for; () = not verified
 
 
 class RequestError(Exception):
@@ -164,6 +166,11 @@ def validate_request(body: Any, limits: Limits) -> GenerationRequest:
         if not limits.supports_negative_prompt:
             raise _invalid("negative_prompt", "this model family does not take a negative_prompt")
 
+    try:  # the ModelFleet extension field `text`, else the prompt's quoted spans
+        expected = expected_text(prompt, body.get("text"))
+    except ExpectedTextError as exc:
+        raise _invalid(exc.param, str(exc)) from exc
+
     return GenerationRequest(
         prompt=prompt,
         n=n,
@@ -173,4 +180,5 @@ def validate_request(body: Any, limits: Limits) -> GenerationRequest:
         steps=steps,
         guidance_scale=guidance_f,
         negative_prompt=negative,
+        expected_text=expected,
     )
