@@ -8,7 +8,7 @@ import pytest
 
 from modelfleet.api.canary import MetricResult, MetricSpec
 from modelfleet.canary import MetricObservation, judge_metric, parse_action
-from modelfleet.providers.base import Measurement
+from modelfleet.canary.ports import Measurement
 
 ERR = MetricSpec(name="err", builtin="error-rate", max=0.05, max_ratio_to_stable=2)
 P95 = MetricSpec(name="p95", builtin="latency-p95", max_ratio_to_stable=1.5)

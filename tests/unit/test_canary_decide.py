@@ -28,7 +28,7 @@ from modelfleet.canary import (
     plan_analysis,
 )
 from modelfleet.canary import reasons as R
-from modelfleet.providers.base import Measurement
+from modelfleet.canary.ports import Measurement
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 READY = PoolReadiness(True)

@@ -10,9 +10,9 @@ import pytest
 from aiohttp import web
 
 from modelfleet.api.canary import MetricSpec
-from modelfleet.providers.base import MetricQuery
+from modelfleet.canary.ports import MetricQuery
 from modelfleet.providers.quantile import histogram_quantile
-from modelfleet.providers.router import RouterStatsProvider, merge_stats
+from modelfleet.providers.router_stats import RouterStatsProvider, merge_stats
 
 ERR = MetricSpec(name="err", builtin="error-rate", max=0.05)
 P95 = MetricSpec(name="p95", builtin="latency-p95", max=1.0)
@@ -167,7 +167,7 @@ async def test_bad_document_is_an_error(serve: Serve) -> None:
 
 
 def test_bucket_bound_conflict_makes_latency_an_error() -> None:
-    from modelfleet.providers.router import measurement_for
+    from modelfleet.providers.router_stats import measurement_for
 
     merged = merge_stats(
         [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelfleet.api.canary import MetricSpec
-from modelfleet.providers.base import MetricQuery
+from modelfleet.canary.ports import MetricQuery
 from modelfleet.providers.prometheus import builtin_query, query_for, samples_query
 from modelfleet.providers.template import TemplateError, render_query
 

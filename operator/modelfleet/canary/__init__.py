@@ -1,4 +1,14 @@
-"""Canary decision core: pure functions from (spec, status, observations, now) to a Decision."""
+"""The canary: a pure decision core and the ports it owns.
+
+- `core`: plan_analysis() and decide(), the state machine (spec, status, observations,
+  now) -> Decision (next status + actions). Pure: no clock, no I/O.
+- `analysis`: judging one metric's measurements against its thresholds.
+- `types`: decide()'s inputs (Observations) and outputs (Decision, the actions).
+- `ports`: what the canary asks of others: MetricsProvider (implemented by
+  `modelfleet.providers`) and TrafficRouter (implemented by the RoutingPolicy controller).
+- `measure`: running an AnalysisPlan through a MetricsProvider.
+- `manual`: the `modelfleet.io/action` annotation.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +23,14 @@ from modelfleet.canary.core import (
     plan_analysis,
 )
 from modelfleet.canary.manual import ACTION_ANNOTATION, ManualAction, action_value, parse_action
+from modelfleet.canary.measure import collect_analysis
+from modelfleet.canary.ports import (
+    Measurement,
+    MetricQuery,
+    MetricsProvider,
+    TrafficRouter,
+    TrafficTarget,
+)
 from modelfleet.canary.types import (
     Action,
     AnalysisObservation,
@@ -39,7 +57,10 @@ __all__ = [
     "Decision",
     "EmitEvent",
     "ManualAction",
+    "Measurement",
     "MetricObservation",
+    "MetricQuery",
+    "MetricsProvider",
     "Observations",
     "PoolReadiness",
     "Promote",
@@ -47,7 +68,10 @@ __all__ = [
     "RollBack",
     "ScaleDownStable",
     "SetWeight",
+    "TrafficRouter",
+    "TrafficTarget",
     "action_value",
+    "collect_analysis",
     "decide",
     "early_check_period",
     "format_time",

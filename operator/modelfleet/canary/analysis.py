@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from modelfleet.api.canary import CheckResult, MetricResult, MetricSpec
+from modelfleet.canary.ports import Measurement
 from modelfleet.canary.types import MetricObservation
-from modelfleet.providers.base import Measurement
 
 NO_SERIES = "query returned no series (misconfigured?)"
 NOT_ENOUGH_SAMPLES = "not enough samples"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from modelfleet.api.canary import CanaryStatus, MetricSpec, StepRecord
-from modelfleet.providers.base import Measurement
+from modelfleet.canary.ports import Measurement
 
 # --- observations -------------------------------------------------------------------------
 

@@ -35,10 +35,10 @@ from modelfleet.canary import (
     decide,
     plan_analysis,
 )
+from modelfleet.canary.measure import collect_analysis
+from modelfleet.canary.ports import MetricsProvider
 from modelfleet.controllers import kube, routingpolicy
 from modelfleet.providers import provider_for
-from modelfleet.providers.base import MetricsProvider
-from modelfleet.providers.collect import collect_analysis
 
 log = logging.getLogger("modelfleet.canary")
 Key = tuple[str, str]

@@ -1,20 +1,20 @@
-"""Metrics providers behind the MetricsProvider protocol; they return numbers, never verdicts."""
+"""Metrics providers: adapters behind the canary's MetricsProvider port
+(`modelfleet.canary.ports`); they return numbers, never verdicts.
+
+- `prometheus`: PromQL over the Prometheus HTTP API.
+- `router_stats`: the routers' own /v1/stats, merged exactly (no Prometheus needed).
+- `factory.provider_for`: the provider a Canary's spec.analysis.provider asks for.
+"""
 
 from __future__ import annotations
 
-# collect_analysis lives in modelfleet.providers.collect and is not re-exported here:
-# it imports the canary core, which imports providers.base (an import cycle otherwise).
-from modelfleet.providers.base import Measurement, MetricQuery, MetricsProvider
 from modelfleet.providers.factory import provider_for
 from modelfleet.providers.prometheus import PrometheusProvider
 from modelfleet.providers.quantile import histogram_quantile
-from modelfleet.providers.router import RouterStatsProvider
+from modelfleet.providers.router_stats import RouterStatsProvider
 from modelfleet.providers.template import TemplateError, render_query
 
 __all__ = [
-    "Measurement",
-    "MetricQuery",
-    "MetricsProvider",
     "PrometheusProvider",
     "RouterStatsProvider",
     "TemplateError",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from modelfleet.api.canary import ProviderSpec
-from modelfleet.providers.base import MetricsProvider
+from modelfleet.canary.ports import MetricsProvider
 from modelfleet.providers.prometheus import PrometheusProvider
-from modelfleet.providers.router import RouterStatsProvider
+from modelfleet.providers.router_stats import RouterStatsProvider
 
 
 def provider_for(spec: ProviderSpec, router_urls: Sequence[str]) -> MetricsProvider:

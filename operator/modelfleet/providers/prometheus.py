@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from modelfleet.providers.base import Measurement, MetricQuery
+from modelfleet.canary.ports import Measurement, MetricQuery
 from modelfleet.providers.http import OwnedSession
 from modelfleet.providers.template import TemplateError, duration_text, render_query
 

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from modelfleet.api.canary import MetricSpec
-from modelfleet.providers.base import Measurement, MetricQuery
+from modelfleet.canary.ports import Measurement, MetricQuery
 from modelfleet.providers.prometheus import PrometheusProvider
 
 PROMETHEUS = shutil.which("prometheus")

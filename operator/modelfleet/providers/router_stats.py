@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from modelfleet.providers.base import Measurement, MetricQuery
+from modelfleet.canary.ports import Measurement, MetricQuery
 from modelfleet.providers.http import OwnedSession
 from modelfleet.providers.quantile import histogram_quantile
 

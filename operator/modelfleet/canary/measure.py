@@ -1,12 +1,15 @@
-"""Run an AnalysisPlan against a provider: the I/O half of a canary tick."""
+"""Measure what an AnalysisPlan asks for through the MetricsProvider port.
+
+The observe half of a canary tick; it only sees the port, never a concrete provider.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
 from modelfleet.api.canary import CanarySpec
+from modelfleet.canary.ports import Measurement, MetricQuery, MetricsProvider
 from modelfleet.canary.types import AnalysisObservation, AnalysisPlan, MetricObservation
-from modelfleet.providers.base import Measurement, MetricQuery, MetricsProvider
 
 
 async def collect_analysis(
