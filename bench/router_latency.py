@@ -61,7 +61,9 @@ def free_port() -> int:
 
 class _Upstream(asyncio.Protocol):
     RESPONSE = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+        # The service-time headers real workers send (the router reads them).
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"X-ModelFleet-Service-Time: 0.000100\r\nX-ModelFleet-Batch-Size: 1\r\nContent-Length: "
         + str(len(RESPONSE_BODY)).encode()
         + b"\r\n\r\n"
         + RESPONSE_BODY

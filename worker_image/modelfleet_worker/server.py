@@ -287,6 +287,8 @@ class WorkerServer:
         self.metrics.images.inc(len(results))
         self.metrics.requests.labels(outcome="ok").inc()
         inference_ms = max(r.inference_s for r in results) * 1000.0
+        # The router reads this header (never the body) to judge canaries on service time.
+        per_image_s = sum(r.inference_s / max(1, r.batch_size) for r in results) / len(results)
         return web.json_response(
             {
                 "created": int(time.time()),
@@ -302,7 +304,11 @@ class WorkerServer:
                 },
                 "model": self.cfg.model,
                 "pool": self.cfg.pool,
-            }
+            },
+            headers={
+                "X-ModelFleet-Service-Time": f"{per_image_s:.6f}",
+                "X-ModelFleet-Batch-Size": str(max(r.batch_size for r in results)),
+            },
         )
 
     async def _verify(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,8 @@ def write_tiny_pipeline(out_dir: str | os.PathLike[str], spec: TinySpec) -> Path
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=spec.text_hidden,
         attention_head_dim=max(1, c // 16),
-        norm_num_groups=min(32, c),
+        # Any width works (the canary bench's "slower model" is a wider UNet, e.g. 40).
+        norm_num_groups=min(32, c) if c <= 32 or c % 32 == 0 else math.gcd(32, c),
     )
     vae_latents = spec.vae_latent_channels or spec.latent_channels
     vae = d.AutoencoderKL(

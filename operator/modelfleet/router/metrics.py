@@ -6,7 +6,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from modelfleet.routing.stats import LATENCY_BUCKETS
+from modelfleet.routing.stats import (
+    BATCH_STRATA,
+    LATENCY_BUCKETS,
+    SERVICE_TIME_BUCKETS,
+    batch_stratum,
+)
 
 PREFIX = "modelfleet_router_"
 
@@ -46,6 +51,15 @@ class RouterMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.service_time = Histogram(
+            PREFIX + "service_time_seconds",
+            "Workers' own time per image of ok attempts (X-ModelFleet-Service-Time: batch "
+            "inference time over batch size; no router, network or queue time), by the "
+            "batch size it ran at (1, 2, 3, 4, 5-8, 9-16, 17-32, 33-64).",
+            ["namespace", "pool", "batch_size"],
+            buckets=SERVICE_TIME_BUCKETS,
+            registry=r,
+        )
         self.fallbacks = Counter(
             PREFIX + "fallbacks_total",
             "Moves down the ladder from one pool to the next.",
@@ -82,6 +96,17 @@ class RouterMetrics:
         self._child(self.requests, ns, policy, route, pool, outcome).inc()
         self._child(self.request_duration, ns, policy, route, pool).observe(seconds)
 
-    def attempted(self, ns: str, pool: str, outcome: str, seconds: float) -> None:
+    def attempted(
+        self,
+        ns: str,
+        pool: str,
+        outcome: str,
+        seconds: float,
+        service_s: float | None = None,
+        batch_size: int = 1,
+    ) -> None:
         self._child(self.upstream_requests, ns, pool, outcome).inc()
         self._child(self.upstream_duration, ns, pool).observe(seconds)
+        if service_s is not None:
+            stratum = BATCH_STRATA[batch_stratum(batch_size)][1]
+            self._child(self.service_time, ns, pool, stratum).observe(service_s)

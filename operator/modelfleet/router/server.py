@@ -194,7 +194,10 @@ class Router:
             )
         pools = self.stats.window(window, self._clock())
         return web.json_response(
-            {"window_seconds": window, "pools": [p.wire(self.stats.bounds) for p in pools]}
+            {
+                "window_seconds": window,
+                "pools": [p.wire(self.stats.bounds, self.stats.service_bounds) for p in pools],
+            }
         )
 
     # -- the data path ---------------------------------------------------------------
@@ -355,8 +358,8 @@ class Router:
             del self._ejected_until[ep]
         if res.outcome is not Attempt.OK and res.outcome is not Attempt.CLIENT_ERROR:
             log.info("attempt %s %s: %s %s", pool, ep, res.outcome, res.error)
-        self.metrics.attempted(ns, pool, res.outcome.value, t1 - t0)
-        self.stats.record(ns, pool, res.outcome, t1 - t0, t1)
+        self.metrics.attempted(ns, pool, res.outcome.value, t1 - t0, res.service_s, res.batch_size)
+        self.stats.record(ns, pool, res.outcome, t1 - t0, t1, res.service_s, res.batch_size)
         return res
 
     def _fail(

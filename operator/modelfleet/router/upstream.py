@@ -8,6 +8,7 @@ import aiohttp
 from yarl import URL
 
 from modelfleet.routing.ladder import Attempt, classify_response
+from modelfleet.routing.stats import BATCH_SIZE_HEADER, SERVICE_TIME_HEADER
 
 GENERATIONS_PATH = "/v1/images/generations"
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -19,6 +20,28 @@ class AttemptResult:
     status: int  # 0 when no HTTP answer arrived
     body: bytes
     error: str = ""
+    # The worker's own seconds per image and the batch it ran in (SERVICE_TIME_HEADER,
+    # BATCH_SIZE_HEADER); service_s is None when not reported.
+    service_s: float | None = None
+    batch_size: int = 1
+
+
+def service_time(seconds: str | None, batch: str | None) -> tuple[float | None, int]:
+    """The headers' values when they are sane; anything else is ignored (an old worker, a
+    proxy in between): the attempt adds no service-time sample, or counts as batch 1."""
+    if seconds is None:
+        return None, 1
+    try:
+        v = float(seconds)
+    except ValueError:
+        return None, 1
+    if not 0.0 <= v < 1e6:  # also rejects nan and inf
+        return None, 1
+    try:
+        b = int(batch) if batch is not None else 1
+    except ValueError:
+        b = 1
+    return v, b if b >= 1 else 1
 
 
 class UpstreamClient:
@@ -75,6 +98,8 @@ class UpstreamClient:
             ) as resp:
                 data = await resp.read()
                 status = resp.status
+                service = resp.headers.get(SERVICE_TIME_HEADER)
+                batch = resp.headers.get(BATCH_SIZE_HEADER) if service is not None else None
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # Nothing reached the worker: always safe to try another one.
             return AttemptResult(Attempt.CONNECT_ERROR, 0, b"", str(exc))
@@ -83,4 +108,7 @@ class UpstreamClient:
         except aiohttp.ClientError as exc:
             # Reset mid-request, malformed HTTP, truncated body...
             return AttemptResult(Attempt.UPSTREAM_ERROR, 0, b"", f"{type(exc).__name__}: {exc}")
-        return AttemptResult(classify_response(status, data), status, data)
+        service_s, batch_size = service_time(service, batch)
+        return AttemptResult(
+            classify_response(status, data), status, data, "", service_s, batch_size
+        )

@@ -2,11 +2,18 @@
 
 One ring of per-second slots per (namespace, pool), one hour deep. Recording is O(1); a
 query sums W slots. Latency is kept as histogram bucket counts (not percentiles) so the
-answers of several routers merge exactly by adding them."""
+answers of several routers merge exactly by adding them.
+
+The workers' own service time per image is kept beside it, by batch size: batching makes
+an image cheaper (x0.78 at batch 4 for the tiny CPU model, x0.4 on GPUs), and a pool's
+batch sizes follow its load, so only images of equal batch size compare on equal footing.
+"""
 
 from __future__ import annotations
 
+import bisect
 from array import array
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +27,30 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 HORIZON_S = 3600
 
+# The worker's own time per image (X-ModelFleet-Service-Time: batch inference time over
+# batch size), in seconds. Finer than LATENCY_BUCKETS and even on a log scale (Renard R10,
+# x1.26 a bucket, 1 ms to 100 s): a rank test sees no difference inside one bucket, and
+# LATENCY_BUCKETS has x2.5 gaps that could hide a 1.5x slowdown.
+_R10 = ("1", "1.25", "1.6", "2", "2.5", "3.15", "4", "5", "6.3", "8")
+SERVICE_TIME_BUCKETS: tuple[float, ...] = (
+    *(float(f"{m}e{e}") for e in range(-3, 2) for m in _R10),
+    100.0,
+)
+SERVICE_TIME_HEADER = "X-ModelFleet-Service-Time"
+BATCH_SIZE_HEADER = "X-ModelFleet-Batch-Size"
+# Batch-size strata: exact up to 4, then powers of two (maxBatchSize is at most 64).
+BATCH_STRATA: tuple[tuple[int, str], ...] = (
+    (1, "1"), (2, "2"), (3, "3"), (4, "4"), (8, "5-8"), (16, "9-16"), (32, "17-32"),
+    (64, "33-64"),
+)  # fmt: skip
+# Service-time observations kept per pool: a window longer than the newest this many
+# holds only them (plenty for a rank test); memory grows with traffic up to 10 B each.
+SERVICE_LOG_CAPACITY = 1 << 16
+
 # Slot layout: [second, requests, errors, bucket_0 .. bucket_n-1, overflow (+Inf only)]
 _REQ, _ERR, _B0 = 1, 2, 3
+# A service-time cell is stratum * _CELL + bucket.
+_CELL = 64
 
 
 def _bucket_index(seconds: float, bounds: Sequence[float]) -> int:
@@ -39,20 +68,44 @@ class PoolWindow:
     errors: int
     # Non-cumulative counts per bucket, last one is +Inf.
     buckets: tuple[int, ...]
+    # Service time per image by batch-size stratum name, non-cumulative like `buckets`;
+    # only strata with observations.
+    service: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
-    def wire(self, bounds: Sequence[float]) -> dict[str, Any]:
-        cumulative: list[list[Any]] = []
-        acc = 0
-        for b, c in zip((*bounds, "+Inf"), self.buckets, strict=True):
-            acc += c
-            cumulative.append([b, acc])
-        return {
+    def wire(
+        self, bounds: Sequence[float], service_bounds: Sequence[float] = SERVICE_TIME_BUCKETS
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "namespace": self.namespace,
             "pool": self.pool,
             "requests": self.requests,
             "errors": self.errors,
-            "latency_buckets": cumulative,
+            "latency_buckets": _cumulative(bounds, self.buckets),
         }
+        if self.service:
+            out["service_time"] = [
+                {"batch_size": name, "buckets": _cumulative(service_bounds, counts)}
+                for name, counts in self.service
+            ]
+        return out
+
+
+def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[list[Any]]:
+    """[[upper_bound, cumulative_count], ..., ["+Inf", total]], as Prometheus has them."""
+    out: list[list[Any]] = []
+    acc = 0
+    for b, c in zip((*bounds, "+Inf"), counts, strict=True):
+        acc += c
+        out.append([b, acc])
+    return out
+
+
+def batch_stratum(batch_size: int) -> int:
+    """Index into BATCH_STRATA; sizes beyond the last go into it."""
+    for i, (upper, _) in enumerate(BATCH_STRATA):
+        if batch_size <= upper:
+            return i
+    return len(BATCH_STRATA) - 1
 
 
 class _Ring:
@@ -68,19 +121,88 @@ class _Ring:
             self.counts[i * width] = -1  # second -1: never written
 
 
+class _ServiceLog:
+    """Service-time observations in arrival order, in two flat arrays (second; stratum and
+    bucket in one cell), a ring once full. An idle pool costs nothing; counting a window
+    is a binary search plus a C-level Counter over the cells."""
+
+    __slots__ = ("capacity", "cells", "head", "seconds")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.seconds = array("q")
+        self.cells = array("H")
+        self.head = 0  # oldest entry once full
+
+    def add(self, sec: int, cell: int) -> None:
+        n = len(self.seconds)
+        if n and sec < self.seconds[self.head - 1]:
+            sec = self.seconds[self.head - 1]  # keep the order bisect relies on
+        if n < self.capacity:
+            self.seconds.append(sec)
+            self.cells.append(cell)
+            self.head = (n + 1) % self.capacity
+        else:
+            self.seconds[self.head] = sec
+            self.cells[self.head] = cell
+            self.head = (self.head + 1) % self.capacity
+
+    def count(self, start: int, end: int) -> Counter[int]:
+        """Cells of the observations in seconds start..end."""
+        n = len(self.seconds)
+        if n == 0:
+            return Counter()
+        h = self.head if n == self.capacity else 0
+        secs = self.seconds
+
+        def at(i: int) -> int:  # logical index, oldest first
+            return secs[(h + i) % n]
+
+        lo = bisect.bisect_left(range(n), start, key=at)
+        hi = bisect.bisect_right(range(n), end, key=at)
+        out: Counter[int] = Counter()
+        if lo >= hi:
+            return out
+        a, b = (h + lo) % n, (h + hi) % n
+        if a < b:
+            out.update(self.cells[a:b])
+        else:  # wraps around the end of the arrays (or is all of them)
+            out.update(self.cells[a:])
+            out.update(self.cells[:b])
+        return out
+
+
 class AttemptStats:
     """Counts what counts for canary analysis:
     requests = attempts that reached a verdict on the pool's health: ok, upstream_error,
     timeout, connect_error (busy and client_error are neither the pool's success nor its
-    failure); errors = upstream_error, timeout, connect_error; latency = ok attempts only."""
+    failure); errors = upstream_error, timeout, connect_error; latency = ok attempts only;
+    service time = ok attempts whose worker reported it."""
 
-    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+    def __init__(
+        self,
+        bounds: Sequence[float] = LATENCY_BUCKETS,
+        service_bounds: Sequence[float] = SERVICE_TIME_BUCKETS,
+        service_capacity: int = SERVICE_LOG_CAPACITY,
+    ) -> None:
         self.bounds = tuple(bounds)
+        self.service_bounds = tuple(service_bounds)
+        self.service_capacity = service_capacity
+        if len(self.service_bounds) >= _CELL:
+            raise ValueError(f"at most {_CELL - 1} service-time buckets")
         self._width = _B0 + len(self.bounds) + 1
         self._rings: dict[tuple[str, str], _Ring] = {}
+        self._service: dict[tuple[str, str], _ServiceLog] = {}
 
     def record(
-        self, namespace: str, pool: str, outcome: Attempt, seconds: float, now: float
+        self,
+        namespace: str,
+        pool: str,
+        outcome: Attempt,
+        seconds: float,
+        now: float,
+        service_s: float | None = None,
+        batch_size: int = 1,
     ) -> None:
         if outcome in (Attempt.BUSY, Attempt.CLIENT_ERROR):
             return
@@ -98,6 +220,12 @@ class AttemptStats:
             c[base + _ERR] += 1
         else:
             c[base + _B0 + _bucket_index(seconds, self.bounds)] += 1
+            if service_s is not None:
+                log = self._service.get((namespace, pool))
+                if log is None:
+                    log = self._service[(namespace, pool)] = _ServiceLog(self.service_capacity)
+                bucket = _bucket_index(service_s, self.service_bounds)
+                log.add(sec, batch_stratum(batch_size) * _CELL + bucket)
 
     def window(self, window_s: int, now: float) -> list[PoolWindow]:
         """Totals over the seconds (now - window_s, now], per pool, sorted."""
@@ -107,8 +235,23 @@ class AttemptStats:
         out: list[PoolWindow] = []
         for (ns, pool), ring in sorted(self._rings.items()):
             totals = self._sum(ring, start, end)
-            out.append(PoolWindow(ns, pool, totals[_REQ], totals[_ERR], tuple(totals[_B0:])))
+            log = self._service.get((ns, pool))
+            service = self._service_window(log, start, end) if log is not None else ()
+            out.append(
+                PoolWindow(ns, pool, totals[_REQ], totals[_ERR], tuple(totals[_B0:]), service)
+            )
         return out
+
+    def _service_window(
+        self, log: _ServiceLog, start: int, end: int
+    ) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        cells = log.count(start, end)
+        width = len(self.service_bounds) + 1
+        strata: dict[int, list[int]] = {}
+        for cell, n in cells.items():
+            stratum, bucket = divmod(cell, _CELL)
+            strata.setdefault(stratum, [0] * width)[bucket] += n
+        return tuple((BATCH_STRATA[k][1], tuple(v)) for k, v in sorted(strata.items()))
 
     def _sum(self, ring: _Ring, start: int, end: int) -> list[int]:
         """Column sums over the slots of seconds start..end. This runs on the event loop, so
