@@ -479,12 +479,20 @@ def test_no_data_pause_survives_spec_pause_toggle_until_resume_action() -> None:
 
 @pytest.mark.parametrize("outcome", OUTCOMES)
 @pytest.mark.parametrize("action", [None, "abort:1", "promote:1", "retry:1", "resume:1"])
-def test_same_inputs_same_decision(outcome: Outcome, action: str | None) -> None:
+def test_decide_leaves_its_inputs_alone(outcome: Outcome, action: str | None) -> None:
+    """decide() works on a copy: the status it was given (what the controller compares
+    against to skip unchanged writes) must come back untouched, and a replayed tick on
+    an equal copy of the inputs gets the same answer."""
     spec = make_spec()
     st = progressing_at(spec, 1)
+    before = st.model_copy(deep=True)
     a = analysis(spec, st, at(10), outcome)
     o = replace(obs(action=action), analysis=a)
-    assert decide(spec, st, o, at(10)) == decide(spec, st, o, at(10))
+    first = decide(spec, st, o, at(10))
+    assert st == before
+    assert first.next_status != st or action is None, "every action changes lastAction"
+    replay = decide(spec.model_copy(deep=True), before, o, at(10))
+    assert replay == first
 
 
 @pytest.mark.parametrize("outcome", OUTCOMES)

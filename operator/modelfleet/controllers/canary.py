@@ -1,10 +1,15 @@
 """Canary controller: the thin shell around the pure canary core.
 
-One driver task per Canary repeats a tick: read the Canary and its pools fresh
-from the API (all state lives there, so a restarted operator continues where
-the last one stopped), measure what plan_analysis() asks for, call decide(),
-apply its actions idempotently, write status only when it changed, and sleep
-until decide()'s requeue_after or the next change of the Canary.
+One driver task per Canary repeats a tick in Argo Rollouts' shape:
+
+    observed = await observe(key)        # the Canary, its pools' readiness, measurements
+    decision = decide(...)               # pure: next status + actions
+    await write_status(observed, ...)    # one status patch, only when it changed
+    await apply(observed, actions)       # traffic through the TrafficRouter port, ...
+
+and sleeps until decide()'s requeue_after or the next change of the Canary. All state
+lives in the Canary's status, so a restarted operator (or this one in its next
+leadership term) continues where the last one stopped.
 """
 
 from __future__ import annotations
@@ -13,36 +18,43 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 import kopf
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from modelfleet import GROUP, VERSION
-from modelfleet.api.canary import Canary, CanaryStatus
+from modelfleet.api.canary import ACTIVE_PHASES, PHASES, Canary, CanaryStatus, ProviderSpec
 from modelfleet.canary import (
     ACTION_ANNOTATION,
+    Action,
+    Decision,
     EmitEvent,
+    MetricsProvider,
     Observations,
     PoolReadiness,
     Promote,
     RecordAnalysis,
     RollBack,
     ScaleDownStable,
+    SetWeight,
+    TrafficRouter,
+    TrafficTarget,
+    collect_analysis,
     decide,
     plan_analysis,
 )
-from modelfleet.canary.measure import collect_analysis
-from modelfleet.canary.ports import MetricsProvider
-from modelfleet.controllers import kube, routingpolicy
+from modelfleet.controllers import kube
 from modelfleet.providers import provider_for
 
 log = logging.getLogger("modelfleet.canary")
 Key = tuple[str, str]
+ProviderFactory = Callable[[ProviderSpec, Sequence[str]], MetricsProvider]
 
+# Process-wide (the Prometheus registry is): they carry on across leadership terms.
 PHASE = Gauge(
     "modelfleet_canary_phase", "1 for the Canary's current phase", ["namespace", "canary", "phase"]
 )
@@ -61,8 +73,12 @@ STEP_SECONDS = Histogram(
     ["namespace", "canary"],
     buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
-PHASES = ("Pending", "Progressing", "Paused", "Succeeded", "RolledBack", "Failed")
 MAX_SLEEP = 30.0
+RETRY_AFTER_ERROR = 2.0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass
@@ -73,77 +89,36 @@ class Driver:
     provider_key: Any = None
 
 
-DRIVERS: dict[Key, Driver] = {}
-ROUTER_URLS: list[str] = [u for u in os.environ.get("MODELFLEET_ROUTER_URLS", "").split(",") if u]
+@dataclass(frozen=True)
+class Observed:
+    """What one tick saw: decide()'s inputs plus the raw body (Events refer to it)."""
+
+    key: Key
+    body: dict[str, Any]
+    canary: Canary
+    status: CanaryStatus
+    observations: Observations
+    now: dt.datetime
+
+    @property
+    def target(self) -> TrafficTarget:
+        return TrafficTarget.of(*self.key, self.canary.spec)
 
 
-def configure(router_urls: list[str]) -> None:
-    ROUTER_URLS[:] = router_urls
-
-
-async def _pool_readiness(namespace: str, name: str) -> PoolReadiness:
-    body = await kube.run(kube.get_custom, "modelpools", namespace, name)
-    if body is None:
-        return PoolReadiness(False, f"ModelPool {name!r} does not exist")
-    status = body.get("status") or {}
-    if status.get("phase") == "Ready" and (status.get("readyReplicas") or 0) > 0:
-        return PoolReadiness(True)
-    ready: dict[str, Any] = next(
-        (c for c in status.get("conditions", []) if c.get("type") == "Ready"), {}
+def target_of(body: Any) -> TrafficTarget:
+    """The traffic target named by a raw Canary (a deleted or invalid one included)."""
+    meta, spec = body["metadata"], body.get("spec") or {}
+    return TrafficTarget(
+        namespace=meta["namespace"],
+        canary=meta["name"],
+        routing_policy=str(spec.get("routingPolicy", "")),
+        route=str(spec.get("route", "")),
+        stable_pool=str(spec.get("stablePool", "")),
+        candidate_pool=str(spec.get("candidatePool", "")),
     )
-    return PoolReadiness(
-        False, f"ModelPool {name!r} not ready: {ready.get('message') or status.get('phase')}"
-    )
 
 
-def _provider(driver: Driver, canary: Canary) -> MetricsProvider:
-    key = (canary.spec.analysis.provider.model_dump_json(), tuple(ROUTER_URLS))
-    if driver.provider is None or driver.provider_key != key:
-        driver.provider = provider_for(canary.spec.analysis.provider, ROUTER_URLS)
-        driver.provider_key = key
-    return driver.provider
-
-
-async def _promote(canary: Canary, namespace: str) -> None:
-    """Point the route at the candidate for good; optimistic concurrency on the policy."""
-    spec = canary.spec
-    for _ in range(5):
-        policy = await kube.run(kube.get_custom, "routingpolicies", namespace, spec.routing_policy)
-        if policy is None:
-            return
-        routes = policy["spec"]["routes"]
-        route = next((r for r in routes if r["name"] == spec.route), None)
-        if route is None or route["pool"] == spec.candidate_pool:
-            return
-        route["pool"] = spec.candidate_pool
-        # The old stable becomes the first fallback; the candidate must not be its own.
-        fallbacks = [
-            p
-            for p in route.get("fallbacks", [])
-            if p not in (spec.candidate_pool, spec.stable_pool)
-        ]
-        route["fallbacks"] = [spec.stable_pool, *fallbacks][:8]
-        patch = {
-            "metadata": {"resourceVersion": policy["metadata"]["resourceVersion"]},
-            "spec": {"routes": routes},
-        }
-        try:
-            await kube.run(
-                kube.patch_custom, "routingpolicies", namespace, spec.routing_policy, patch
-            )
-            return
-        except Exception as exc:  # 409: someone changed the policy meanwhile; read again
-            if getattr(exc, "status", None) != 409:
-                raise
-
-
-async def _scale_down(namespace: str, pool: str) -> None:
-    body = await kube.run(kube.get_custom, "modelpools", namespace, pool)
-    if body is not None and body["spec"].get("replicas") != 0:
-        await kube.run(kube.patch_custom, "modelpools", namespace, pool, {"spec": {"replicas": 0}})
-
-
-def _record_metrics(key: Key, old: CanaryStatus, new: CanaryStatus, now: dt.datetime) -> None:
+def record_metrics(key: Key, old: CanaryStatus, new: CanaryStatus, now: dt.datetime) -> None:
     ns, name = key
     for phase in PHASES:
         PHASE.labels(ns, name, phase).set(1 if new.phase == phase else 0)
@@ -154,104 +129,201 @@ def _record_metrics(key: Key, old: CanaryStatus, new: CanaryStatus, now: dt.date
             STEP_SECONDS.labels(ns, name).observe(max(0.0, (now - started).total_seconds()))
 
 
-async def tick(key: Key, driver: Driver) -> float | None:
-    ns, name = key
-    body = await kube.run(kube.get_custom, "canaries", ns, name)
-    if body is None:
-        return None
-    try:
-        canary = Canary.model_validate(
-            {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
-        )
-        status = CanaryStatus.model_validate(body.get("status") or {})
-    except ValidationError as exc:
-        kopf.warn(body, reason="InvalidSpec", message=str(exc)[:500])
-        return None
-    now = dt.datetime.now(dt.UTC)
-    stable, candidate = await asyncio.gather(
-        _pool_readiness(ns, canary.spec.stable_pool),
-        _pool_readiness(ns, canary.spec.candidate_pool),
-    )
-    analysis = None
-    plan = plan_analysis(canary.spec, status, now)
-    if plan is not None:
-        analysis = await collect_analysis(_provider(driver, canary), plan, canary.spec, ns)
-        now = dt.datetime.now(dt.UTC)
-    observations = Observations(
-        stable=stable,
-        candidate=candidate,
-        generation=body["metadata"].get("generation"),
-        analysis=analysis,
-        action=(body["metadata"].get("annotations") or {}).get(ACTION_ANNOTATION),
-    )
-    decision = decide(canary.spec, status, observations, now)
-    new = decision.next_status
-    if decision.status_changed(status):
-        await kube.run(
-            kube.patch_status,
-            "canaries",
-            ns,
-            name,
-            new.model_dump(by_alias=True, exclude_none=True, mode="json"),
-        )
-        body["status"] = new.model_dump(by_alias=True, exclude_none=True, mode="json")
-    # Weights live in the compiled route table: recompile now rather than wait for the
-    # watch event (idempotent; no write when the table is unchanged).
-    routingpolicy.CANARIES[key] = body
-    if (ns, canary.spec.routing_policy) in routingpolicy.POLICIES:
-        await routingpolicy.reconcile((ns, canary.spec.routing_policy))
-    for action in decision.actions:
-        if isinstance(action, Promote):
-            await _promote(canary, ns)
-        elif isinstance(action, ScaleDownStable):
-            await _scale_down(ns, action.pool)
-        elif isinstance(action, EmitEvent):
-            kopf.event(body, type=action.type, reason=action.reason, message=action.message)
-        elif isinstance(action, RollBack):
-            ROLLBACKS.labels(ns, name, action.reason).inc()
-        elif isinstance(action, RecordAnalysis):
-            ANALYSES.labels(ns, name, action.record.result, str(action.early).lower()).inc()
-    _record_metrics(key, status, new, now)
-    return decision.requeue_after
+class CanaryController:
+    """The canary drivers of one leadership term and the ports they act through."""
 
+    def __init__(
+        self,
+        traffic: TrafficRouter,
+        router_urls: Sequence[str] = (),
+        *,
+        objects: kube.Objects | None = None,
+        events: kube.Events | None = None,
+        providers: ProviderFactory = provider_for,
+        clock: Callable[[], dt.datetime] = _now,
+    ) -> None:
+        self.traffic = traffic
+        self.router_urls = tuple(router_urls)
+        self.objects: kube.Objects = objects or kube.KubeObjects()
+        self.events: kube.Events = events or kube.KopfEvents()
+        self.providers = providers
+        self.clock = clock
+        self.drivers: dict[Key, Driver] = {}
+        self.stopped = False
 
-async def _drive(key: Key) -> None:
-    driver = DRIVERS[key]
-    while True:
-        driver.wake.clear()
+    def register(self, registry: kopf.OperatorRegistry) -> None:
+        kopf.on.event(GROUP, VERSION, "canaries", registry=registry)(self.canary_event)
+
+    # --- one tick -----------------------------------------------------------------------
+
+    async def tick(self, key: Key, driver: Driver) -> float | None:
+        """One pass; returns seconds until the next one (None: only on change)."""
+        observed = await self.observe(key, driver)
+        if observed is None:
+            return None
+        o = observed
+        decision = decide(o.canary.spec, o.status, o.observations, o.now)
+        await self.write_status(observed, decision)
+        await self.apply(observed, decision.actions)
+        record_metrics(key, o.status, decision.next_status, o.now)
+        return decision.requeue_after
+
+    async def observe(self, key: Key, driver: Driver) -> Observed | None:
+        """Read the Canary and its pools fresh from the API and measure what
+        plan_analysis() asks for. None: the Canary is gone or cannot be read."""
+        ns, name = key
+        body = await self.objects.get("canaries", ns, name)
+        if body is None:
+            return None
         try:
-            delay = await tick(key, driver)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # keep driving: the next tick starts from the cluster's state
-            log.exception("canary %s/%s tick failed", *key)
-            delay = 2.0
-        timeout = MAX_SLEEP if delay is None else min(MAX_SLEEP, max(0.05, delay))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(driver.wake.wait(), timeout=timeout)
+            canary = Canary.model_validate(
+                {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+            )
+            status = CanaryStatus.model_validate(body.get("status") or {})
+        except ValidationError as exc:
+            self.events.post(body, "Warning", "InvalidSpec", str(exc)[:500])
+            return None
+        now = self.clock()
+        stable, candidate = await asyncio.gather(
+            self._pool_readiness(ns, canary.spec.stable_pool),
+            self._pool_readiness(ns, canary.spec.candidate_pool),
+        )
+        analysis = None
+        plan = plan_analysis(canary.spec, status, now)
+        if plan is not None:
+            provider = self._provider(driver, canary.spec.analysis.provider)
+            analysis = await collect_analysis(provider, plan, canary.spec, ns)
+            now = self.clock()
+        observations = Observations(
+            stable=stable,
+            candidate=candidate,
+            generation=body["metadata"].get("generation"),
+            analysis=analysis,
+            action=(body["metadata"].get("annotations") or {}).get(ACTION_ANNOTATION),
+        )
+        return Observed(key, body, canary, status, observations, now)
 
+    async def write_status(self, observed: Observed, decision: Decision) -> None:
+        """The tick's one status write, skipped when nothing changed."""
+        if not decision.status_changed(observed.status):
+            return
+        new = decision.next_status.model_dump(by_alias=True, exclude_none=True, mode="json")
+        ns, name = observed.key
+        await self.objects.patch_status("canaries", ns, name, new)
+        observed.body["status"] = new
 
-@kopf.on.event(GROUP, VERSION, "canaries")  # type: ignore[arg-type]
-async def canary_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    driver = DRIVERS.get(key)
-    if event["type"] == "DELETED":
-        if driver is not None:
+    async def apply(self, observed: Observed, actions: Sequence[Action]) -> None:
+        """Each action is idempotent: decide() repeats them on every tick. The match is
+        exhaustive (mypy checks it), so a new Action cannot be silently dropped."""
+        ns, name = observed.key
+        for action in actions:
+            match action:
+                case SetWeight(weight=weight):
+                    await self.traffic.set_weight(observed.target, weight)
+                case Promote():
+                    await self.traffic.promote(observed.target)
+                case ScaleDownStable(pool=pool):
+                    await self._scale_down(ns, pool)
+                case EmitEvent(type=type_, reason=reason, message=message):
+                    self.events.post(observed.body, type_, reason, message)
+                case RollBack(reason=reason):
+                    ROLLBACKS.labels(ns, name, reason).inc()
+                case RecordAnalysis(record=record, early=early):
+                    ANALYSES.labels(ns, name, record.result, str(early).lower()).inc()
+                case _:
+                    assert_never(action)
+
+    # --- helpers of the tick ------------------------------------------------------------
+
+    async def _pool_readiness(self, namespace: str, name: str) -> PoolReadiness:
+        body = await self.objects.get("modelpools", namespace, name)
+        if body is None:
+            return PoolReadiness(False, f"ModelPool {name!r} does not exist")
+        status = body.get("status") or {}
+        if status.get("phase") == "Ready" and (status.get("readyReplicas") or 0) > 0:
+            return PoolReadiness(True)
+        ready: dict[str, Any] = next(
+            (c for c in status.get("conditions", []) if c.get("type") == "Ready"), {}
+        )
+        return PoolReadiness(
+            False, f"ModelPool {name!r} not ready: {ready.get('message') or status.get('phase')}"
+        )
+
+    def _provider(self, driver: Driver, spec: ProviderSpec) -> MetricsProvider:
+        key = (spec.model_dump_json(), self.router_urls)
+        if driver.provider is None or driver.provider_key != key:
+            driver.provider = self.providers(spec, self.router_urls)
+            driver.provider_key = key
+        return driver.provider
+
+    async def _scale_down(self, namespace: str, pool: str) -> None:
+        body = await self.objects.get("modelpools", namespace, pool)
+        if body is not None and body["spec"].get("replicas") != 0:
+            await self.objects.patch("modelpools", namespace, pool, {"spec": {"replicas": 0}})
+
+    # --- drivers ------------------------------------------------------------------------
+
+    async def _drive(self, key: Key) -> None:
+        driver = self.drivers[key]
+        while True:
+            driver.wake.clear()
+            try:
+                delay = await self.tick(key, driver)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep driving: the next tick starts from the cluster's state
+                log.exception("canary %s/%s tick failed", *key)
+                delay = RETRY_AFTER_ERROR
+            timeout = MAX_SLEEP if delay is None else min(MAX_SLEEP, max(0.05, delay))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(driver.wake.wait(), timeout=timeout)
+
+    async def canary_event(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        if self.stopped:  # standing down: a standby must not act
+            return
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        driver = self.drivers.get(key)
+        if event["type"] == "DELETED":
+            if driver is not None:
+                driver.task.cancel()
+                await asyncio.wait({driver.task})  # its last tick must not outlive the release
+                if driver.provider is not None:
+                    await driver.provider.close()
+                self.drivers.pop(key, None)
+            # The route is the policy's own again.
+            await self.traffic.set_weight(target_of(body), 0)
+            return
+        if driver is None or driver.task.done():
+            task = asyncio.get_running_loop().create_task(self._drive(key))
+            self.drivers[key] = Driver(task=task)
+        else:
+            driver.wake.set()
+
+    async def restore_weights(self, namespaces: Sequence[str]) -> None:
+        """Before this term compiles any policy: push the weight each active Canary's
+        status records (its last decision), so the first route table of a new leader
+        keeps every split until that canary's first tick."""
+        scopes: list[str | None] = list(namespaces) or [None]  # None: all namespaces
+        try:
+            bodies = [body for ns in scopes for body in await self.objects.list("canaries", ns)]
+        except Exception as exc:  # the first ticks set the weights anyway
+            log.warning("listing canaries to restore their weights failed: %s", exc)
+            return
+        for body in bodies:
+            status = body.get("status") or {}
+            weight = status.get("canaryWeight")
+            if status.get("phase") in ACTIVE_PHASES and isinstance(weight, int):
+                await self.traffic.set_weight(target_of(body), weight)
+
+    def stop(self) -> None:
+        """Leadership lost: every driver stops at once."""
+        self.stopped = True
+        for driver in self.drivers.values():
             driver.task.cancel()
+
+    async def close(self) -> None:
+        self.stop()
+        for driver in self.drivers.values():
             if driver.provider is not None:
                 await driver.provider.close()
-            DRIVERS.pop(key, None)
-        return
-    if driver is None or driver.task.done():
-        DRIVERS[key] = Driver(task=asyncio.get_running_loop().create_task(_drive(key)))
-    else:
-        driver.wake.set()
-
-
-@kopf.on.cleanup()
-async def stop_drivers(**_: Any) -> None:
-    for driver in DRIVERS.values():
-        driver.task.cancel()
-        if driver.provider is not None:
-            await driver.provider.close()
-    DRIVERS.clear()
+        self.drivers.clear()

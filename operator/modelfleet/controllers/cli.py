@@ -13,7 +13,10 @@ import os
 import socket
 import sys
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import kopf
 
 DEFAULT_IMAGE = "ghcr.io/modelfleet/worker:0.1.0"
 M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
@@ -41,15 +44,30 @@ def _configure(settings: Any, args: argparse.Namespace) -> None:
     settings.batching.batch_window = 0.05
 
 
+def _framework(registry: kopf.OperatorRegistry, args: argparse.Namespace) -> None:
+    """kopf's own settings and login, registered in each term's registry."""
+    import kopf
+
+    @kopf.on.startup(registry=registry)
+    async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        _configure(settings, args)
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> Any:
+        return (
+            kopf.login_with_kubeconfig(**kwargs)
+            if not os.environ.get("KUBERNETES_SERVICE_HOST")
+            else kopf.login_with_service_account(**kwargs)
+        )
+
+
 async def _run_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from modelfleet.builders.modelpool import BuildSettings
+    from modelfleet.controllers import leader
+    from modelfleet.controllers.term import Term
 
-    # Importing the controllers registers their kopf handlers.
-    from modelfleet.controllers import canary, leader, modelpool, routingpolicy
-
-    canary.configure(args.router_url or [])
     if args.metrics_port:
         from prometheus_client import start_http_server
 
@@ -63,18 +81,8 @@ async def _run_operator(args: argparse.Namespace) -> int:
         duration_s=args.lease_seconds,
         renew_s=max(0.5, args.lease_seconds / 5),
     )
-
-    @kopf.on.startup()
-    async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        _configure(settings, args)
-
-    @kopf.on.login()
-    def _login(**kwargs: Any) -> Any:
-        return (
-            kopf.login_with_kubeconfig(**kwargs)
-            if not os.environ.get("KUBERNETES_SERVICE_HOST")
-            else kopf.login_with_service_account(**kwargs)
-        )
+    settings = BuildSettings(default_image=args.default_worker_image, local_run=args.local_run_pods)
+    namespaces = args.namespace or []
 
     # Handlers block on the synchronous Kubernetes client in threads; the default
     # executor (cores + 4 threads) would serialise hundreds of pools behind six calls.
@@ -85,16 +93,15 @@ async def _run_operator(args: argparse.Namespace) -> int:
     )
     while True:
         await elector.acquire()
-        modelpool.STATE = modelpool.PoolState(
-            settings=BuildSettings(
-                default_image=args.default_worker_image, local_run=args.local_run_pods
-            )
-        )
-        await asyncio.to_thread(modelpool.prime_nodes)
+        # Everything the controllers remember belongs to this term alone.
+        term = Term.new(settings, args.router_url or [], namespaces)
+        registry = term.registry()
+        _framework(registry, args)
+        await term.prime()
         stop = asyncio.Event()
-        namespaces = args.namespace or []
         op = asyncio.create_task(
             kopf.operator(
+                registry=registry,
                 standalone=True,
                 clusterwide=not namespaces,
                 namespaces=namespaces,
@@ -102,19 +109,20 @@ async def _run_operator(args: argparse.Namespace) -> int:
                 liveness_endpoint=args.liveness,
             )
         )
-        resync = asyncio.create_task(modelpool.resync_forever())
+        resync = asyncio.create_task(term.pools.resync_forever())
         hold = asyncio.create_task(elector.hold())
         done, _ = await asyncio.wait({op, hold}, return_when=asyncio.FIRST_COMPLETED)
         resync.cancel()
-        modelpool.stand_down()
-        routingpolicy.RETRY.cancel_all()
+        term.stand_down()
         stop.set()
         if op in done:
             hold.cancel()
+            await term.close()
             return 0 if op.exception() is None else 1
         # Leadership lost: stop acting at once, then stand by again.
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(op, timeout=10)
+        await term.close()
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
@@ -179,7 +187,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         metavar="URL",
         default=[u for u in os.environ.get("MODELFLEET_ROUTER_URLS", "").split(",") if u],
-        help="router base URL the canary `router` metrics provider reads /v1/stats from (repeatable)",
+        help="router base URL the canary `router` metrics provider reads /v1/stats from "
+        "(repeatable; default: $MODELFLEET_ROUTER_URLS, comma-separated)",
     )
     op.add_argument(
         "--metrics-port", type=int, default=0, help="serve operator metrics on this port (0: off)"
@@ -187,9 +196,3 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     op.add_argument("--api-threads", type=int, default=32, help="concurrent Kubernetes API calls")
     op.add_argument("--metrics-host", default="0.0.0.0", help="address for --metrics-port")
     op.set_defaults(handler=_handler)
-
-
-if __name__ == "__main__":
-    from modelfleet.cli import main
-
-    sys.exit(main(["operator", *sys.argv[1:]]))

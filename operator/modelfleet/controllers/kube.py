@@ -6,8 +6,9 @@ import asyncio
 import json
 import os
 from functools import cache
-from typing import Any
+from typing import Any, Literal, Protocol
 
+import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
@@ -111,3 +112,61 @@ def api_message(exc: ApiException) -> str:
         return str(json.loads(exc.body).get("message") or exc.reason)
     except (TypeError, ValueError, AttributeError):
         return str(exc.reason or exc)
+
+
+# --- ports the controller shells take, so their unit tests can pass fakes ---------------
+
+
+class Objects(Protocol):
+    """The custom objects (ModelPools, RoutingPolicies, Canaries) a controller reads and writes."""
+
+    async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def patch(
+        self, plural: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None: ...
+
+    async def list(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]: ...
+
+
+class KubeObjects:
+    """Objects on the API server (the synchronous client, in threads)."""
+
+    async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        out: dict[str, Any] | None = await run(get_custom, plural, namespace, name)
+        return out
+
+    async def patch(
+        self, plural: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = await run(patch_custom, plural, namespace, name, patch)
+        return out
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        await run(patch_status, plural, namespace, name, status)
+
+    async def list(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = await run(list_custom, plural, namespace)
+        return out
+
+
+EventType = Literal["Normal", "Warning"]
+
+
+class Events(Protocol):
+    """Kubernetes Events about an object."""
+
+    def post(self, body: Any, type: EventType, reason: str, message: str) -> None: ...
+
+
+class KopfEvents:
+    """Events through kopf's queue (posted in the background by the running operator)."""
+
+    def post(self, body: Any, type: EventType, reason: str, message: str) -> None:
+        kopf.event(body, type=type, reason=reason, message=message)

@@ -1,11 +1,18 @@
 """RoutingPolicy controller: validates references in context and publishes the
-compiled route table (status.routes) that every router watches."""
+compiled route table (status.routes) that every router watches.
+
+It is also the canary's traffic router (`modelfleet.canary.ports.TrafficRouter`):
+set_weight() folds a canary's split into the route table at once (the table is what
+routers apply, so a weight reaches them with one status write), promote() points the
+route at the candidate in the policy's spec.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -13,67 +20,161 @@ from pydantic import ValidationError
 
 from modelfleet import GROUP, VERSION
 from modelfleet.api.conditions import set_condition
-from modelfleet.api.routingpolicy import RoutingPolicy, RoutingPolicyStatus
+from modelfleet.api.routingpolicy import RoutingPolicy, RoutingPolicySpec, RoutingPolicyStatus
+from modelfleet.canary.ports import TrafficTarget
 from modelfleet.controllers import kube
 from modelfleet.controllers.requeue import Requeue, namespace_terminating
 from modelfleet.routing.compile import COMPILED, CanaryWeight, compile_routes
 
 log = logging.getLogger("modelfleet.routingpolicy")
-ACTIVE_CANARY_PHASES = {"Pending", "Progressing", "Paused"}
 Key = tuple[str, str]
-POLICIES: dict[Key, Any] = {}
-POOLS: dict[str, set[str]] = {}
-CANARIES: dict[Key, Any] = {}
-LOCKS: dict[Key, asyncio.Lock] = {}
+PROMOTE_ATTEMPTS = 5  # reads of the policy when writers keep conflicting (HTTP 409)
+MAX_FALLBACKS = 8
 
 
-def _canary_weights(namespace: str, policy: str) -> list[CanaryWeight]:
-    out = []
-    for (ns, _), body in CANARIES.items():
-        spec, status = body.get("spec") or {}, body.get("status") or {}
-        if ns != namespace or spec.get("routingPolicy") != policy:
-            continue
-        if status.get("phase") in ACTIVE_CANARY_PHASES and status.get("canaryWeight") is not None:
-            out.append(
-                CanaryWeight(
-                    spec["route"],
-                    spec["stablePool"],
-                    spec["candidatePool"],
-                    int(status["canaryWeight"]),
-                )
-            )
-    return out
+@dataclass(frozen=True)
+class Override:
+    """A canary's split of its route. `promoted`: the candidate has the route for good;
+    it holds the route at 100% until the promoted spec reaches this controller, so
+    routers never see the old stable in between."""
+
+    target: TrafficTarget
+    weight: int
+    promoted: bool = False
+
+    def in_effect(self, spec: RoutingPolicySpec) -> bool:
+        if not self.promoted:
+            return True
+        route = next((r for r in spec.routes if r.name == self.target.route), None)
+        return route is not None and route.pool == self.target.stable_pool
 
 
-async def reconcile(key: Key) -> None:
-    try:
-        await _reconcile(key)
-    except Exception as exc:  # one policy's failure never stops the others
-        if namespace_terminating(exc):
+class RoutingPolicyController:
+    """What this controller knows during one leadership term (rebuilt from the watches
+    in the next one: a pool deleted while another operator led must not linger)."""
+
+    def __init__(self, objects: kube.Objects | None = None, events: kube.Events | None = None):
+        self.objects: kube.Objects = objects or kube.KubeObjects()
+        self.events: kube.Events = events or kube.KopfEvents()
+        self.policies: dict[Key, Any] = {}
+        self.pools: dict[str, set[str]] = {}
+        self.overrides: dict[Key, Override] = {}  # by Canary (namespace, name)
+        self.locks: dict[Key, asyncio.Lock] = {}
+        self.retry = Requeue(self._retry)
+
+    def register(self, registry: kopf.OperatorRegistry) -> None:
+        kopf.on.event(GROUP, VERSION, "routingpolicies", registry=registry)(self.policy_event)
+        kopf.on.event(GROUP, VERSION, "modelpools", registry=registry)(self.pool_membership)
+
+    def stand_down(self) -> None:
+        self.retry.cancel_all()
+
+    # --- the TrafficRouter port ---------------------------------------------------------
+
+    async def set_weight(self, target: TrafficTarget, weight: int) -> None:
+        await self._override(target, Override(target, weight) if weight > 0 else None)
+
+    async def promote(self, target: TrafficTarget) -> None:
+        await self._override(target, Override(target, 100, promoted=True))
+        await self._promote_in_spec(target)
+
+    async def _override(self, target: TrafficTarget, new: Override | None) -> None:
+        key = (target.namespace, target.canary)
+        old = self.overrides.get(key)
+        if new == old:
             return
-        delay = RETRY.failed(key)
-        log.exception("reconciling RoutingPolicy %s/%s failed; retrying in %.1fs", *key, delay)
-    else:
-        RETRY.succeeded(key)
+        if new is None:
+            self.overrides.pop(key, None)
+        else:
+            self.overrides[key] = new
+        policies = {(target.namespace, target.routing_policy)}
+        if old is not None:  # the canary may have moved to another policy
+            policies.add((old.target.namespace, old.target.routing_policy))
+        for policy in sorted(policies):
+            if policy in self.policies:
+                await self.reconcile(policy)
 
+    async def _promote_in_spec(self, target: TrafficTarget) -> None:
+        """Optimistic concurrency on the policy: on a conflict, read it again."""
+        ns, name = target.namespace, target.routing_policy
+        for _ in range(PROMOTE_ATTEMPTS):
+            policy = await self.objects.get("routingpolicies", ns, name)
+            if policy is None:
+                return
+            routes = policy["spec"]["routes"]
+            route = next((r for r in routes if r["name"] == target.route), None)
+            if route is None or route["pool"] == target.candidate_pool:
+                return
+            route["pool"] = target.candidate_pool
+            # The old stable becomes the first fallback; the candidate must not be its own.
+            fallbacks = [
+                p
+                for p in route.get("fallbacks", [])
+                if p not in (target.candidate_pool, target.stable_pool)
+            ]
+            route["fallbacks"] = [target.stable_pool, *fallbacks][:MAX_FALLBACKS]
+            patch = {
+                "metadata": {"resourceVersion": policy["metadata"]["resourceVersion"]},
+                "spec": {"routes": routes},
+            }
+            try:
+                await self.objects.patch("routingpolicies", ns, name, patch)
+                return
+            except Exception as exc:  # 409: someone changed the policy meanwhile
+                if getattr(exc, "status", None) != 409:
+                    raise
 
-async def _retry(key: Key) -> None:
-    if key in POLICIES:
-        await reconcile(key)
+    # --- reconcile ----------------------------------------------------------------------
 
+    def _canary_weights(self, key: Key, spec: RoutingPolicySpec) -> list[CanaryWeight]:
+        return [
+            CanaryWeight(t.route, t.stable_pool, t.candidate_pool, o.weight)
+            for o in self.overrides.values()
+            if (t := o.target).namespace == key[0]
+            and t.routing_policy == key[1]
+            and o.in_effect(spec)
+        ]
 
-RETRY = Requeue(_retry)
-
-
-async def _reconcile(key: Key) -> None:
-    async with LOCKS.setdefault(key, asyncio.Lock()):
-        body = POLICIES.get(key)
-        if body is None:
-            return
-        now = dt.datetime.now(dt.UTC)
-        previous_raw = body.get("status") or {}
+    async def reconcile(self, key: Key) -> None:
         try:
-            previous = RoutingPolicyStatus.model_validate(previous_raw)
+            await self._reconcile(key)
+        except Exception as exc:  # one policy's failure never stops the others
+            if namespace_terminating(exc):
+                return
+            delay = self.retry.failed(key)
+            log.exception("reconciling RoutingPolicy %s/%s failed; retrying in %.1fs", *key, delay)
+        else:
+            self.retry.succeeded(key)
+
+    async def _retry(self, key: Key) -> None:
+        if key in self.policies:
+            await self.reconcile(key)
+
+    async def _reconcile(self, key: Key) -> None:
+        async with self.locks.setdefault(key, asyncio.Lock()):
+            body = self.policies.get(key)
+            if body is None:
+                return
+            previous, status = self._status(key, body, dt.datetime.now(dt.UTC))
+            new = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+            old = previous.model_dump(by_alias=True, exclude_none=True, mode="json")
+            if new == old:
+                return
+            await self.objects.patch_status("routingpolicies", key[0], key[1], new)
+            body["status"] = new
+            was = {c.type: c for c in previous.conditions}
+            ready = next(c for c in status.conditions if c.type == "Ready")
+            before = was.get("Ready")
+            if before is None or (before.status, before.reason) != (ready.status, ready.reason):
+                kind: kube.EventType = "Normal" if ready.status == "True" else "Warning"
+                self.events.post(body, kind, ready.reason, ready.message)
+
+    def _status(
+        self, key: Key, body: Any, now: dt.datetime
+    ) -> tuple[RoutingPolicyStatus, RoutingPolicyStatus]:
+        """(previous, new) status of a policy from what this term knows."""
+        try:
+            previous = RoutingPolicyStatus.model_validate(body.get("status") or {})
         except ValidationError:
             previous = RoutingPolicyStatus()
         gen = body["metadata"].get("generation")
@@ -88,84 +189,51 @@ async def _reconcile(key: Key) -> None:
             conditions = set_condition(
                 previous.conditions, "Ready", "False", "InvalidSpec", message, now, gen
             )
-            status = RoutingPolicyStatus(
+            return previous, RoutingPolicyStatus(
                 observed_generation=gen, conditions=conditions, routes=previous.routes
             )
+        routes, problems = compile_routes(
+            policy.spec, self.pools.get(key[0], set()), self._canary_weights(key, policy.spec)
+        )
+        if problems:
+            reason = problems[0].reason
+            message = "; ".join(p.message for p in problems)
+            conditions = set_condition(
+                previous.conditions, "Ready", "False", reason, message, now, gen
+            )
         else:
-            routes, problems = compile_routes(
-                policy.spec, POOLS.get(key[0], set()), _canary_weights(key[0], key[1])
+            conditions = set_condition(
+                previous.conditions,
+                "Ready",
+                "True",
+                COMPILED,
+                f"{len(routes)} routes compiled",
+                now,
+                gen,
             )
-            if problems:
-                reason = problems[0].reason
-                message = "; ".join(p.message for p in problems)
-                conditions = set_condition(
-                    previous.conditions, "Ready", "False", reason, message, now, gen
-                )
-            else:
-                conditions = set_condition(
-                    previous.conditions,
-                    "Ready",
-                    "True",
-                    COMPILED,
-                    f"{len(routes)} routes compiled",
-                    now,
-                    gen,
-                )
-            status = RoutingPolicyStatus(
-                observed_generation=gen, conditions=conditions, routes=routes
-            )
-        new = status.model_dump(by_alias=True, exclude_none=True, mode="json")
-        old = previous.model_dump(by_alias=True, exclude_none=True, mode="json")
-        if new == old:
+        return previous, RoutingPolicyStatus(
+            observed_generation=gen, conditions=conditions, routes=routes
+        )
+
+    # --- watches ------------------------------------------------------------------------
+
+    async def policy_event(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if event["type"] == "DELETED":
+            self.policies.pop(key, None)
+            self.retry.forget(key)
             return
-        await kube.run(kube.patch_status, "routingpolicies", key[0], key[1], new)
-        body["status"] = new
-        was = {c.type: c for c in previous.conditions}
-        ready = next(c for c in status.conditions if c.type == "Ready")
-        before = was.get("Ready")
-        if before is None or (before.status, before.reason) != (ready.status, ready.reason):
-            if ready.status == "True":
-                kopf.info(body, reason=ready.reason, message=ready.message)
-            else:
-                kopf.warn(body, reason=ready.reason, message=ready.message)
+        self.policies[key] = dict(body)
+        await self.reconcile(key)
 
-
-def _namespace_policies(namespace: str) -> list[Key]:
-    return [k for k in POLICIES if k[0] == namespace]
-
-
-@kopf.on.event(GROUP, VERSION, "routingpolicies")  # type: ignore[arg-type]
-async def policy_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    if event["type"] == "DELETED":
-        POLICIES.pop(key, None)
-        RETRY.forget(key)
-        return
-    POLICIES[key] = dict(body)
-    await reconcile(key)
-
-
-@kopf.on.event(GROUP, VERSION, "modelpools")  # type: ignore[arg-type]
-async def pool_membership(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    pools = POOLS.setdefault(ns, set())
-    before = name in pools
-    if event["type"] == "DELETED":
-        pools.discard(name)
-    else:
-        pools.add(name)
-    if before != (name in pools):
-        for key in _namespace_policies(ns):
-            await reconcile(key)
-
-
-@kopf.on.event(GROUP, VERSION, "canaries")  # type: ignore[arg-type]
-async def canary_weights(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    if event["type"] == "DELETED":
-        CANARIES.pop(key, None)
-    else:
-        CANARIES[key] = dict(body)
-    policy = (body.get("spec") or {}).get("routingPolicy")
-    if policy and (key[0], policy) in POLICIES:
-        await reconcile((key[0], policy))
+    async def pool_membership(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        pools = self.pools.setdefault(ns, set())
+        before = name in pools
+        if event["type"] == "DELETED":
+            pools.discard(name)
+        else:
+            pools.add(name)
+        if before != (name in pools):
+            for key in [k for k in self.policies if k[0] == ns]:
+                await self.reconcile(key)

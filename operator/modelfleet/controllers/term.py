@@ -1,0 +1,64 @@
+"""One leadership term: the controllers' state, built fresh each time this operator
+becomes the leader and dropped when it stands down.
+
+Nothing the controllers remember survives into the next term. A standby that leads
+again starts from the cluster (its watches' initial listings), never from a cache
+that missed whatever happened while another operator led.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import kopf
+
+from modelfleet.builders.modelpool import BuildSettings
+from modelfleet.controllers.canary import CanaryController
+from modelfleet.controllers.modelpool import ModelPoolController
+from modelfleet.controllers.routingpolicy import RoutingPolicyController
+
+
+@dataclass
+class Term:
+    pools: ModelPoolController
+    policies: RoutingPolicyController
+    canaries: CanaryController
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+
+    @staticmethod
+    def new(
+        settings: BuildSettings, router_urls: Sequence[str], namespaces: Sequence[str] = ()
+    ) -> Term:
+        policies = RoutingPolicyController()
+        return Term(
+            pools=ModelPoolController(settings),
+            policies=policies,
+            # The RoutingPolicy side is the canary's traffic router.
+            canaries=CanaryController(traffic=policies, router_urls=router_urls),
+            namespaces=tuple(namespaces),
+        )
+
+    def registry(self) -> kopf.OperatorRegistry:
+        """A registry with this term's handlers (kopf's framework handlers come on top)."""
+        registry = kopf.OperatorRegistry()
+        self.pools.register(registry)
+        self.policies.register(registry)
+        self.canaries.register(registry)
+        return registry
+
+    async def prime(self) -> None:
+        """Caches that must be full before the first reconcile judges anything."""
+        await asyncio.to_thread(self.pools.prime_nodes)
+        await self.canaries.restore_weights(self.namespaces)
+
+    def stand_down(self) -> None:
+        """Leadership lost: no pending retry, scheduled pass or driver may act."""
+        self.pools.stand_down()
+        self.policies.stand_down()
+        self.canaries.stop()
+
+    async def close(self) -> None:
+        self.stand_down()
+        await self.canaries.close()
