@@ -13,6 +13,7 @@ PYTEST_ARGS ?=
 test: prereqs venv binaries
 	$(PY) -m modelfleet.cli crds check --out crds
 	$(VENV)/bin/ruff check operator worker_image common devtools tests bench
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests
 
 demo: prereqs venv binaries
