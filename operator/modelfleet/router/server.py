@@ -192,10 +192,25 @@ class Router:
             return _error(
                 400, "invalid_request", f"window must be 1 to {HORIZON_S} seconds", "window"
             )
-        pools = self.stats.window(window, self._clock())
+        # offset: the window ends that many seconds ago (a canary at 100% re-reads the
+        # stable's service time from the previous step's window).
+        raw_offset = request.query.get("offset", "0")
+        try:
+            offset = int(raw_offset)
+        except ValueError:
+            offset = -1
+        if not 0 <= offset <= HORIZON_S - window:
+            return _error(
+                400,
+                "invalid_request",
+                f"offset must be 0 to {HORIZON_S} - window seconds",
+                "offset",
+            )
+        pools = self.stats.window(window, self._clock() - offset)
         return web.json_response(
             {
                 "window_seconds": window,
+                "offset_seconds": offset,
                 "pools": [p.wire(self.stats.bounds, self.stats.service_bounds) for p in pools],
             }
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,18 @@ def test_router_counts_service_time_by_batch_size(worker: Worker, tmp_path: Path
         assert strata["1"][-1] == ["+Inf", 1]
         assert set(strata) - {"1"}, strata.keys()  # the four ran batched
         assert pool["requests"] == 5
+        # The same counts a minute later: a window that ended 60 s ago has none of them.
+        past: dict[str, Any] = json.loads(_get(r.url + "/v1/stats?window=60&offset=60"))
+        assert past["offset_seconds"] == 60
+        assert all(p["requests"] == 0 and "service_time" not in p for p in past["pools"])
+        for bad in ("offset=-1", "offset=x", "window=600&offset=3001"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                _get(
+                    r.url + "/v1/stats?window=60&" + bad
+                    if "window" not in bad
+                    else r.url + "/v1/stats?" + bad
+                )
+            assert err.value.code == 400
         text = _get(r.url + "/metrics").decode()
         counts = [
             line
