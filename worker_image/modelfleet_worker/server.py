@@ -258,6 +258,17 @@ class WorkerServer:
         jobs = [
             Job(req.prompt, req.negative_prompt, seed + i, req.expected_text) for i in range(req.n)
         ]
+        backlog = self.verifier.backlog if self.verifier and req.expected_text else 0
+        if backlog + req.n > self.cfg.max_queue:
+            # OCR slower than the model: push back here rather than hold images unbounded.
+            self.metrics.requests.labels(outcome="rejected_queue_full").inc()
+            return error_response(
+                429,
+                "queue_full",
+                f"text verification backlog holds {backlog} of {self.cfg.max_queue} images",
+                None,
+                **{"Retry-After": str(engine.retry_after_s())},
+            )
         try:
             futures = engine.submit(key, jobs)
         except QueueFullError as exc:

@@ -99,6 +99,12 @@ class VerifyPool:
         for _ in range(workers):
             self._engines.put(factory(engine))  # raises OcrUnavailableError
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocr")
+        self._backlog = 0  # images handed to the pool and not yet read (event-loop side)
+
+    @property
+    def backlog(self) -> int:
+        """Images waiting for or in OCR: admission turns requests away above a bound."""
+        return self._backlog
 
     def _run(self, image: Any, expected: Sequence[str]) -> Verification:
         # At most `workers` tasks run at once, so an engine is always free here.
@@ -110,7 +116,11 @@ class VerifyPool:
 
     async def verify(self, image: Any, expected: Sequence[str]) -> Verification:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, image, expected)
+        self._backlog += 1
+        try:
+            return await loop.run_in_executor(self._executor, self._run, image, expected)
+        finally:
+            self._backlog -= 1
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -159,3 +159,24 @@ def test_verify_settings_flags_env_defaults() -> None:
 def test_bad_verify_settings_name_the_env_var(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=name):
         _cfg([], {name: value})
+
+
+async def test_pool_backlog_counts_images_until_read() -> None:
+    release = threading.Event()
+
+    class Slow(Engine):
+        def read(self, image: Any) -> list[str]:
+            release.wait(10)
+            return ["OPEN"]
+
+    pool = VerifyPool("stand-in", 1, 1.0, lambda name: Slow())
+    try:
+        tasks = [asyncio.ensure_future(pool.verify(None, ("OPEN",))) for _ in range(3)]
+        await asyncio.sleep(0)  # let the three calls start
+        assert pool.backlog == 3  # one in OCR, two waiting for the single thread
+        release.set()
+        await asyncio.gather(*tasks)
+        assert pool.backlog == 0
+    finally:
+        release.set()
+        pool.close()
