@@ -8,7 +8,6 @@ import os
 from functools import cache
 from typing import Any, Literal, Protocol
 
-import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
@@ -58,6 +57,8 @@ def apply(manifest: dict[str, Any]) -> dict[str, Any]:
         out = k8s.PolicyV1Api(api).patch_namespaced_pod_disruption_budget(
             name, ns, manifest, **_APPLY
         )
+    elif kind == "NetworkPolicy":
+        out = k8s.NetworkingV1Api(api).patch_namespaced_network_policy(name, ns, manifest, **_APPLY)
     else:
         raise ValueError(f"cannot apply kind {kind}")
     return sanitize(out)
@@ -169,4 +170,6 @@ class KopfEvents:
     """Events through kopf's queue (posted in the background by the running operator)."""
 
     def post(self, body: Any, type: EventType, reason: str, message: str) -> None:
+        import kopf  # not at the top: the kubectl plugin imports this module (api_message)
+
         kopf.event(body, type=type, reason=reason, message=message)
