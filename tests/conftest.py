@@ -5,32 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
+from polling import wait_for as wait_for  # re-exported: tests import it from here too
+
 REPO = Path(__file__).resolve().parents[1]
-T = TypeVar("T")
-
-
-def wait_for(
-    check: Callable[[], T | None],
-    timeout: float = 30.0,
-    interval: float = 0.1,
-    what: str = "condition",
-) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @dataclass
@@ -109,7 +93,7 @@ def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """On a failed cluster test, attach what a person would look at first: the
     operator's log tail and the test namespace's objects and events."""
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     if report.when != "call" or not report.failed:
         return

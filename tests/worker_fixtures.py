@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from polling import wait_for
 
 _MODELS: dict[str, Path] = {}
 _ROOT = Path(tempfile.mkdtemp(prefix="mf-worker-tests-"))
@@ -115,17 +116,18 @@ class Worker:
         raise KeyError(name)
 
     def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited {self.proc.returncode}:\n{self.log()}")
             try:
-                if self.request("GET", "/readyz", timeout=2)[0] == 200:
-                    return
+                return self.request("GET", "/readyz", timeout=2)[0] == 200
             except OSError:
-                pass
-            time.sleep(0.1)  # poll interval, not a stand-in for a condition
-        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log()}")
+                return False
+
+        try:
+            wait_for(ready, timeout=timeout, what="worker /readyz 200")
+        except AssertionError as exc:
+            raise TimeoutError(f"{exc}:\n{self.log()}") from None
 
     def stop(self) -> int:
         if self.proc.poll() is None:

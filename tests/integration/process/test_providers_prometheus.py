@@ -13,7 +13,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from modelfleet.api.canary import MetricSpec
 from modelfleet.canary.ports import Measurement, MetricQuery
 from modelfleet.providers.prometheus import PrometheusProvider
+from polling import wait_for_async
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
@@ -164,21 +165,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             t.join(5)
 
 
-async def poll(
-    fetch: Callable[[], Awaitable[Measurement]],
-    good: Callable[[Measurement], bool],
-    timeout: float = 60.0,
-) -> Measurement:
-    deadline = time.monotonic() + timeout
-    last = await fetch()
-    while not good(last):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s; last measurement {last!r}")
-        await asyncio.sleep(0.5)
-        last = await fetch()
-    return last
-
-
 def q(metric: MetricSpec, pool: str = "cand") -> MetricQuery:
     return MetricQuery("ns", pool, metric, WINDOW, stable_pool="stable", candidate_pool="cand")
 
@@ -192,7 +178,13 @@ async def test_builtin_metrics_from_real_prometheus(stack: Stack) -> None:
             return m.error is None and m.samples is not None and m.samples >= 0.8 * expected
 
         # Wait until Prometheus has scraped a whole window.
-        err = await poll(lambda: p.measure(q(ERR)), full_window, timeout=90)
+        err = await wait_for_async(
+            lambda: p.measure(q(ERR)),
+            until=full_window,
+            timeout=90,
+            interval=0.5,
+            what="a whole window scraped",
+        )
         assert err.value == pytest.approx(0.1, abs=0.01)
         # increase() extrapolates to the window edges: allow some slack.
         expected = stack.metrics.counted_per_second() * WINDOW

@@ -6,7 +6,6 @@ import http.client
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelfleet_dev.routerproc import RouterProcess, free_port, policy, write_config
+from polling import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -28,16 +28,16 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
         stdout=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def ready() -> bool:
             try:
                 c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
                 c.request("GET", "/readyz")
-                if c.getresponse().status == 200:
-                    break
+                return c.getresponse().status == 200
             except OSError:
-                assert time.monotonic() < deadline, "fake worker did not start"
-                time.sleep(0.05)
+                return False
+
+        wait_for(ready, timeout=30, interval=0.05, what="fake worker ready")
         cfg = write_config(
             Path(tmp_path_factory.mktemp("fuzz")) / "r.yaml",
             [policy([{"name": "p", "match": {"tiers": ["preview"]}, "pool": "w"},

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet_dev.fakeworker import FakeWorker
 from modelfleet_dev.routerproc import RouterProcess, policy, write_config
+from polling import wait_for_async
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -85,17 +86,8 @@ def metric(m: dict[tuple[str, frozenset[Any]], float], name: str, **labels: str)
     return sum(v for (n, ls), v in m.items() if n == name and want <= ls)
 
 
-async def eventually(check: Callable[[], Any], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ok = check()
-        if asyncio.iscoroutine(ok):
-            ok = await ok
-        if ok:
-            return
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
+# Everything these tests wait for happens within milliseconds on loopback.
+SOON: dict[str, float] = {"timeout": 5.0, "interval": 0.02}
 
 ROUTES = [
     {"name": "text", "match": {"promptPatterns": ["\\bsign\\b"]}, "pool": "typo"},
@@ -267,12 +259,12 @@ async def test_saturation_rejects_fast_and_admitted_complete(
     )  # fmt: skip
     # Occupy the 2 slots and the 2 queue places first, then flood.
     held = [asyncio.create_task(post(http, r, {"prompt": f"h{i}"})) for i in range(4)]
-    await eventually(lambda: a.requests == 2)
+    await wait_for_async(lambda: a.requests == 2, **SOON, what="2 requests at the worker")
 
     async def queued() -> bool:
         return metric(await metrics(http, r), "modelfleet_router_queue_depth") == 2
 
-    await eventually(queued)
+    await wait_for_async(queued, **SOON, what="2 requests queued")
     flood = await asyncio.gather(*(post(http, r, {"prompt": f"f{i}"}) for i in range(30)))
     assert all(s == 429 for s, *_ in flood)
     assert all(h["Retry-After"] == "1" for _, h, *_ in flood)
@@ -297,7 +289,7 @@ async def test_queue_timeout_answers_429(
         {"big": [a.url]},
     )  # fmt: skip
     first = asyncio.create_task(post(http, r, {"prompt": "first"}))
-    await eventually(lambda: a.requests == 1)
+    await wait_for_async(lambda: a.requests == 1, **SOON, what="1 request at the worker")
     status, _h, doc, elapsed = await post(http, r, {"prompt": "second"})
     assert status == 429 and doc["error"]["code"] == "queue_timeout"
     assert 0.2 <= elapsed < 1.5
@@ -372,7 +364,7 @@ async def test_shadow_never_delays_primary(
         status, h, _doc, elapsed = await post(http, r, {"prompt": f"p{i}", "tier": "preview"})
         assert status == 200 and h["X-ModelFleet-Pool"] == "main"
         assert elapsed < 1
-    await eventually(lambda: shadow.requests == 5)
+    await wait_for_async(lambda: shadow.requests == 5, **SOON, what="5 shadow copies")
     assert shadow.bodies[0] == {"prompt": "p0"}
 
 
@@ -389,9 +381,9 @@ async def test_sighup_reloads(
     async def switched() -> bool:
         return (await post(http, r, {"prompt": "x"}))[1]["X-ModelFleet-Pool"] == "b"
 
-    await eventually(switched)
+    await wait_for_async(switched, **SOON, what="traffic on pool b after SIGHUP")
     # An invalid file is refused; the running config stays.
     r.config.write_text("policies: []\n")
     r.proc.send_signal(signal.SIGHUP)
-    await eventually(lambda: "reload of" in r.logs())
+    await wait_for_async(lambda: "reload of" in r.logs(), **SOON, what="reload refused in the log")
     assert (await post(http, r, {"prompt": "x"}))[0] == 200

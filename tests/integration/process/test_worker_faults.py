@@ -11,20 +11,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from polling import wait_for
 from worker_fixtures import Worker, running_worker, start_worker, tiny_model_dir
 
 
 def body(**kw: Any) -> dict[str, Any]:
     return {"prompt": "a red cube", "steps": 2, **kw}
-
-
-def wait_for(cond: Any, timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(what)
 
 
 def test_oom_split_queue_full_and_fault_gauges() -> None:
@@ -49,7 +41,9 @@ def test_oom_split_queue_full_and_fault_gauges() -> None:
         # Queue full: 3 images wait for their deadline; 4 more cannot be admitted.
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(w.generate, body(n=3, seed=2))
-            wait_for(lambda: w.metric("modelfleet_worker_queue_depth") >= 3, what="queued")
+            wait_for(
+                lambda: w.metric("modelfleet_worker_queue_depth") >= 3, interval=0.05, what="queued"
+            )
             t0 = time.monotonic()
             code, headers, data = w.request("POST", "/v1/images/generations", body=body(n=4))
             assert code == 429, data
@@ -85,9 +79,11 @@ def test_sigterm_drains_in_flight_and_refuses_new() -> None:
     w.wait_ready()
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(w.generate, body(seed=i)) for i in range(3)]
-        wait_for(lambda: w.metric("modelfleet_worker_queue_depth") >= 3, what="queued")
+        wait_for(
+            lambda: w.metric("modelfleet_worker_queue_depth") >= 3, interval=0.05, what="queued"
+        )
         w.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: w.request("GET", "/readyz")[0] == 503, what="readyz 503")
+        wait_for(lambda: w.request("GET", "/readyz")[0] == 503, interval=0.05, what="readyz 503")
         code, out = w.generate(body())
         assert code == 503 and out["error"]["code"] == "unavailable"
         results = [f.result() for f in futures]
