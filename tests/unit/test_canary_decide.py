@@ -9,6 +9,7 @@ from typing import Any, Literal
 import pytest
 
 from modelfleet.api.canary import CanarySpec, CanaryStatus, MetricSpec
+from modelfleet.api.common import format_time
 from modelfleet.canary import (
     CONDITION_PROGRESSING,
     CONDITION_READY,
@@ -24,7 +25,6 @@ from modelfleet.canary import (
     ScaleDownStable,
     SetWeight,
     decide,
-    format_time,
     plan_analysis,
 )
 from modelfleet.canary import reasons as R

@@ -16,7 +16,8 @@ from modelfleet.api.canary import (
     CanarySpec,
     CanaryStatus,
 )
-from modelfleet.canary import EmitEvent, Observations, PoolReadiness, decide, format_time
+from modelfleet.api.common import format_time
+from modelfleet.canary import EmitEvent, Observations, PoolReadiness, decide
 from modelfleet.canary import reasons as R
 from modelfleet.canary.manual import RULES, VERBS, Request, paused_for_lack_of_data, refusal
 from modelfleet.kubectl.actions import action_hint

@@ -18,8 +18,6 @@ from modelfleet.canary.core import (
     CONDITION_READY,
     decide,
     early_check_period,
-    format_time,
-    parse_time,
     plan_analysis,
 )
 from modelfleet.canary.manual import ACTION_ANNOTATION, ManualAction, action_value, parse_action
@@ -74,10 +72,8 @@ __all__ = [
     "collect_analysis",
     "decide",
     "early_check_period",
-    "format_time",
     "judge_metric",
     "overall",
     "parse_action",
-    "parse_time",
     "plan_analysis",
 ]

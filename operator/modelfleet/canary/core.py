@@ -29,7 +29,7 @@ from modelfleet.api.canary import (
     MetricSpec,
     StepRecord,
 )
-from modelfleet.api.common import parse_duration
+from modelfleet.api.common import format_time, parse_duration, parse_time
 from modelfleet.api.conditions import ConditionStatus, get_condition, set_condition
 from modelfleet.canary import reasons as R
 from modelfleet.canary.analysis import judge_metric, overall, summarize
@@ -60,18 +60,6 @@ EARLY_METRICS = frozenset({"error-rate"})
 
 CONDITION_READY = "Ready"
 CONDITION_PROGRESSING = "Progressing"
-
-
-def format_time(t: datetime) -> str:
-    """Millisecond-precision UTC RFC 3339: windows of a few seconds need sub-second times."""
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_time(text: str) -> datetime:
-    t = datetime.fromisoformat(text)
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def _aware(t: datetime) -> datetime:

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from modelfleet import GROUP, VERSION
 from modelfleet.api.canary import ACTIVE_PHASES, PHASES, Canary, CanaryStatus, ProviderSpec
+from modelfleet.api.common import parse_time
 from modelfleet.canary import (
     ACTION_ANNOTATION,
     Action,
@@ -125,7 +126,7 @@ def record_metrics(key: Key, old: CanaryStatus, new: CanaryStatus, now: dt.datet
     WEIGHT.labels(ns, name).set(new.canary_weight or 0)
     if old.step_started_at and old.step_started_at != new.step_started_at:
         with contextlib.suppress(ValueError):
-            started = dt.datetime.fromisoformat(old.step_started_at.replace("Z", "+00:00"))
+            started = parse_time(old.step_started_at)
             STEP_SECONDS.labels(ns, name).observe(max(0.0, (now - started).total_seconds()))
 
 

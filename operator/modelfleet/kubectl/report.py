@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from modelfleet.api.common import parse_time
 from modelfleet.kubectl import PROG
 from modelfleet.kubectl.client import ImageResult, Kube, PluginError, generate_image, get_canary
 from modelfleet.kubectl.formatting import (
@@ -49,10 +50,9 @@ def _parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_time(text)
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _step_number(step: Any) -> str:
