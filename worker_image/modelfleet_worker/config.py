@@ -107,6 +107,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("compile", parse_bool, False, "torch.compile the denoiser (slow start, faster steps)"),
     Setting("channels_last", parse_bool, False, "use channels_last memory format for conv nets"),
     Setting("cpu_threads", _non_negative_int, 0, "torch CPU threads (0 = torch default)"),
+    Setting(
+        "service_clock",
+        _choice(("wall", "cpu")),
+        "wall",
+        "X-ModelFleet-Service-Time clock: wall, or the inference thread's CPU time (cpu: for "
+        "workers that share CPU cores, with cpu_threads 1)",
+    ),
     Setting("drain_timeout_s", float, 300.0, "longest SIGTERM waits for queued work"),
     Setting("memory_margin_fraction", float, 0.10, "GPU memory kept free as a safety margin"),
     Setting("warmup", parse_bool, True, "run a warm-up generation before ready"),
@@ -147,6 +154,7 @@ class WorkerConfig:
     compile: bool = False
     channels_last: bool = False
     cpu_threads: int = 0
+    service_clock: str = "wall"
     drain_timeout_s: float = 300.0
     memory_margin_fraction: float = 0.10
     warmup: bool = True

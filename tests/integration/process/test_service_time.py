@@ -90,3 +90,18 @@ def test_router_counts_service_time_by_batch_size(worker: Worker, tmp_path: Path
             if line.startswith("modelfleet_router_service_time_seconds_count")
         ]
         assert any('batch_size="1"' in line and line.endswith(" 1.0") for line in counts), counts
+
+
+def test_cpu_clock_counts_only_the_inference_thread() -> None:
+    """service_clock=cpu: a neighbour on a shared core stretches wall time, not CPU time;
+    CPU time of one thread never exceeds the wall time it ran for."""
+    with running_worker(tiny_model_dir(), service_clock="cpu", max_steps=4) as w:
+        req = urllib.request.Request(
+            w.url + "/v1/images/generations",
+            data=b'{"prompt": "a red cube", "size": "64x64", "steps": 2}',
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as r:
+            doc = json.loads(r.read())
+            seconds = float(r.headers[SERVICE_TIME_HEADER])
+        assert 0 < seconds <= doc["timing"]["inference_ms"] / 1000 + 0.002
