@@ -114,6 +114,50 @@ INVALID: list[Invalid] = [
         "spec.admission.maxInFlight",
     ),
     Invalid("policy-unknown-field", POLICY, ("spec", "routes", 0, "weight"), 5, "weight"),
+    *(
+        Invalid(f"policy-verify-{id_}", POLICY, ("spec", "routes", 0, "verify"), v, where)
+        for id_, v, where in [
+            ("accuracy-required", {}, "spec.routes[0].verify.minWordAccuracy"),
+            ("accuracy-above", {"minWordAccuracy": 1.5}, "spec.routes[0].verify.minWordAccuracy"),
+            (
+                "accuracy-negative",
+                {"minWordAccuracy": -0.1},
+                "spec.routes[0].verify.minWordAccuracy",
+            ),
+            ("accuracy-type", {"minWordAccuracy": "high"}, "spec.routes[0].verify.minWordAccuracy"),
+            (
+                "rerenders-max",
+                {"minWordAccuracy": 0.9, "maxRerenders": 4},
+                "spec.routes[0].verify.maxRerenders",
+            ),
+            (
+                "rerenders-negative",
+                {"minWordAccuracy": 0.9, "maxRerenders": -1},
+                "spec.routes[0].verify.maxRerenders",
+            ),
+            (
+                "exhausted-enum",
+                {"minWordAccuracy": 0.9, "onExhausted": "retry"},
+                "spec.routes[0].verify.onExhausted",
+            ),
+            (
+                "onfail-pool",
+                {"minWordAccuracy": 0.9, "onFail": {"pool": "Typo_Pool"}},
+                "spec.routes[0].verify.onFail.pool",
+            ),
+            (
+                "onfail-guidance",
+                {"minWordAccuracy": 0.9, "onFail": {"guidanceScale": 31}},
+                "spec.routes[0].verify.onFail.guidanceScale",
+            ),
+            (
+                "onfail-steps",
+                {"minWordAccuracy": 0.9, "onFail": {"steps": 0}},
+                "spec.routes[0].verify.onFail.steps",
+            ),
+            ("unknown-field", {"minWordAccuracy": 0.9, "threshold": 1}, "threshold"),
+        ]
+    ),
     # Canary
     Invalid(
         "canary-same-pools", CANARY, ("spec", "candidatePool"), "production", "spec.candidatePool"

@@ -1,9 +1,17 @@
 """A stand-in worker for tests and benchmarks: worker-shaped answers, no GPU, and faults on
-demand (500, 429, 400, hang, connection reset, garbage 200, delay).
+demand (500, 429, 400, hang, connection reset, garbage 200, delay), and text
+verification results on demand (the `modelfleet` block a worker with OCR returns).
 
 In-process: `FakeWorker(name)`, `await w.start()`, `w.url`, `w.mode = "fail"`.
 As a process: `python -m modelfleet_dev.fakeworker --port 8081 [--name a]`; the mode
-can then be set with `POST /_control {"mode": ..., "delay_ms": ...}`."""
+can then be set with `POST /_control {"mode": ..., "delay_ms": ...}`.
+
+Verification: each image of a request with expected text (field `text` or quoted
+spans, as the worker reads them) takes the next entry of `w.scores` (a word
+accuracy in [0, 1], or "unreadable"), then `w.default_score` once they run out;
+None there means no block, as from a worker with verification off. The block is
+judged at the request's `min_word_accuracy` (default 1.0), like the worker's.
+Also `POST /_control {"scores": [...], "default_score": ...}`, `--score`, `--scores`."""
 
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from modelfleet_common.errors import error_body
+from modelfleet_common.expected_text import ExpectedTextError, expected_text
 
 MODES = ("ok", "fail", "busy", "bad_request", "hang", "reset", "garbage")
 # 1x1 transparent PNG: keeps the answer the size of a fixed small JSON.
@@ -38,6 +47,11 @@ class FakeWorker:
         self.requests = 0  # generation requests received (any mode)
         self.bodies: list[dict[str, Any]] = []
         self.keep_bodies = True
+        self.scores: list[float | str] = []  # per image, consumed in order
+        self.default_score: float | str | None = None  # after scores: None = no block
+        self.verified = 0  # images that got a block
+        self.in_flight = 0  # generation requests being answered now
+        self.max_in_flight = 0  # the most at once since start
         self._runner: web.AppRunner | None = None
         self._hung: asyncio.Event = asyncio.Event()
 
@@ -76,9 +90,49 @@ class FakeWorker:
         doc = await request.json()
         self.mode = doc.get("mode", self.mode)
         self.delay_s = float(doc.get("delay_ms", self.delay_s * 1000)) / 1000.0
-        return web.json_response({"mode": self.mode, "delay_ms": self.delay_s * 1000})
+        if "scores" in doc:
+            self.scores = list(doc["scores"])
+        if "default_score" in doc:
+            self.default_score = doc["default_score"]
+        return web.json_response(
+            {
+                "mode": self.mode,
+                "delay_ms": self.delay_s * 1000,
+                "scores": self.scores,
+                "default_score": self.default_score,
+            }
+        )
+
+    def _block(self, expected: tuple[str, ...], threshold: float) -> dict[str, Any] | None:
+        score = self.scores.pop(0) if self.scores else self.default_score
+        if score is None:
+            return None
+        self.verified += 1
+        common = {"verified": True, "expected": list(expected), "engine": "fake", "ocr_ms": 0.0}
+        if score == "unreadable":
+            return {**common, "verified": False, "status": "unreadable", "reason": "no text found"}
+        wa = float(score)
+        passed = wa >= threshold
+        return {
+            **common,
+            "status": "passed" if passed else "failed",
+            "read": " ".join(expected) if wa >= 1.0 else f"{self.name} misspelt this",
+            "word_accuracy": wa,
+            "ned": wa,
+            "exact": wa >= 1.0,
+            "passed": passed,
+            "min_word_accuracy": threshold,
+        }
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._generate(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         raw = await request.read()
         body = json.loads(raw) if raw else {}
@@ -105,10 +159,23 @@ class FakeWorker:
             return web.Response(status=200, body=b"\x00not json{", content_type="application/json")
         n = int(body.get("n", 1))
         seed = body.get("seed")
+        data: list[dict[str, Any]] = [
+            {"b64_json": TINY_PNG_B64, "seed": (seed or 0) + i} for i in range(n)
+        ]
+        try:
+            expected = expected_text(str(body.get("prompt", "")), body.get("text"))
+        except ExpectedTextError as exc:
+            return _err(400, "invalid_request", str(exc))
+        if expected:
+            threshold = float(body.get("min_word_accuracy", 1.0))
+            for item in data:
+                block = self._block(expected, threshold)
+                if block is not None:
+                    item["modelfleet"] = block
         return web.json_response(
             {
                 "created": int(time.time()),
-                "data": [{"b64_json": TINY_PNG_B64, "seed": (seed or 0) + i} for i in range(n)],
+                "data": data,
                 "timing": {"queue_ms": 0.0, "inference_ms": self.delay_s * 1000},
                 "worker": self.name,
             },
@@ -123,11 +190,20 @@ def main() -> None:
     p.add_argument("--name", default="fake")
     p.add_argument("--mode", default="ok", choices=MODES)
     p.add_argument("--delay-ms", type=float, default=0.0)
+    p.add_argument(
+        "--score", help="word accuracy (0-1) or 'unreadable' of every image with expected text"
+    )
+    p.add_argument("--scores", default="", help="comma-separated scores of the first images")
     args = p.parse_args()
+
+    def score(v: str) -> float | str:
+        return v if v == "unreadable" else float(v)
 
     async def run() -> None:
         w = FakeWorker(args.name, args.host, args.port)
         w.mode, w.delay_s, w.keep_bodies = args.mode, args.delay_ms / 1000.0, False
+        w.default_score = None if args.score is None else score(args.score)
+        w.scores = [score(v) for v in args.scores.split(",") if v]
         await w.start()
         print(f"fake worker {args.name} on {w.url}", flush=True)
         await asyncio.Event().wait()

@@ -301,7 +301,7 @@ class WorkerServer:
         # OCR (its own pool) and PNG encoding run side by side, off the batch loop.
         pngs, checks = await asyncio.gather(
             asyncio.gather(*(loop.run_in_executor(None, encode_png, r.image) for r in results)),
-            self._verify([r.image for r in results], req.expected_text),
+            self._verify([r.image for r in results], req.expected_text, req.min_word_accuracy),
         )
         self.metrics.images.inc(len(results))
         self.metrics.requests.labels(outcome="ok").inc()
@@ -335,11 +335,12 @@ class WorkerServer:
         )
 
     async def _verify(
-        self, images: Sequence[Any], expected: tuple[str, ...]
+        self, images: Sequence[Any], expected: tuple[str, ...], threshold: float | None = None
     ) -> list[Verification | None]:
         if self.verifier is None or not expected:
             return [None] * len(images)  # nothing asked for: neither pass nor fail
-        checks = await asyncio.gather(*(self.verifier.verify(im, expected) for im in images))
+        v = self.verifier
+        checks = await asyncio.gather(*(v.verify(im, expected, threshold) for im in images))
         for c in checks:
             self.metrics.ocr_seconds.observe(c.ocr_s)
             if c.score is None:

@@ -42,6 +42,7 @@ class GenerationRequest:
     guidance_scale: float
     negative_prompt: str | None
     expected_text: tuple[str, ...] = ()  # what OCR verification looks for; () = not verified
+    min_word_accuracy: float | None = None  # this request's pass threshold; None: the worker's
 
 
 class RequestError(Exception):
@@ -171,6 +172,15 @@ def validate_request(body: Any, limits: Limits) -> GenerationRequest:
     except ExpectedTextError as exc:
         raise _invalid(exc.param, str(exc)) from exc
 
+    # ModelFleet extension: a route's own pass threshold, sent by the router's text gate.
+    threshold = body.get("min_word_accuracy")
+    if threshold is not None and (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not 0.0 <= threshold <= 1.0
+    ):
+        raise _invalid("min_word_accuracy", "min_word_accuracy must be a number from 0 to 1")
+
     return GenerationRequest(
         prompt=prompt,
         n=n,
@@ -181,4 +191,5 @@ def validate_request(body: Any, limits: Limits) -> GenerationRequest:
         guidance_scale=guidance_f,
         negative_prompt=negative,
         expected_text=expected,
+        min_word_accuracy=None if threshold is None else float(threshold),
     )

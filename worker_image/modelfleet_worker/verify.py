@@ -106,19 +106,23 @@ class VerifyPool:
         """Images waiting for or in OCR: admission turns requests away above a bound."""
         return self._backlog
 
-    def _run(self, image: Any, expected: Sequence[str]) -> Verification:
+    def _run(self, image: Any, expected: Sequence[str], threshold: float | None) -> Verification:
         # At most `workers` tasks run at once, so an engine is always free here.
         engine = self._engines.get()
         try:
-            return verify_image(engine, image, expected, self.min_word_accuracy)
+            t = self.min_word_accuracy if threshold is None else threshold
+            return verify_image(engine, image, expected, t)
         finally:
             self._engines.put(engine)
 
-    async def verify(self, image: Any, expected: Sequence[str]) -> Verification:
+    async def verify(
+        self, image: Any, expected: Sequence[str], threshold: float | None = None
+    ) -> Verification:
+        """`threshold`: this request's pass threshold (field min_word_accuracy), else the pool's."""
         loop = asyncio.get_running_loop()
         self._backlog += 1
         try:
-            return await loop.run_in_executor(self._executor, self._run, image, expected)
+            return await loop.run_in_executor(self._executor, self._run, image, expected, threshold)
         finally:
             self._backlog -= 1
 

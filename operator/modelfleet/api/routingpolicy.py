@@ -57,6 +57,63 @@ class ShadowSpec(ApiModel):
     percent: int = Field(default=10, ge=0, le=100, description="Share mirrored (0-100).")
 
 
+VerifyExhausted = Literal["returnBest", "error"]
+
+
+class VerifyOnFail(ApiModel):
+    """Where and how a render that failed verification is rendered again."""
+
+    pool: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description=(
+            "ModelPool that re-renders; default: the pool whose render failed. A pool that "
+            "does not exist makes the policy not Ready (reason MissingPool)."
+        ),
+    )
+    guidance_scale: float | None = Field(
+        default=None,
+        ge=0,
+        le=30,
+        description="Guidance scale of re-renders (0-30); never lower than the request's own.",
+    )
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=500,
+        description="Denoising steps of re-renders (1-500); never fewer than the request's own.",
+    )
+
+
+class VerifySpec(ApiModel):
+    """The text gate: renders whose requested text the worker's OCR reads back below
+    minWordAccuracy are rendered again (docs/verification.md, docs/router.md)."""
+
+    min_word_accuracy: float = Field(
+        ge=0,
+        le=1,
+        description="Share of the expected words a render must show to pass (0-1).",
+    )
+    max_rerenders: int = Field(
+        default=1,
+        ge=0,
+        le=3,
+        description="Most re-renders of one image (0-3); 0 only marks and counts failures.",
+    )
+    on_fail: VerifyOnFail = Field(
+        default_factory=VerifyOnFail,
+        description="Pool and stronger settings for re-renders; empty: same pool, new seed.",
+    )
+    on_exhausted: VerifyExhausted = Field(
+        default="returnBest",
+        description=(
+            "When no render passed: returnBest answers 200 with the best-scoring image "
+            "marked passed: false; error answers 422 text_verification_failed."
+        ),
+    )
+
+
 class Route(ApiModel):
     """One route: a match, a pool that serves it and pools to fall back on."""
 
@@ -73,6 +130,10 @@ class Route(ApiModel):
         description="ModelPools tried in order when the pool fails or has no ready workers.",
     )
     shadow: ShadowSpec | None = Field(default=None, description="Optional shadow traffic.")
+    verify: VerifySpec | None = Field(
+        default=None,
+        description="Optional text gate: re-render images whose requested text reads wrong.",
+    )
 
 
 class AdmissionSpec(ApiModel):

@@ -79,6 +79,42 @@ class RouterMetrics:
             ["namespace", "pool", "outcome"],
             registry=r,
         )
+        # The text gate (routes with verify; docs/router.md#text-gate). pool: the pool
+        # that rendered the image in question.
+        text = ["namespace", "policy", "route", "pool"]
+        self.text_verified = Counter(
+            PREFIX + "text_verified_total",
+            "Renders on verify routes whose text the worker read and scored (passed + failed).",
+            text,
+            registry=r,
+        )
+        self.text_failed = Counter(
+            PREFIX + "text_failed_total",
+            "Scored renders below the route's minWordAccuracy.",
+            text,
+            registry=r,
+        )
+        self.text_rerendered = Counter(
+            PREFIX + "text_rerendered_total",
+            "Images sent to be rendered again after failing; pool: where the failed render "
+            "came from, to_pool: where the re-render went.",
+            [*text, "to_pool"],
+            registry=r,
+        )
+        self.text_rescued = Counter(
+            PREFIX + "text_rescued_total",
+            "Images that failed and were answered with a passing re-render; pool: the pool "
+            "that rendered the passing one.",
+            text,
+            registry=r,
+        )
+        self.text_exhausted = Counter(
+            PREFIX + "text_exhausted_total",
+            "Images still failing when the gate stopped (returned marked passed: false, or "
+            "refused with 422 when onExhausted is error).",
+            text,
+            registry=r,
+        )
         # labels() takes a lock and builds a key per call: a visible share of a
         # proxied request's CPU. Children are looked up once per label set.
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -110,3 +146,8 @@ class RouterMetrics:
         if service_s is not None:
             stratum = BATCH_STRATA[batch_stratum(batch_size)][1]
             self._child(self.service_time, ns, pool, stratum).observe(service_s)
+
+    def text(self, metric: Any, *labels: str, n: int = 1) -> None:
+        """Count `n` on a text-gate counter (labels: namespace, policy, route, pool[, to_pool])."""
+        if n:
+            self._child(metric, *labels).inc(n)

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from modelfleet.router.admission import AdmissionGate, Limits, QueueTimeout, Rejected
 from modelfleet.router.config import Snapshot
 from modelfleet.router.metrics import RouterMetrics
+from modelfleet.router.textgate import GateRequest, Served, TextGate, Unserved
 from modelfleet.router.upstream import AttemptResult, UpstreamClient
 from modelfleet.routing.intent import RequestError, parse_request
 from modelfleet.routing.ladder import (
@@ -39,6 +40,7 @@ from modelfleet.routing.table import (
     select_policy,
 )
 from modelfleet_common.errors import error_json
+from modelfleet_common.expected_text import expected_text
 
 log = logging.getLogger("modelfleet.router")
 
@@ -281,11 +283,24 @@ class Router:
                 route_headers,
             )
         try:
-            body = parsed.forward_raw or json.dumps(parsed.forward, separators=(",", ":")).encode()
+            text_gate: GateRequest | None = None
+            if route.verify is not None and expected_text(
+                parsed.intent.prompt, parsed.forward.get("text")
+            ):
+                # The text gate: the worker scores at the route's threshold.
+                fwd = {**parsed.forward, "min_word_accuracy": route.verify.min_word_accuracy}
+                text_gate = GateRequest(route.verify, fwd)
+                body = json.dumps(fwd, separators=(",", ":")).encode()
+            else:
+                body = (
+                    parsed.forward_raw or json.dumps(parsed.forward, separators=(",", ":")).encode()
+                )
             chosen = choose_pool(route.pools, self._rnd)
             if route.shadow is not None and self._rnd() * 100 < route.shadow.percent:
                 self._shadow(snap, ns, route.shadow.pool, body)
-            return await self._forward(snap, ns, pname, route, chosen, body, start, route_headers)
+            return await self._forward(
+                snap, ns, pname, route, chosen, body, start, route_headers, text_gate
+            )
         except asyncio.CancelledError:
             # The client went away; the attempt was cancelled with it.
             self._finish(ns, pname, route.name, "", Outcome.CLIENT_ERROR, start)
@@ -303,16 +318,49 @@ class Router:
         body: bytes,
         start: float,
         headers: dict[str, str],
+        gate: GateRequest | None = None,
     ) -> web.Response:
-        s = self.settings
-        deadline = start + s.request_timeout_s
+        deadline = start + self.settings.request_timeout_s
         ladder = pool_ladder(route, chosen)
+        got = await self._serve(snap, ns, route.name, ladder, body, deadline)
+        if isinstance(got, Unserved):
+            return self._fail(ns, pname, route, ladder, got.tried, start, headers, got.deadline_hit)
+        pool, res = got.pool, got.res
+        out_headers = {
+            **headers,
+            "X-ModelFleet-Pool": pool,
+            "X-ModelFleet-Fallback": "true" if pool != chosen else "false",
+        }
+        if res.outcome is Attempt.OK:
+            if gate is not None:
+                return await self._gated(snap, ns, pname, route, gate, got, start, out_headers)
+            self._finish(ns, pname, route.name, pool, Outcome.OK, start)
+            return web.Response(status=200, body=res.body, content_type=JSON, headers=out_headers)
+        self._finish(ns, pname, route.name, pool, Outcome.CLIENT_ERROR, start)
+        return web.Response(
+            status=res.status,
+            body=client_error_body(res.status, res.body),
+            content_type=JSON,
+            headers=out_headers,
+        )
+
+    async def _serve(
+        self,
+        snap: Snapshot,
+        ns: str,
+        route_name: str,
+        ladder: tuple[str, ...],
+        body: bytes,
+        deadline: float,
+    ) -> Served | Unserved:
+        """Walk the ladder until a worker answers ok or with a 4xx."""
+        s = self.settings
         tried: list[Tried] = []
         prev: str | None = None
         for pool in ladder:
             endpoints = snap.endpoints.get((ns, pool), ())
             if prev is not None and endpoints:
-                self.metrics.fallbacks.labels(ns, route.name, prev, pool).inc()
+                self.metrics.fallbacks.labels(ns, route_name, prev, pool).inc()
             prev = pool
             if not endpoints:
                 tried.append(Tried(pool, None, None))
@@ -321,9 +369,10 @@ class Router:
             ejected = {e for e in endpoints if self._ejected_until.get(e, 0.0) > now}
             used: set[str] = set()
             for i in range(1 + s.retries_per_pool):
-                remaining = deadline - self._clock()
+                t0 = self._clock()
+                remaining = deadline - t0
                 if remaining <= 0:
-                    return self._fail(ns, pname, route, ladder, tried, start, headers, True)
+                    return Unserved(tried, ladder, True)
                 ep = choose_endpoint(endpoints, self._outstanding, used, ejected, self._rnd)
                 if ep is None:
                     break
@@ -333,25 +382,33 @@ class Router:
                 res = await self._attempt(ns, pool, ep, body, min(s.attempt_timeout_s, remaining))
                 tried.append(Tried(pool, ep, res.outcome))
                 if res.outcome is Attempt.OK or res.outcome is Attempt.CLIENT_ERROR:
-                    fell_back = pool != chosen
-                    out_headers = {
-                        **headers,
-                        "X-ModelFleet-Pool": pool,
-                        "X-ModelFleet-Fallback": "true" if fell_back else "false",
-                    }
-                    if res.outcome is Attempt.OK:
-                        self._finish(ns, pname, route.name, pool, Outcome.OK, start)
-                        return web.Response(
-                            status=200, body=res.body, content_type=JSON, headers=out_headers
-                        )
-                    self._finish(ns, pname, route.name, pool, Outcome.CLIENT_ERROR, start)
-                    return web.Response(
-                        status=res.status,
-                        body=client_error_body(res.status, res.body),
-                        content_type=JSON,
-                        headers=out_headers,
-                    )
-        return self._fail(ns, pname, route, ladder, tried, start, headers, False)
+                    return Served(pool, res, self._clock() - t0)
+        return Unserved(tried, ladder, False)
+
+    async def _gated(
+        self,
+        snap: Snapshot,
+        ns: str,
+        pname: str,
+        route: RouteEntry,
+        gate: GateRequest,
+        first: Served,
+        start: float,
+        headers: dict[str, str],
+    ) -> web.Response:
+        """A verify route's answer: re-renders run here, inside the request's admission
+        slot and before its deadline, one pool each (no ladder: docs/router.md)."""
+        deadline = start + self.settings.request_timeout_s
+
+        async def render_on(pool: str, body: bytes, until: float) -> Served | Unserved:
+            return await self._serve(snap, ns, route.name, (pool,), body, until)
+
+        tg = TextGate(self.metrics, self._clock, (ns, pname, route.name))
+        ans = await tg.run(gate, first, deadline, render_on, headers)
+        self.metrics.finished(ns, pname, route.name, first.pool, ans.outcome, self._clock() - start)
+        return web.Response(
+            status=ans.status, body=ans.body, content_type=JSON, headers=ans.headers
+        )
 
     async def _attempt(
         self, ns: str, pool: str, ep: str, body: bytes, timeout_s: float

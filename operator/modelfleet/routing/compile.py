@@ -51,7 +51,9 @@ def compile_routes(
                 )
             seen.add(pool)
         referenced = [*chain, *([route.shadow.pool] if route.shadow else [])]
-        for pool in referenced:
+        if route.verify is not None and route.verify.on_fail.pool is not None:
+            referenced.append(route.verify.on_fail.pool)  # re-renders go there
+        for pool in dict.fromkeys(referenced):
             if pool not in pools:
                 problems.append(
                     Problem(

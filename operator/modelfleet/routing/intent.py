@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelfleet_common.expected_text import ExpectedTextError, parse_text_field
+
 TIER_HEADER = "X-ModelFleet-Tier"
 TIERS = ("preview", "production")
 DEFAULT_TIER = "production"
@@ -29,6 +31,7 @@ WORKER_FIELDS = frozenset(
         "steps",
         "guidance_scale",
         "negative_prompt",
+        "text",  # ModelFleet extension: the text the image must show (docs/verification.md)
     }
 )
 # Router-only fields, stripped before forwarding.
@@ -114,6 +117,11 @@ def _check_worker_field(name: str, v: object) -> None:
             raise _invalid(name, "steps must be an integer from 1 to 1000")
     elif name == "guidance_scale" and not _number_in(v, 0, 100):
         raise _invalid(name, "guidance_scale must be a number from 0 to 100")
+    elif name == "text":
+        try:  # the worker's own rule, so a bad field is refused before it is forwarded
+            parse_text_field(v)
+        except ExpectedTextError as exc:
+            raise _invalid(exc.param, str(exc)) from None
 
 
 def _parse_tier(body_tier: object, header_tier: str | None) -> str:

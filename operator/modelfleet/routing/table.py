@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from modelfleet.api.routingpolicy import AdmissionSpec, RoutingPolicy, ShadowSpec
+from modelfleet.api.routingpolicy import AdmissionSpec, RoutingPolicy, ShadowSpec, VerifySpec
 from modelfleet.routing.intent import Intent
 
 DEFAULT_NAMESPACE = "default"
@@ -30,6 +30,8 @@ class RouteEntry:
     pools: tuple[WeightedPool, ...]
     fallbacks: tuple[str, ...]
     shadow: ShadowSpec | None = None
+    # None: responses pass through unread (the hot path); set: the text gate reads them.
+    verify: VerifySpec | None = None
 
     def matches(self, intent: Intent) -> bool:
         if self.tiers and intent.tier not in self.tiers:
@@ -77,6 +79,7 @@ def compile_policy(policy: RoutingPolicy) -> PolicyTable:
                 pools=pools,
                 fallbacks=fallbacks,
                 shadow=r.shadow,
+                verify=r.verify,
             )
         )
     return PolicyTable(
