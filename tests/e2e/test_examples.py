@@ -1,0 +1,487 @@
+"""Every manifest in examples/ applied on the local cluster and brought to the state its
+comment promises (kopf's examples-as-e2e pattern): one test per file, and a guard that
+fails when an example has no test.
+
+What the local cluster cannot show, and so no test claims: the local GPU nodes are kwok
+fakes, so the ModelPool examples' pods become Ready without running a process, and no
+model is fetched from pvc://, s3:// or hf:// (no weights, no network). The routing and
+canary examples are served for real: their manifests are applied verbatim in a namespace
+whose pools of the same names run tiny-model workers under the local pod runner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import REPO, LocalCluster
+from fixtures import Case, Given, scenario
+from modelfleet_dev.story import create_or_update, pool_manifest
+from polling import wait_for, wait_for_async
+from worker_fixtures import tiny_model_dir
+from world import PROBE_BODY, Fleet, PrometheusProcess, load_manifests, start_fleet
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(600)]
+EXAMPLES = REPO / "examples"
+NS = "e2e-examples"
+G, V = "modelfleet.io", "v1alpha1"
+# The pools the routing and canary examples name, each backed by real tiny-model workers.
+BACKING = ["preview", "production", "typography", "production-v2"]
+TESTED: dict[str, Callable[..., None]] = {}
+
+
+def example(name: str) -> list[dict[str, Any]]:
+    return load_manifests(EXAMPLES / name)
+
+
+def covers(filename: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def mark(test: Callable[..., None]) -> Callable[..., None]:
+        TESTED[filename] = test
+        return test
+
+    return mark
+
+
+@pytest.fixture(scope="module")
+def fleet(cluster: LocalCluster, operator: Any) -> Iterator[Fleet]:
+    model = str(tiny_model_dir())
+    pools = [pool_manifest(name, model) for name in BACKING]
+    ready_policy = example("routingpolicy.yaml")[0]
+    with start_fleet(cluster, operator, NS, pools, ready_policy) as f:
+        yield f
+
+
+@pytest.fixture
+def given(fleet: Fleet) -> Iterator[Given]:
+    with scenario(fleet) as g:
+        yield g
+
+
+def test_every_example_has_a_test() -> None:
+    files = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
+    assert files, "no examples found"
+    assert sorted(TESTED) == files, f"untested: {set(files) - set(TESTED)}"
+
+
+# ---- ModelPools: fresh namespace each, pods on the fake GPU nodes -----------------------
+
+
+def _apply_pool_example(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any]:
+    [doc] = example(name)
+    create_or_update(cluster.api, namespace, "modelpools", doc)
+    pool = doc["metadata"]["name"]
+    custom = k8s.CustomObjectsApi(cluster.api)
+
+    def ready() -> dict[str, Any] | None:
+        obj = custom.get_namespaced_custom_object(G, V, namespace, "modelpools", pool)
+        status: dict[str, Any] = obj.get("status") or {}
+        replicas = doc["spec"]["replicas"]
+        return (
+            status
+            if status.get("phase") == "Ready" and status.get("readyReplicas") == replicas
+            else None
+        )
+
+    wait_for(ready, timeout=120, interval=0.5, what=f"{name}: {pool} Ready at full size")
+    return doc
+
+
+def _worker(cluster: LocalCluster, namespace: str, pool: str) -> tuple[Any, dict[str, str]]:
+    dep = k8s.AppsV1Api(cluster.api).read_namespaced_deployment(pool, namespace)
+    container = dep.spec.template.spec.containers[0]
+    return dep, {e.name: e.value for e in container.env if e.value is not None}
+
+
+def _pods(cluster: LocalCluster, namespace: str, pool: str) -> list[Any]:
+    core = k8s.CoreV1Api(cluster.api)
+    return list(
+        core.list_namespaced_pod(namespace, label_selector=f"modelfleet.io/pool={pool}").items
+    )
+
+
+@covers("modelpool-preview.yaml")
+def test_modelpool_preview(cluster: LocalCluster, operator: Any, namespace: str) -> None:
+    """A distilled model for fast previews, read from the `models` volume claim."""
+    core = k8s.CoreV1Api(cluster.api)
+    pv = f"models-{namespace}"[:63]
+    # The example assumes a claim `models` holding the weights; bind one to a local volume.
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "hostPath": {"path": "/tmp/modelfleet-e2e-models"},
+                "claimRef": {"namespace": namespace, "name": "models"},
+            },
+        }
+    )
+    try:
+        core.create_namespaced_persistent_volume_claim(
+            namespace,
+            {
+                "metadata": {"name": "models"},
+                "spec": {
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "volumeName": pv,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        )
+        _apply_pool_example(cluster, namespace, "modelpool-preview.yaml")
+        dep, env = _worker(cluster, namespace, "preview")
+        assert env["MODELFLEET_WORKER_MODEL"] == "file:///models/sdxl-turbo"
+        assert (env["MODELFLEET_WORKER_FAMILY"], env["MODELFLEET_WORKER_DTYPE"]) == (
+            "sdxl",
+            "float16",
+        )
+        assert (
+            env["MODELFLEET_WORKER_MAX_BATCH_SIZE"],
+            env["MODELFLEET_WORKER_MAX_LATENCY_MS"],
+        ) == ("8", "40")
+        assert (env["MODELFLEET_WORKER_MAX_RESOLUTION"], env["MODELFLEET_WORKER_MAX_STEPS"]) == (
+            "768",
+            "8",
+        )
+        claims = [v.persistent_volume_claim for v in dep.spec.template.spec.volumes]
+        assert [(c.claim_name, c.read_only) for c in claims if c] == [("models", True)]
+        assert not dep.spec.template.spec.init_containers, "a claim needs no fetch step"
+        pods = _pods(cluster, namespace, "preview")
+        assert len(pods) == 2 and all(p.spec.node_name for p in pods)
+    finally:
+        core.delete_persistent_volume(pv)
+
+
+@covers("modelpool-production.yaml")
+def test_modelpool_production(cluster: LocalCluster, operator: Any, namespace: str) -> None:
+    """The large default model for final renders, with an explicit VAE of its family:
+    three GPU pods, the model and the VAE fetched (revision pinned) before the worker starts."""
+    _apply_pool_example(cluster, namespace, "modelpool-production.yaml")
+    dep, env = _worker(cluster, namespace, "production")
+    assert env["MODELFLEET_WORKER_MODEL"] == "s3://models/sdxl-base-1.0"
+    assert env["MODELFLEET_WORKER_REVISION"] == "2024-06-01"
+    assert env["MODELFLEET_WORKER_VAE"] == "s3://models/sdxl-vae-fp16-fix"
+    assert env["MODELFLEET_WORKER_MEMORY_AWARE"] == "true"
+    assert env["MODELFLEET_WORKER_CHANNELS_LAST"] == "true"  # spec.worker.env passed through
+    assert env["HF_HUB_OFFLINE"] == "1", "the worker only reads what the fetch step wrote"
+    [fetch] = dep.spec.template.spec.init_containers
+    assert fetch.args[:2] == ["--model", "s3://models/sdxl-base-1.0"]
+    assert fetch.args[-2:] == ["--revision", "2024-06-01"]
+    pods = _pods(cluster, namespace, "production")
+    assert len(pods) == 3
+    for pod in pods:
+        limits = pod.spec.containers[0].resources.limits
+        assert limits["nvidia.com/gpu"] == "1"
+    # Its VAE is of its family: the API refuses a VAE of another family.
+    bad = example("modelpool-production.yaml")[0]
+    bad["metadata"]["name"] = "production-wrong-vae"
+    bad["spec"]["model"]["vae"]["family"] = "sd15"
+    with pytest.raises(ApiException) as err:
+        k8s.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
+            G, V, namespace, "modelpools", bad
+        )
+    assert err.value.status == 422 and "vae" in str(err.value.body).lower(), err.value.body
+
+
+@covers("modelpool-typography.yaml")
+def test_modelpool_typography(cluster: LocalCluster, operator: Any, namespace: str) -> None:
+    """A text-faithful model (SD 3.5 from the Hub) on H100 nodes only."""
+    _apply_pool_example(cluster, namespace, "modelpool-typography.yaml")
+    dep, env = _worker(cluster, namespace, "typography")
+    assert env["MODELFLEET_WORKER_MODEL"] == "hf://stabilityai/stable-diffusion-3.5-medium"
+    assert (env["MODELFLEET_WORKER_FAMILY"], env["MODELFLEET_WORKER_DTYPE"]) == ("sd3", "bfloat16")
+    product = "NVIDIA-H100-80GB-HBM3"
+    assert dep.spec.template.spec.node_selector == {"nvidia.com/gpu.product": product}
+    core = k8s.CoreV1Api(cluster.api)
+    pods = _pods(cluster, namespace, "typography")
+    assert len(pods) == 2
+    for pod in pods:
+        node = core.read_node(pod.spec.node_name)
+        assert node.metadata.labels.get("nvidia.com/gpu.product") == product
+
+
+# ---- RoutingPolicies: served for real by tiny-model pools of the names they use ---------
+
+
+@covers("routingpolicy.yaml")
+def test_routingpolicy_images(given: Given) -> None:
+    """Typography briefs to the text-faithful pool, previews to the distilled pool,
+    everything else to production; each with a conservative fallback."""
+    quoted = 'a poster that says "SALE NOW"'
+    (
+        given.manifests(example("routingpolicy.yaml"))
+        .when().pools_serving("typography", "preview", "production")
+        .apply().wait_for_policy_ready("images").wait_for_router_knows("images")
+        .then().routes("images", [
+            Case(quoted, "typography", "typography"),
+            Case("our logo on a mug", "typography", "typography"),
+            Case("a card with the exact text Happy Birthday", "typography", "typography"),
+            Case("a lighthouse", "preview", "preview", fields={"tier": "preview"}),
+            Case("a lighthouse", "preview", "preview", headers={"X-ModelFleet-Tier": "preview"}),
+            Case("a lighthouse", "default", "production"),
+        ])
+        # typography and previews fall back to production
+        .when().pool_scaled("typography", 0).pool_scaled("preview", 0)
+        .wait_for_no_ready_endpoints("typography").wait_for_no_ready_endpoints("preview")
+        .then().routes("images", [
+            Case(quoted, "typography", "production", fallback=True),
+            Case("a lighthouse", "preview", "production", fallback=True, fields={"tier": "preview"}),
+        ])
+        # production falls back to previews
+        .when().pools_serving("preview").pool_scaled("production", 0)
+        .wait_for_no_ready_endpoints("production")
+        .then().routes("images", [Case("a lighthouse", "default", "preview", fallback=True)])
+        .when().pool_scaled("production", 1).pool_scaled("typography", 1)  # back, not awaited
+    )  # fmt: skip
+
+
+@covers("routingpolicy-tiers.yaml")
+def test_routingpolicy_tiers(given: Given) -> None:
+    """Previews to the distilled pool, production (the default tier) to the large model;
+    each falls back to the other; 5% of production traffic is mirrored to previews; under
+    load production is served first and a full queue sheds the newest preview."""
+    (
+        given.manifests(example("routingpolicy-tiers.yaml"))
+        .when().pools_serving("preview", "production")
+        .apply().wait_for_policy_ready("tiers").wait_for_router_knows("tiers")
+        .then().routes("tiers", [
+            Case("a lighthouse", "preview", "preview", fields={"tier": "preview"}),
+            Case("a lighthouse", "preview", "preview", headers={"X-ModelFleet-Tier": "preview"}),
+            Case("a lighthouse", "production", "production"),
+            Case("a lighthouse", "production", "production", fields={"tier": "production"}),
+        ])
+        # 400 requests, 5% mirrored: 20 expected; none at all has odds of 1e-9, 50 is 7 sigma.
+        .shadowed("tiers", "preview", n=400, low=1, high=50)
+        .when().pool_scaled("preview", 0).wait_for_no_ready_endpoints("preview")
+        .then().routes("tiers", [
+            Case("a lighthouse", "preview", "production", fallback=True, fields={"tier": "preview"}),
+        ])
+        .when().pools_serving("preview").pool_scaled("production", 0)
+        .wait_for_no_ready_endpoints("production")
+        .then().routes("tiers", [Case("a lighthouse", "production", "preview", fallback=True)])
+        .when().pools_serving("production")
+    )  # fmt: skip
+    sheds_newest_preview(given.s.fleet, "tiers", in_flight=32, queue=128)
+
+
+def sheds_newest_preview(fleet: Fleet, policy: str, in_flight: int, queue: int) -> None:
+    """Under load production goes first: with the preview workers frozen (SIGSTOP, a
+    stuck worker), previews fill the policy's slots and queue; one more preview is
+    refused at once, and a production request still gets in by shedding the newest
+    queued preview. Once the workers thaw, production is served ahead of the queue."""
+    [pod] = [
+        p
+        for p in fleet.core.list_namespaced_pod(
+            NS, label_selector="modelfleet.io/pool=preview"
+        ).items
+        if not p.metadata.deletion_timestamp
+    ]
+    groups = worker_process_groups(pod.status.pod_ip)
+    assert groups, f"no local process serves {pod.status.pod_ip}"
+    for g in groups:
+        os.killpg(g, signal.SIGSTOP)
+    try:
+        asyncio.run(_saturate(fleet, policy, in_flight, queue, groups))
+    finally:
+        for g in groups:
+            os.killpg(g, signal.SIGCONT)
+
+
+def worker_process_groups(pod_ip: str) -> set[int]:
+    """The local pod runner's process groups for the pod at `pod_ip`."""
+    marker = f"MODELFLEET_POD_IP={pod_ip}".encode()
+    out = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                out.add(os.getpgid(int(proc.name)))
+        except (OSError, ProcessLookupError):
+            continue
+    return out
+
+
+async def _saturate(
+    fleet: Fleet, policy: str, in_flight: int, queue: int, groups: set[int]
+) -> None:
+    url = fleet.router.url
+    headers = {"Content-Type": "application/json", "X-ModelFleet-Policy": policy}
+
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120)
+    ) as http:
+
+        async def post(tier: str) -> tuple[int, str, float]:
+            data = json.dumps({"prompt": "a lighthouse", "size": "64x64", "steps": 2, "tier": tier})
+            async with http.post(url + "/v1/images/generations", data=data, headers=headers) as r:
+                doc = await r.json(content_type=None)
+                return r.status, (doc.get("error") or {}).get("code", ""), time.monotonic()
+
+        async def gauges() -> tuple[float, float]:
+            async with http.get(url + "/metrics") as r:
+                text = await r.text()
+            got = {"modelfleet_router_in_flight": 0.0, "modelfleet_router_queue_depth": 0.0}
+            for fam in text_string_to_metric_families(text):
+                for smp in fam.samples:
+                    if smp.name in got and smp.labels.get("policy") == policy:
+                        got[smp.name] += smp.value
+            return got["modelfleet_router_in_flight"], got["modelfleet_router_queue_depth"]
+
+        # All but one, then the last alone: that one is the newest in the queue.
+        older = [asyncio.create_task(post("preview")) for _ in range(in_flight + queue - 1)]
+        await wait_for_async(gauges, until=lambda g: g == (in_flight, queue - 1), timeout=30,
+                             interval=0.05, what="slots taken, queue one short of full")  # fmt: skip
+        newest = asyncio.create_task(post("preview"))
+        await wait_for_async(gauges, until=lambda g: g == (in_flight, queue), timeout=30,
+                             interval=0.05, what="slots taken, queue full")  # fmt: skip
+        assert (await post("preview"))[:2] == (429, "overloaded"), "a preview beyond a full queue"
+        production = asyncio.create_task(post("production"))
+        shed = await asyncio.wait_for(newest, timeout=10)
+        assert shed[:2] == (429, "overloaded"), f"the newest preview was not shed: {shed}"
+        assert not any(t.done() for t in older), "an older preview left the queue"
+        for g in groups:
+            os.killpg(g, signal.SIGCONT)
+        prod = await production
+        previews = await asyncio.gather(*older)
+    assert prod[0] == 200, f"production request: {prod}"
+    codes = {(status, code) for status, code, _ in previews}
+    assert codes <= {(200, ""), (429, "queue_timeout")}, codes
+    before = [t for status, _, t in previews if status == 200 and t < prod[2]]
+    # Only previews already holding a slot may finish first; a FIFO queue would put
+    # production behind the other queued previews as well.
+    assert len(before) <= in_flight, f"{len(before)} previews served before production"
+
+
+@covers("routingpolicy-typography.yaml")
+def test_routingpolicy_typography(given: Given) -> None:
+    """Typography briefs (by tag, by header, by prompt) to the text-faithful pool,
+    everything else to production; typography falls back to production, production
+    to previews."""
+    (
+        given.manifests(example("routingpolicy-typography.yaml"))
+        .when().pools_serving("typography", "production", "preview")
+        .apply().wait_for_policy_ready("typography").wait_for_router_knows("typography")
+        .then().routes("typography", [
+            Case("a shop window", "typography-by-tag", "typography", fields={"tags": ["typography"]}),
+            Case("a shop window", "typography-by-header", "typography",
+                 headers={"X-ModelFleet-Intent": "typography"}),
+            Case("banner, exact text: SALE NOW", "typography-by-prompt", "typography"),
+            Case('a mug with "Good Morning" on it', "typography-by-prompt", "typography"),
+            Case("a wordmark for a bakery", "typography-by-prompt", "typography"),
+            Case("a photo of a cat on a sofa", "default", "production"),
+        ])
+        .when().pool_scaled("typography", 0).wait_for_no_ready_endpoints("typography")
+        .then().routes("typography", [
+            Case("a shop window", "typography-by-tag", "production", fallback=True,
+                 fields={"tags": ["typography"]}),
+            Case("banner, exact text: SALE NOW", "typography-by-prompt", "production", fallback=True),
+        ])
+        .when().pool_scaled("production", 0).wait_for_no_ready_endpoints("production")
+        .then().routes("typography", [
+            Case("a photo of a cat on a sofa", "default", "preview", fallback=True),
+        ])
+        .when().pool_scaled("production", 1).pool_scaled("typography", 1)  # back, not awaited
+    )  # fmt: skip
+
+
+# ---- Canaries: the swap of the `images` policy's default route --------------------------
+
+CANARY_POOLS = ("production", "typography", "preview")
+
+
+@covers("canary.yaml")
+def test_canary(given: Given) -> None:
+    """Swap the default route from production to production-v2 in four steps, judged by
+    the routers' own metrics. Applied verbatim it starts at 10% and the router splits
+    90/10 (the candidate runs two workers: at 100% one worker alone would queue what two
+    pools shared, and fail the p95 check against stable's earlier value for that reason
+    alone). Its 5 min interval would make the whole swap take 20 minutes: the interval is
+    then shortened to 60 s (the one change; at ~13 requests/s on two cores a 10% window
+    still holds the 50 candidate requests minRequests asks for) and the swap runs to the
+    end."""
+    [canary] = example("canary.yaml")
+    (
+        given.manifests(example("routingpolicy.yaml")).manifest(canary)
+        .when().deleted("canaries", "production-v2").pools_serving(*CANARY_POOLS)
+        .pools_serving("production-v2", replicas=2)
+        .apply()
+        .wait_for_status("production-v2", lambda s: s.get("canaryWeight") == 10, "step 1 of 4 at 10%")
+        .then().phase("production-v2", "Progressing").step("production-v2", 0)
+        .compiled_pools("images", [{"pool": "production", "weight": 90},
+                                   {"pool": "production-v2", "weight": 10}], route=2)
+        # 10%: 400 requests, 4 sigma either side
+        .candidate_share("images", "production-v2", n=400, low=0.04, high=0.16,
+                         body=PROBE_BODY, status=400)
+        .when().load_runs("images", clients=4).canary_patched("production-v2", {"interval": "60s"})
+        .wait_for_phase("production-v2", "Succeeded", timeout=480, interval=0.5)
+        .load_stops()
+        .then().passed_steps("production-v2", [0, 1, 2, 3])
+        .history_weights("production-v2", [10, 30, 60, 100])
+        .route_pool("images", "production-v2", route=2)
+        .no_server_errors()
+    )  # fmt: skip
+
+
+@covers("canary-prometheus.yaml")
+def test_canary_prometheus(given: Given, fleet: Fleet, tmp_path: Path) -> None:
+    """The same swap judged by Prometheus, with one custom PromQL check (the workers'
+    OOM rate). Prometheus here is a local one scraping the router and the workers, with
+    the labels a ServiceMonitor would add; its address is the one change. With the
+    example's 2 min interval, the first step's analysis is what a test can wait for: the
+    four steps would take 8 minutes."""
+    [canary] = example("canary-prometheus.yaml")
+    name = canary["metadata"]["name"]
+    when = (
+        given.manifests(example("routingpolicy.yaml"))
+        .when()
+        .deleted("canaries", "production-v2")
+        .deleted("canaries", name)
+        .pools_serving(*CANARY_POOLS)
+        .pools_serving("production-v2", replicas=2)
+    )
+    workers = [
+        (f"{pod.status.pod_ip}:8080", {"namespace": NS, "pool": pool})
+        for pool in ("production", "production-v2")
+        for pod in fleet.core.list_namespaced_pod(
+            NS, label_selector=f"modelfleet.io/pool={pool}"
+        ).items
+        if pod.status.pod_ip and not pod.metadata.deletion_timestamp
+    ]
+    prom = PrometheusProcess(
+        tmp_path, {"router": [(f"127.0.0.1:{fleet.router.port}", {})], "workers": workers}
+    )
+    canary["spec"]["analysis"]["provider"]["address"] = prom.url
+    then = (
+        when.given().prometheus(prom).manifest(canary)
+        .when().prometheus_starts().load_runs("images", clients=4).apply()
+        .wait_for_status(name, lambda s: len(s.get("history", [])) >= 1, "the first analysis",
+                         timeout=240, interval=0.5)
+        .load_stops()
+        .then().step(name, 1).weight(name, 30)  # passed: on to 30%
+    )  # fmt: skip
+    first = then.status(name)["history"][0]
+    assert (first["step"], first["weight"], first["result"]) == (0, 10, "pass"), first
+    checks = {m["name"]: m for m in first["metrics"]}
+    assert sorted(checks) == ["oom-rate", "p99"], first
+    p99, oom = checks["p99"], checks["oom-rate"]
+    # p99 of both pools from the routers' histograms in Prometheus, judged relative to stable
+    assert p99["samples"] >= 100, p99  # the example's minRequests
+    assert p99["threshold"] == pytest.approx(1.3 * p99["stableValue"]), p99
+    assert 0 < p99["value"] <= p99["threshold"], p99
+    # the custom PromQL check ran against the candidate workers' own series
+    assert (oom["value"], oom["result"], oom["threshold"]) == (0, "pass", 0.01), oom
+    then.when().deleted("canaries", name)
