@@ -18,7 +18,11 @@ from modelfleet.api.common import (
     parse_duration,
 )
 
-BuiltinMetric = Literal["error-rate", "latency-p95", "latency-p99"]
+BuiltinMetric = Literal[
+    "error-rate", "latency-p95", "latency-p99", "text-accuracy", "text-pass-rate"
+]
+# Built-ins counted over verified renders (minVerified gates them, not minRequests).
+TEXT_METRICS: frozenset[str] = frozenset({"text-accuracy", "text-pass-rate"})
 CanaryPhase = Literal["Pending", "Progressing", "Paused", "Succeeded", "RolledBack", "Failed"]
 # The one definition of the phase groups; everything else (core, controllers, plugin) reads these.
 PHASES: tuple[CanaryPhase, ...] = typing.get_args(CanaryPhase)
@@ -75,8 +79,10 @@ class MetricSpec(ApiModel):
                     "spec.analysis.metrics[]: set exactly one of builtin or query",
                 ),
                 cel(
-                    "has(self.max) || has(self.maxRatioToStable)",
-                    "spec.analysis.metrics[]: set max, maxRatioToStable or both",
+                    "has(self.max) || has(self.maxRatioToStable) || has(self.min)"
+                    " || has(self.minRatioToStable)",
+                    "spec.analysis.metrics[]: set a threshold: max or maxRatioToStable "
+                    "(lower is better), min or minRatioToStable (higher is better)",
                 ),
             ]
         }
@@ -84,7 +90,12 @@ class MetricSpec(ApiModel):
 
     name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="Check name.")
     builtin: BuiltinMetric | None = Field(
-        default=None, description="error-rate (0-1), latency-p95 or latency-p99 (seconds)."
+        default=None,
+        description=(
+            "error-rate (0-1), latency-p95 or latency-p99 (seconds); text-accuracy (mean word "
+            "accuracy of the verified renders, 0-1) or text-pass-rate (share of verified "
+            "renders that passed, 0-1), judged with min / minRatioToStable."
+        ),
     )
     query: str | None = Field(
         default=None,
@@ -101,13 +112,30 @@ class MetricSpec(ApiModel):
         gt=0,
         description="Candidate value must be <= this times the stable pool's value.",
     )
+    min: float | None = Field(
+        default=None, ge=0, description="Candidate value must be >= min (higher is better)."
+    )
+    min_ratio_to_stable: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Candidate value must be >= this times the stable pool's value (higher is "
+            "better), e.g. 0.9 for text-accuracy."
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_source_one_threshold(self) -> MetricSpec:
         if (self.builtin is None) == (self.query is None):
             raise ValueError(f"metric {self.name!r}: set exactly one of builtin or query")
-        if self.max is None and self.max_ratio_to_stable is None:
-            raise ValueError(f"metric {self.name!r}: set max, maxRatioToStable or both")
+        if all(
+            t is None
+            for t in (self.max, self.max_ratio_to_stable, self.min, self.min_ratio_to_stable)
+        ):
+            raise ValueError(
+                f"metric {self.name!r}: set a threshold: max or maxRatioToStable (lower is "
+                "better), min or minRatioToStable (higher is better)"
+            )
         return self
 
 
@@ -127,6 +155,15 @@ class AnalysisSpec(ApiModel):
         ge=0,
         le=1000000,
         description="Fewer candidate requests in a window makes the check inconclusive, not failed.",
+    )
+    min_verified: int = Field(
+        default=10,
+        ge=0,
+        le=1000000,
+        description=(
+            "Fewer verified renders (images whose text the OCR read and scored) in a window "
+            "makes text-accuracy and text-pass-rate inconclusive, never failed."
+        ),
     )
     failure_limit: int = Field(
         default=1, ge=1, le=100, description="Consecutive failed analyses before rollback."

@@ -12,6 +12,11 @@ Rules (docs/canary.md has the user-facing version):
   least minRequests stable samples in the same window; otherwise the stable value of the
   previous analysis is used (at 100% the stable pool gets no traffic), and without one
   the check is inconclusive.
+- `min` / `minRatioToStable` are the higher-is-better twins (text-accuracy,
+  text-pass-rate): fail when candidate < min, or < ratio * stable (no floor: a near-zero
+  stable value only makes the check easier to pass).
+- Text metrics are counted over verified renders: their sample count is the verified
+  renders in the window, gated by minVerified instead of minRequests.
 - A metric fails when any threshold it can evaluate fails, even if another threshold is
   inconclusive.
 """
@@ -19,8 +24,9 @@ Rules (docs/canary.md has the user-facing version):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-from modelfleet.api.canary import CheckResult, MetricResult, MetricSpec
+from modelfleet.api.canary import TEXT_METRICS, CheckResult, MetricResult, MetricSpec
 from modelfleet.canary.ports import Measurement
 from modelfleet.canary.types import MetricObservation
 
@@ -40,18 +46,35 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _missing(m: Measurement, who: str, min_requests: int) -> str | None:
+@dataclass(frozen=True)
+class SampleGate:
+    """The least samples a value needs, and what they are called in messages."""
+
+    least: int
+    unit: str = "requests"
+    setting: str = "minRequests"
+
+
+def sample_gate(metric: MetricSpec, min_requests: int, min_verified: int | None) -> SampleGate:
+    """Text metrics count verified renders (minVerified); everything else requests."""
+    if metric.builtin in TEXT_METRICS and min_verified is not None:
+        return SampleGate(min_verified, "verified renders", "minVerified")
+    return SampleGate(min_requests)
+
+
+def _missing(m: Measurement, who: str, gate: SampleGate | int) -> str | None:
     """Why `m` cannot be judged, or None when it can."""
+    g = gate if isinstance(gate, SampleGate) else SampleGate(gate)
     if m.error is not None:
         return f"{PROVIDER_UNAVAILABLE}: {m.error}"
     if m.no_series:
         return f"{NO_SERIES} for the {who} pool"
-    if m.samples is None and min_requests > 0:
+    if m.samples is None and g.least > 0:
         return f"{NOT_ENOUGH_SAMPLES}: the {who} sample count is unknown"
-    if m.samples is not None and m.samples < min_requests:
+    if m.samples is not None and m.samples < g.least:
         return (
-            f"{NOT_ENOUGH_SAMPLES}: {m.samples} {who} requests in the window, "
-            f"minRequests is {min_requests}"
+            f"{NOT_ENOUGH_SAMPLES}: {m.samples} {who} {g.unit} in the window, "
+            f"{g.setting} is {g.least}"
         )
     if m.usable_value is None:
         return f"{NO_DATA}: the provider returned no {who} value"
@@ -63,8 +86,11 @@ def judge_metric(
     observed: MetricObservation | None,
     min_requests: int,
     previous: MetricResult | None = None,
+    min_verified: int | None = None,
 ) -> MetricResult:
-    """Judge one metric. `previous` is its result from the last analysis (stable fallback)."""
+    """Judge one metric. `previous` is its result from the last analysis (stable fallback);
+    `min_verified` gates the text metrics (None: they use min_requests like the rest)."""
+    gate = sample_gate(metric, min_requests, min_verified)
 
     def result(
         r: CheckResult,
@@ -86,7 +112,7 @@ def judge_metric(
 
     if observed is None:
         return result("inconclusive", f"{NO_DATA}: the metric was not measured")
-    why = _missing(observed.candidate, "candidate", min_requests)
+    why = _missing(observed.candidate, "candidate", gate)
     if why is not None:
         return result("inconclusive", why, value=observed.candidate.usable_value)
     value = observed.candidate.usable_value
@@ -100,9 +126,26 @@ def judge_metric(
         limits.append(metric.max)
         if value > metric.max:
             fails.append(f"{_fmt(value)} > max {_fmt(metric.max)}")
+    if metric.min is not None:
+        limits.append(metric.min)
+        if value < metric.min:
+            fails.append(f"{_fmt(value)} < min {_fmt(metric.min)}")
+    if metric.min_ratio_to_stable is not None:
+        ratio = metric.min_ratio_to_stable
+        baseline, note = _stable_baseline(observed.stable, gate, previous)
+        if baseline is None:
+            holds.append(note)
+        else:
+            limit = ratio * baseline
+            limits.append(limit)
+            if value < limit:
+                fails.append(
+                    f"{_fmt(value)} < {_fmt(ratio)} x stable {_fmt(baseline)}{note}"
+                    f" (limit {_fmt(limit)})"
+                )
     if metric.max_ratio_to_stable is not None:
         ratio = metric.max_ratio_to_stable
-        baseline, note = _stable_baseline(observed.stable, min_requests, previous)
+        baseline, note = _stable_baseline(observed.stable, gate, previous)
         if baseline is None:
             holds.append(note)
         else:
@@ -114,23 +157,27 @@ def judge_metric(
                     f"{_fmt(value)} > {_fmt(ratio)} x stable {_fmt(baseline)}{note}"
                     f" (limit {_fmt(limit)})"
                 )
-    threshold = min(limits) if limits else None
+    higher = metric.min is not None or metric.min_ratio_to_stable is not None
+    lower = metric.max is not None or metric.max_ratio_to_stable is not None
+    # The binding limit: the tightest of its family (the upper one when both are set).
+    threshold = (min(limits) if lower or not higher else max(limits)) if limits else None
     samples = observed.candidate.samples
-    where = f" ({samples} requests)" if samples is not None else ""
+    where = f" ({samples} {gate.unit})" if samples is not None else ""
     if fails:
         return result("fail", "; ".join(fails) + where, value, baseline, threshold)
     if holds:
         return result("inconclusive", "; ".join(holds), value, baseline, threshold)
-    limit_text = f" <= {_fmt(threshold)}" if threshold is not None else ""
+    sign = ">=" if higher and not lower else "<="
+    limit_text = f" {sign} {_fmt(threshold)}" if threshold is not None else ""
     return result("pass", f"{_fmt(value)}{limit_text}{where}", value, baseline, threshold)
 
 
 def _stable_baseline(
-    stable: Measurement | None, min_requests: int, previous: MetricResult | None
+    stable: Measurement | None, gate: SampleGate, previous: MetricResult | None
 ) -> tuple[float | None, str]:
     """(baseline, note); baseline None means inconclusive and the note says why."""
     why = (
-        _missing(stable, "stable", min_requests)
+        _missing(stable, "stable", gate)
         if stable is not None
         else f"{NO_DATA}: the stable pool was not measured"
     )

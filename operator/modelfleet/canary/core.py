@@ -398,7 +398,11 @@ class _Tick:
         previous = {m.name: m for m in self.st.metrics}
         results = [
             judge_metric(
-                m, a.metrics.get(m.name), self.spec.analysis.min_requests, previous.get(m.name)
+                m,
+                a.metrics.get(m.name),
+                self.spec.analysis.min_requests,
+                previous.get(m.name),
+                self.spec.analysis.min_verified,
             )
             for m in a.plan.metrics
         ]

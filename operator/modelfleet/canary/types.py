@@ -36,7 +36,7 @@ class AnalysisPlan:
 
     def needs_stable(self, metric: MetricSpec) -> bool:
         """Only relative thresholds need the stable pool's value."""
-        return metric.max_ratio_to_stable is not None
+        return metric.max_ratio_to_stable is not None or metric.min_ratio_to_stable is not None
 
 
 @dataclass(frozen=True)
