@@ -331,6 +331,7 @@ class WorkerServer:
             headers={
                 "X-ModelFleet-Service-Time": f"{per_image_s:.6f}",
                 "X-ModelFleet-Batch-Size": str(max(r.batch_size for r in results)),
+                **text_summary_headers(checks),
             },
         )
 
@@ -368,6 +369,20 @@ class WorkerServer:
             await asyncio.wait_for(self._active_zero.wait(), left)
         except TimeoutError:
             log.warning("drain timed out with %d requests still open", self._active)
+
+
+def text_summary_headers(checks: Sequence[Verification | None]) -> dict[str, str]:
+    """Verification in three headers, so the router can count it per pool for canaries
+    without parsing the body (it reads bodies only on verify routes). Verified renders
+    are those the OCR read and scored; unreadable ones count in neither."""
+    scored = [c.score for c in checks if c is not None and c.score is not None]
+    if not scored:
+        return {}
+    return {
+        "X-ModelFleet-Text-Verified": str(len(scored)),
+        "X-ModelFleet-Text-Passed": str(sum(1 for s in scored if s.passed)),
+        "X-ModelFleet-Text-Accuracy-Sum": f"{sum(s.word_accuracy for s in scored):.6f}",
+    }
 
 
 def _image_item(png: str, seed: int, check: Verification | None) -> dict[str, Any]:
