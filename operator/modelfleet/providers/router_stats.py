@@ -2,7 +2,11 @@
 
 GET {router}/v1/stats?window=SECONDS answers
     {"window_seconds": W, "pools": [{"namespace", "pool", "requests", "errors",
-      "latency_buckets": [[upper_bound_seconds, cumulative_count], ..., ["+Inf", total]]}]}
+      "latency_buckets": [[upper_bound_seconds, cumulative_count], ..., ["+Inf", total]],
+      "text": {"verified", "passed", "accuracy_sum"}}]}   # text: only with verified renders
+
+text-accuracy is accuracy_sum / verified and text-pass-rate passed / verified, both with
+`verified` as their sample count (the minVerified gate).
 
 Each router only sees its own share of traffic, so the answers of all routers are merged
 exactly: requests, errors and bucket counts are summed. Availability rule: the
@@ -23,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from modelfleet.api.canary import TEXT_METRICS
 from modelfleet.canary.ports import Measurement, MetricQuery
 from modelfleet.providers.http import OwnedSession
 from modelfleet.providers.quantile import histogram_quantile
@@ -43,6 +48,9 @@ class PoolStats:
     buckets: dict[float, float] = field(default_factory=dict)
     bucket_bounds: tuple[float, ...] | None = None
     bounds_conflict: bool = False
+    text_verified: int = 0
+    text_passed: int = 0
+    text_accuracy_sum: float = 0.0
 
     def add(self, requests: int, errors: int, buckets: Sequence[tuple[float, float]]) -> None:
         self.requests += requests
@@ -55,6 +63,25 @@ class PoolStats:
                 self.bounds_conflict = True
         for bound, count in buckets:
             self.buckets[bound] = self.buckets.get(bound, 0.0) + count
+
+    def add_text(self, text: tuple[int, int, float]) -> None:
+        self.text_verified += text[0]
+        self.text_passed += text[1]
+        self.text_accuracy_sum += text[2]
+
+
+def _text(raw: Any) -> tuple[int, int, float]:
+    """A pool entry's "text" object as (verified, passed, accuracy_sum); absent is zeros."""
+    if raw is None:
+        return (0, 0, 0.0)
+    if not isinstance(raw, dict):
+        raise StatsFormatError("text is not an object")
+    verified = int(_count(raw.get("verified", 0), "text.verified"))
+    passed = int(_count(raw.get("passed", 0), "text.passed"))
+    acc = _count(raw.get("accuracy_sum", 0), "text.accuracy_sum")
+    if passed > verified or acc > verified:
+        raise StatsFormatError(f"text {raw!r}: passed and accuracy_sum must be <= verified")
+    return (verified, passed, acc)
 
 
 def _bound(raw: Any) -> float:
@@ -106,17 +133,40 @@ def parse_stats(doc: Any) -> dict[tuple[str, str], tuple[int, int, list[tuple[fl
     return out
 
 
+def parse_text(doc: Any) -> dict[tuple[str, str], tuple[int, int, float]]:
+    """One router's verified-render counts keyed by (namespace, pool); call after
+    parse_stats (which checks the document's shape). Pools without text are left out."""
+    out: dict[tuple[str, str], tuple[int, int, float]] = {}
+    for entry in doc["pools"]:
+        t = _text(entry.get("text"))
+        if t[0]:
+            key = (entry["namespace"], entry["pool"])
+            prev = out.get(key, (0, 0, 0.0))
+            out[key] = (prev[0] + t[0], prev[1] + t[1], prev[2] + t[2])
+    return out
+
+
 def merge_stats(docs: Sequence[Any]) -> dict[tuple[str, str], PoolStats]:
     """Exact merge of several routers' stats documents."""
     merged: dict[tuple[str, str], PoolStats] = {}
     for doc in docs:
         for key, (requests, errors, buckets) in parse_stats(doc).items():
             merged.setdefault(key, PoolStats()).add(requests, errors, buckets)
+        for key, text in parse_text(doc).items():
+            merged.setdefault(key, PoolStats()).add_text(text)
     return merged
 
 
 def measurement_for(stats: PoolStats | None, builtin: str) -> Measurement:
     """Turn merged counters into the number a built-in metric asks for."""
+    if builtin in TEXT_METRICS:
+        verified = stats.text_verified if stats is not None else 0
+        if verified == 0:
+            # No verified renders (no text asked for, or none readable): no data.
+            return Measurement(value=None, samples=0)
+        assert stats is not None
+        top = stats.text_accuracy_sum if builtin == "text-accuracy" else stats.text_passed
+        return Measurement(value=top / verified, samples=verified)
     if stats is None or stats.requests == 0:
         # The routers saw no traffic for the pool: no data, not a misconfiguration.
         return Measurement(value=None, samples=0)
@@ -196,7 +246,8 @@ class RouterStatsProvider(OwnedSession):
         if builtin is None:
             return Measurement.failed(
                 f"metric {query.metric.name!r}: the router provider supports only builtin "
-                "metrics (error-rate, latency-p95, latency-p99); use provider type prometheus "
+                "metrics (error-rate, latency-p95, latency-p99, text-accuracy, text-pass-rate); "
+                "use provider type prometheus "
                 "for custom queries"
             )
         fetched = await self._stats(query.window_seconds)

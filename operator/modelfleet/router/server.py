@@ -431,7 +431,9 @@ class Router:
         if res.outcome is not Attempt.OK and res.outcome is not Attempt.CLIENT_ERROR:
             log.info("attempt %s %s: %s %s", pool, ep, res.outcome, res.error)
         self.metrics.attempted(ns, pool, res.outcome.value, t1 - t0, res.service_s, res.batch_size)
-        self.stats.record(ns, pool, res.outcome, t1 - t0, t1, res.service_s, res.batch_size)
+        self.stats.record(
+            ns, pool, res.outcome, t1 - t0, t1, res.service_s, res.batch_size, res.text
+        )
         return res
 
     def _fail(

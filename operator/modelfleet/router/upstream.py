@@ -8,7 +8,14 @@ import aiohttp
 from yarl import URL
 
 from modelfleet.routing.ladder import Attempt, classify_response
-from modelfleet.routing.stats import BATCH_SIZE_HEADER, SERVICE_TIME_HEADER
+from modelfleet.routing.stats import (
+    BATCH_SIZE_HEADER,
+    SERVICE_TIME_HEADER,
+    TEXT_ACCURACY_SUM_HEADER,
+    TEXT_PASSED_HEADER,
+    TEXT_VERIFIED_HEADER,
+    TextSummary,
+)
 
 GENERATIONS_PATH = "/v1/images/generations"
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -24,6 +31,8 @@ class AttemptResult:
     # BATCH_SIZE_HEADER); service_s is None when not reported.
     service_s: float | None = None
     batch_size: int = 1
+    # The worker's verification summary headers; None when it verified nothing.
+    text: TextSummary | None = None
 
 
 def service_time(seconds: str | None, batch: str | None) -> tuple[float | None, int]:
@@ -100,6 +109,16 @@ class UpstreamClient:
                 status = resp.status
                 service = resp.headers.get(SERVICE_TIME_HEADER)
                 batch = resp.headers.get(BATCH_SIZE_HEADER) if service is not None else None
+                verified = resp.headers.get(TEXT_VERIFIED_HEADER)
+                text = (
+                    TextSummary.parse(
+                        verified,
+                        resp.headers.get(TEXT_PASSED_HEADER),
+                        resp.headers.get(TEXT_ACCURACY_SUM_HEADER),
+                    )
+                    if verified is not None
+                    else None
+                )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # Nothing reached the worker: always safe to try another one.
             return AttemptResult(Attempt.CONNECT_ERROR, 0, b"", str(exc))
@@ -110,5 +129,5 @@ class UpstreamClient:
             return AttemptResult(Attempt.UPSTREAM_ERROR, 0, b"", f"{type(exc).__name__}: {exc}")
         service_s, batch_size = service_time(service, batch)
         return AttemptResult(
-            classify_response(status, data), status, data, "", service_s, batch_size
+            classify_response(status, data), status, data, "", service_s, batch_size, text
         )

@@ -38,6 +38,13 @@ SERVICE_TIME_BUCKETS: tuple[float, ...] = (
 )
 SERVICE_TIME_HEADER = "X-ModelFleet-Service-Time"
 BATCH_SIZE_HEADER = "X-ModelFleet-Batch-Size"
+# The worker's verification summary per response (modelfleet_worker.server), counted per
+# pool for the text canary metrics; the router never parses a body for them.
+TEXT_VERIFIED_HEADER = "X-ModelFleet-Text-Verified"
+TEXT_PASSED_HEADER = "X-ModelFleet-Text-Passed"
+TEXT_ACCURACY_SUM_HEADER = "X-ModelFleet-Text-Accuracy-Sum"
+# Accuracy sums are kept in the integer ring in millionths.
+_ACC_SCALE = 1_000_000
 # Batch-size strata: exact up to 4, then powers of two (maxBatchSize is at most 64).
 BATCH_STRATA: tuple[tuple[int, str], ...] = (
     (1, "1"), (2, "2"), (3, "3"), (4, "4"), (8, "5-8"), (16, "9-16"), (32, "17-32"),
@@ -47,10 +54,35 @@ BATCH_STRATA: tuple[tuple[int, str], ...] = (
 # holds only them (plenty for a rank test); memory grows with traffic up to 10 B each.
 SERVICE_LOG_CAPACITY = 1 << 16
 
-# Slot layout: [second, requests, errors, bucket_0 .. bucket_n-1, overflow (+Inf only)]
+# Slot layout: [second, requests, errors, bucket_0 .. bucket_n-1, overflow (+Inf only),
+#               text verified, text passed, text accuracy sum (millionths)]
 _REQ, _ERR, _B0 = 1, 2, 3
 # A service-time cell is stratum * _CELL + bucket.
 _CELL = 64
+
+
+@dataclass(frozen=True)
+class TextSummary:
+    """One response's verification, as its worker's headers told it."""
+
+    verified: int
+    passed: int
+    accuracy_sum: float
+
+    @staticmethod
+    def parse(verified: str | None, passed: str | None, acc_sum: str | None) -> TextSummary | None:
+        """The headers' values when they are sane and consistent; else None (an old
+        worker, a proxy in between): the attempt then adds no text sample."""
+        if verified is None:
+            return None
+        try:
+            v, p, a = int(verified), int(passed or ""), float(acc_sum or "")
+        except ValueError:
+            return None
+        # 128 images is twice the largest batch; `not` also rejects a NaN sum.
+        if not (0 < v <= 128 and 0 <= p <= v and 0.0 <= a <= v):
+            return None
+        return TextSummary(v, p, a)
 
 
 def _bucket_index(seconds: float, bounds: Sequence[float]) -> int:
@@ -71,6 +103,11 @@ class PoolWindow:
     # Service time per image by batch-size stratum name, non-cumulative like `buckets`;
     # only strata with observations.
     service: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # Verified renders (OCR read and scored), how many passed, and their word accuracies'
+    # sum: the text canary metrics (mean accuracy = sum / verified).
+    text_verified: int = 0
+    text_passed: int = 0
+    text_accuracy_sum: float = 0.0
 
     def wire(
         self, bounds: Sequence[float], service_bounds: Sequence[float] = SERVICE_TIME_BUCKETS
@@ -82,6 +119,12 @@ class PoolWindow:
             "errors": self.errors,
             "latency_buckets": _cumulative(bounds, self.buckets),
         }
+        if self.text_verified:
+            out["text"] = {
+                "verified": self.text_verified,
+                "passed": self.text_passed,
+                "accuracy_sum": round(self.text_accuracy_sum, 6),
+            }
         if self.service:
             out["service_time"] = [
                 {"batch_size": name, "buckets": _cumulative(service_bounds, counts)}
@@ -190,7 +233,8 @@ class AttemptStats:
         self.service_capacity = service_capacity
         if len(self.service_bounds) >= _CELL:
             raise ValueError(f"at most {_CELL - 1} service-time buckets")
-        self._width = _B0 + len(self.bounds) + 1
+        self._text0 = _B0 + len(self.bounds) + 1
+        self._width = self._text0 + 3
         self._rings: dict[tuple[str, str], _Ring] = {}
         self._service: dict[tuple[str, str], _ServiceLog] = {}
 
@@ -203,6 +247,7 @@ class AttemptStats:
         now: float,
         service_s: float | None = None,
         batch_size: int = 1,
+        text: TextSummary | None = None,
     ) -> None:
         if outcome in (Attempt.BUSY, Attempt.CLIENT_ERROR):
             return
@@ -220,6 +265,11 @@ class AttemptStats:
             c[base + _ERR] += 1
         else:
             c[base + _B0 + _bucket_index(seconds, self.bounds)] += 1
+            if text is not None and text.verified > 0:
+                t = base + self._text0
+                c[t] += text.verified
+                c[t + 1] += text.passed
+                c[t + 2] += round(text.accuracy_sum * _ACC_SCALE)
             if service_s is not None:
                 log = self._service.get((namespace, pool))
                 if log is None:
@@ -237,8 +287,19 @@ class AttemptStats:
             totals = self._sum(ring, start, end)
             log = self._service.get((ns, pool))
             service = self._service_window(log, start, end) if log is not None else ()
+            t = self._text0
             out.append(
-                PoolWindow(ns, pool, totals[_REQ], totals[_ERR], tuple(totals[_B0:]), service)
+                PoolWindow(
+                    ns,
+                    pool,
+                    totals[_REQ],
+                    totals[_ERR],
+                    tuple(totals[_B0:t]),
+                    service,
+                    totals[t],
+                    totals[t + 1],
+                    totals[t + 2] / _ACC_SCALE,
+                )
             )
         return out
 
