@@ -6,11 +6,14 @@ pin change triggers exactly one rebuild and nothing is ever committed.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +21,10 @@ KUBERNETES_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.5"  # the etcd client version k8s.io/kubernetes pins
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
+# Checkers `make test` runs on the chart, the generated worker manifests and the
+# release workflow; built and cached like the cluster binaries.
+ACTIONLINT_VERSION = "v1.7.12"
+KUBE_SCORE_VERSION = "v1.20.0"
 
 # k8s.io/kubernetes resolves these to ./staging in its own go.mod; as a
 # dependency they must point at the published module of the matching version.
@@ -80,10 +87,16 @@ class Component:
     ldflags: tuple[str, ...] = field(default_factory=tuple)
     # go build names a binary after its package's last path element
     renames: tuple[tuple[str, str], ...] = ()
+    # More ldflags read from the downloaded module's go.mod (Helm derives its
+    # default Kubernetes version from its client-go requirement).
+    ldflags_from_go_mod: Callable[[str], tuple[str, ...]] | None = None
+    # Bumped when the build recipe changes, so a cached binary built the old way is rebuilt.
+    recipe: int = 1
 
     @property
     def directory(self) -> Path:
-        return cache_root() / "bin" / f"{self.name}-{self.version}"
+        suffix = f"-r{self.recipe}" if self.recipe > 1 else ""
+        return cache_root() / "bin" / f"{self.name}-{self.version}{suffix}"
 
     def is_built(self) -> bool:
         return all((self.directory / b).is_file() for b in self.binaries)
@@ -137,6 +150,24 @@ def _etcd_component() -> Component:
     )
 
 
+def helm_kube_version_ldflags(go_mod: str) -> tuple[str, ...]:
+    """What Helm's Makefile sets: the default Kubernetes version (used by `helm
+    template` without a cluster and by `helm lint`) is its client-go v0.N as 1.N.
+
+    Without these, Helm's source default of v1.20 makes `helm template` refuse any
+    chart whose kubeVersion asks for a newer cluster.
+    """
+    found = re.search(r"^\s*k8s\.io/client-go\s+v(\d+)\.(\d+)\.", go_mod, re.MULTILINE)
+    if found is None:
+        raise BuildError("helm's go.mod does not require k8s.io/client-go")
+    major, minor = str(int(found.group(1)) + 1), found.group(2)
+    return tuple(
+        f"-X helm.sh/helm/v3/pkg/{pkg}.k8sVersion{part}={value}"
+        for pkg in ("lint/rules", "chartutil")
+        for part, value in (("Major", major), ("Minor", minor))
+    )
+
+
 def components() -> list[Component]:
     return [
         _etcd_component(),
@@ -154,6 +185,22 @@ def components() -> list[Component]:
             binaries=("helm",),
             packages=(f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}",),
             ldflags=(f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",),
+            ldflags_from_go_mod=helm_kube_version_ldflags,
+            recipe=2,  # 2: the default Kubernetes version from client-go, as Helm's release
+        ),
+        Component(
+            name="actionlint",
+            version=ACTIONLINT_VERSION,
+            binaries=("actionlint",),
+            packages=(f"github.com/rhysd/actionlint/cmd/actionlint@{ACTIONLINT_VERSION}",),
+            ldflags=(f"-X github.com/rhysd/actionlint.version={ACTIONLINT_VERSION}",),
+        ),
+        Component(
+            name="kube-score",
+            version=KUBE_SCORE_VERSION,
+            binaries=("kube-score",),
+            packages=(f"github.com/zegl/kube-score/cmd/kube-score@{KUBE_SCORE_VERSION}",),
+            ldflags=(f"-X main.version={KUBE_SCORE_VERSION}",),
         ),
     ]
 
@@ -193,6 +240,25 @@ def _run_logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, label
         raise BuildError(f"building {label} failed (exit {rc}); last lines of {log}:\n{tail}")
 
 
+def _module_go_mod(component: Component, work: Path, env: dict[str, str]) -> str:
+    """The go.mod of the module a `pkg@version` install builds, downloaded first."""
+    package, _, version = component.packages[0].partition("@")
+    module = package.split("/cmd/")[0]
+    proc = subprocess.run(
+        ["go", "mod", "download", "-json", f"{module}@{version}"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    info = json.loads(proc.stdout or "{}")
+    if proc.returncode != 0 or "GoMod" not in info:
+        raise BuildError(
+            f"downloading {module}@{version} failed: {info.get('Error') or proc.stderr}"
+        )
+    return Path(info["GoMod"]).read_text()
+
+
 def build(component: Component, force: bool = False) -> float:
     """Build one component unless cached; returns seconds spent (0 when cached)."""
     if component.is_built() and not force:
@@ -209,7 +275,10 @@ def build(component: Component, force: bool = False) -> float:
     log = work / "build.log"
     log.write_text("")
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-trimpath -buildvcs=false")
-    ldflags = " ".join(("-s", "-w", *component.ldflags))
+    extra: tuple[str, ...] = ()
+    if component.ldflags_from_go_mod is not None:
+        extra = component.ldflags_from_go_mod(_module_go_mod(component, work, env))
+    ldflags = " ".join(("-s", "-w", *component.ldflags, *extra))
     _log(f"building {component.name} {component.version} (log: {log})")
     if component.go_mod is not None:
         (work / "go.mod").write_text(component.go_mod)
