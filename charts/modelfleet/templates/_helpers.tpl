@@ -11,8 +11,13 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{/* Empty tags mean the chart's appVersion: the tag the release publishes. */}}
 {{- define "modelfleet.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "modelfleet.workerImage" -}}
+{{ .Values.workerImage.repository }}:{{ .Values.workerImage.tag | default .Chart.AppVersion }}
 {{- end -}}
 
 {{/* The restricted Pod Security Standard, for every container of the chart. */}}

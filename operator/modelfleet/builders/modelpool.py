@@ -1,4 +1,5 @@
-"""Pure builders: a ModelPool becomes a Deployment, a Service and a PDB."""
+"""Pure builders: a ModelPool becomes a Deployment, a Service, a PDB and (when the
+operator is told to) a NetworkPolicy that admits only router pods to its workers."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ class BuildSettings:
     # Dev/e2e only: pods on kwok nodes run as local processes (see dev/podrunner).
     local_run: bool = False
     termination_grace_seconds: int = 120
+    # A NetworkPolicy per pool: only router pods reach the workers (namespace of the
+    # routers, or None for the pool's own namespace).
+    worker_network_policy: bool = False
+    router_namespace: str | None = None
 
 
 def selector_labels(pool: str) -> dict[str, str]:
@@ -136,8 +141,11 @@ def deployment(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
     if pvc_volume is not None:
         volumes.append(pvc_volume)
         mounts.append({"name": "model", "mountPath": MODELS_DIR, "readOnly": True})
+    # Scratch disk (logs; a fetched model's cache emptyDir counts too) is requested so
+    # the scheduler places the pod where it fits; no limit: a model's size is unknown
+    # here, and exceeding a limit would evict the pod mid-download.
     resources: dict[str, Any] = {
-        "requests": {"cpu": "1", "memory": "4Gi"},
+        "requests": {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "1Gi"},
         "limits": {"memory": "64Gi"},
     }
     if spec.gpu.count:
@@ -203,6 +211,11 @@ def deployment(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
                 "args": ["--model", model_uri, "--cache-dir", CACHE_DIR]
                 + (["--revision", spec.model.revision] if spec.model.revision else []),
                 "env": [{"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"}],
+                # A download: some CPU and memory; the model lands on the cache volume.
+                "resources": {
+                    "requests": {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "1Gi"},
+                    "limits": {"memory": "4Gi"},
+                },
                 "securityContext": _security_context(),
                 "volumeMounts": mounts,
             }
@@ -263,5 +276,30 @@ def pod_disruption_budget(pool: ModelPool) -> dict[str, Any]:
     }
 
 
+ROUTER_SELECTOR = {"app.kubernetes.io/name": "modelfleet-router"}
+
+
+def network_policy(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
+    """Only router pods reach the pool's workers (kubelet probes are not subject to it)."""
+    peer: dict[str, Any] = {"podSelector": {"matchLabels": ROUTER_SELECTOR}}
+    if settings.router_namespace:
+        peer["namespaceSelector"] = {
+            "matchLabels": {"kubernetes.io/metadata.name": settings.router_namespace}
+        }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(pool),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(pool.metadata.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [peer], "ports": [{"port": WORKER_PORT, "protocol": "TCP"}]}],
+        },
+    }
+
+
 def children(pool: ModelPool, settings: BuildSettings) -> list[dict[str, Any]]:
-    return [deployment(pool, settings), service(pool), pod_disruption_budget(pool)]
+    out = [deployment(pool, settings), service(pool), pod_disruption_budget(pool)]
+    if settings.worker_network_policy:
+        out.append(network_policy(pool, settings))
+    return out

@@ -81,7 +81,12 @@ async def _run_operator(args: argparse.Namespace) -> int:
         duration_s=args.lease_seconds,
         renew_s=max(0.5, args.lease_seconds / 5),
     )
-    settings = BuildSettings(default_image=args.default_worker_image, local_run=args.local_run_pods)
+    settings = BuildSettings(
+        default_image=args.default_worker_image,
+        local_run=args.local_run_pods,
+        worker_network_policy=args.worker_network_policy,
+        router_namespace=args.router_namespace,
+    )
     namespaces = args.namespace or []
 
     # Handlers block on the synchronous Kubernetes client in threads; the default
@@ -167,6 +172,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         default=os.environ.get("MODELFLEET_LOCAL_RUN_PODS") == "true",
         help="dev only: mark worker pods for the local pod runner",
+    )
+    op.add_argument(
+        "--worker-network-policy",
+        action="store_true",
+        help="give every pool a NetworkPolicy: only router pods reach its workers",
+    )
+    op.add_argument(
+        "--router-namespace",
+        default=None,
+        metavar="NS",
+        help="with --worker-network-policy: the routers' namespace (default: the pool's own)",
     )
     op.add_argument(
         "--lease-namespace",

@@ -97,6 +97,10 @@ class ModelPoolController:
         on("apps", "v1", "deployments", labels=owned, registry=r)(self.deployment_event)
         on("v1", "services", labels=owned, registry=r)(self.service_event)
         on("policy", "v1", "poddisruptionbudgets", labels=owned, registry=r)(self.pdb_event)
+        if self.settings.worker_network_policy:
+            on("networking.k8s.io", "v1", "networkpolicies", labels=owned, registry=r)(
+                self.network_policy_event
+            )
         on("v1", "pods", labels={build.POOL_LABEL: kopf.PRESENT}, registry=r)(self.pod_event)
         on("v1", "nodes", registry=r)(self.node_event)
 
@@ -278,6 +282,9 @@ class ModelPoolController:
 
     async def pdb_event(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         await self._child_event("PodDisruptionBudget", event, body)
+
+    async def network_policy_event(self, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        await self._child_event("NetworkPolicy", event, body)
 
     async def _child_event(self, kind: str, event: kopf.RawEvent, body: kopf.Body) -> None:
         pool = _pool_of(body["metadata"].get("labels"))

@@ -46,6 +46,30 @@ def test_chart_crds_match_generated() -> None:
     )
 
 
+def test_crd_upgrade_path_as_documented(cluster: LocalCluster) -> None:
+    """docs/install.md#upgrading: Helm never upgrades crds/, users apply them first.
+    Over CRDs that are already installed (by someone else's field manager), this is
+    what a user runs before `helm upgrade`."""
+    crds = run(cluster, "helm", "show", "crds", str(CHART)).stdout
+    out = run(
+        cluster,
+        "kubectl",
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin=crds,
+    ).stdout
+    applied = sorted(line.split()[0] for line in out.splitlines() if "serverside-applied" in line)
+    assert applied == [
+        f"customresourcedefinition.apiextensions.k8s.io/{plural}.modelfleet.io"
+        for plural in ("canaries", "modelpools", "routingpolicies")
+    ], out
+    docs = (REPO / "docs" / "install.md").read_text()
+    assert "| kubectl apply --server-side --force-conflicts -f -" in docs
+
+
 def test_helm_lint_strict(cluster: LocalCluster) -> None:
     out = run(cluster, "helm", "lint", "--strict", str(CHART))
     assert "0 chart(s) failed" in out.stdout
