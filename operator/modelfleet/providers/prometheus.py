@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from modelfleet.api.canary import TEXT_METRICS
 from modelfleet.canary.ports import Measurement, MetricQuery
 from modelfleet.providers.http import OwnedSession
 from modelfleet.providers.template import TemplateError, duration_text, render_query
@@ -20,6 +21,12 @@ DURATION_BUCKET_METRIC = "modelfleet_router_upstream_duration_seconds_bucket"
 ERROR_OUTCOMES = "upstream_error|timeout|connect_error"
 IGNORED_OUTCOMES = "busy|client_error"
 _QUANTILES = {"latency-p95": "0.95", "latency-p99": "0.99"}
+# Text metrics come from the workers' own series (labelled by pool; namespace is the scrape
+# target's): they count every verified render, on gated routes or not, which the
+# router's modelfleet_router_text_* series (gated routes only) do not.
+TEXT_ACCURACY_METRIC = "modelfleet_worker_text_word_accuracy"
+TEXT_VERIFIED_METRIC = "modelfleet_worker_text_verified_total"
+TEXT_FAILED_METRIC = "modelfleet_worker_text_failed_total"
 
 
 def _label(value: str) -> str:
@@ -42,16 +49,29 @@ def builtin_query(builtin: str, namespace: str, pool: str, window_seconds: int) 
             f'(sum(rate({REQUESTS_METRIC}{{{sel},outcome=~"{ERROR_OUTCOMES}"}}[{w}])) or vector(0)) / '
             f'sum(rate({REQUESTS_METRIC}{{{sel},outcome!~"{IGNORED_OUTCOMES}"}}[{w}]))'
         )
+    if builtin == "text-accuracy":
+        return (
+            f"sum(rate({TEXT_ACCURACY_METRIC}_sum{{{sel}}}[{w}])) / "
+            f"sum(rate({TEXT_ACCURACY_METRIC}_count{{{sel}}}[{w}]))"
+        )
+    if builtin == "text-pass-rate":
+        return (
+            f"1 - (sum(rate({TEXT_FAILED_METRIC}{{{sel}}}[{w}])) or vector(0)) / "
+            f"sum(rate({TEXT_VERIFIED_METRIC}{{{sel}}}[{w}]))"
+        )
     q = _QUANTILES.get(builtin)
     if q is None:
         raise ValueError(f"unknown builtin metric {builtin!r}")
     return f"histogram_quantile({q}, sum by (le) (rate({DURATION_BUCKET_METRIC}{{{sel}}}[{w}])))"
 
 
-def samples_query(namespace: str, pool: str, window_seconds: int) -> str:
-    """Requests the pool served in the window (the minRequests gate)."""
+def samples_query(namespace: str, pool: str, window_seconds: int, builtin: str = "") -> str:
+    """Requests the pool served in the window (the minRequests gate), or for the text
+    metrics its verified renders (the minVerified gate)."""
     sel = _selector(namespace, pool)
     w = duration_text(window_seconds)
+    if builtin in TEXT_METRICS:
+        return f"sum(increase({TEXT_VERIFIED_METRIC}{{{sel}}}[{w}]))"
     return f'sum(increase({REQUESTS_METRIC}{{{sel},outcome!~"{IGNORED_OUTCOMES}"}}[{w}]))'
 
 
@@ -130,7 +150,11 @@ class PrometheusProvider(OwnedSession):
             return Measurement.failed(f"metric {query.metric.name!r}: {e}")
         value_r, samples_r = await asyncio.gather(
             self._run(promql),
-            self._run(samples_query(query.namespace, query.pool, query.window_seconds)),
+            self._run(
+                samples_query(
+                    query.namespace, query.pool, query.window_seconds, query.metric.builtin or ""
+                )
+            ),
         )
         if isinstance(value_r, str):
             return Measurement.failed(value_r)
