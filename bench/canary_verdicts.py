@@ -5,7 +5,8 @@ rollback) and N whose candidate is a genuinely slower model (a wider tiny UNet, 
 the time per image; no injected sleep), judged with the analysis of examples/canary.yaml
 (metrics, failureLimit) at a bench interval. Each canary has its own stable and candidate
 pool, one replica each, and its own closed-loop clients through one router; `--slots`
-canaries run at once to save time.
+canaries run at once to save time (on a 2-core machine, 3 slots starve the 10% step of
+samples: the real analysis pauses for lack of data; 2 do not).
 
     flock /tmp/modelfleet-cluster.lock .venv/bin/python bench/canary_verdicts.py --runs 2
 
