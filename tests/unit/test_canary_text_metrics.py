@@ -139,3 +139,48 @@ def test_decide_rolls_back_naming_text_accuracy_and_both_values() -> None:
     assert d.next_status.phase == "RolledBack"
     assert "text-accuracy: 0.41 < 0.9 x stable 0.97" in d.next_status.message
     assert any(isinstance(x, RollBack) for x in d.actions)
+
+
+LATENCY = MetricSpec(name="p95", builtin="latency-p95", max=5.0)
+NONE_VERIFIED = MetricObservation(m(None, samples=0), m(None, samples=0))
+
+
+@pytest.mark.parametrize(
+    ("cand", "stable", "informational"),
+    [
+        (m(None, samples=0), m(None, samples=0), True),  # neither pool renders readable text
+        (m(None, samples=0), m(0.97), False),  # the candidate alone stopped: it holds
+        (m(None, samples=0), None, False),  # stable not measured: no evidence, it holds
+        (m(None, samples=None), m(None, samples=None), False),  # unknown is not zero
+    ],
+)
+def test_text_check_without_text_on_either_pool_is_informational(
+    cand: Measurement, stable: Measurement | None, informational: bool
+) -> None:
+    r = judge_metric(ACC, MetricObservation(cand, stable), 20, None, 10)
+    assert r.result == "inconclusive"
+    assert bool(r.informational) is informational, r.message
+
+
+def test_informational_checks_do_not_hold_the_analysis() -> None:
+    from modelfleet.canary import overall
+
+    text = judge_metric(ACC, NONE_VERIFIED, 20, None, 10)
+    latency_ok = judge_metric(LATENCY, MetricObservation(m(1.0, 100), None), 20)
+    latency_bad = judge_metric(LATENCY, MetricObservation(m(9.0, 100), None), 20)
+    assert overall([text, latency_ok]) == "pass"
+    assert overall([text, latency_bad]) == "fail"
+    assert overall([text]) == "inconclusive"  # nothing was judged
+    short = judge_metric(ACC, MetricObservation(m(0.9, samples=3), m(0.97)), 20, None, 10)
+    assert overall([short, latency_ok]) == "inconclusive"
+
+
+def test_text_metrics_always_measure_the_stable() -> None:
+    from modelfleet.canary.types import AnalysisPlan
+
+    plan = AnalysisPlan(
+        kind="full", step=0, step_started_at="2026-01-01T00:00:00Z", window_seconds=10,
+        metrics=(CUSTOM_MIN,),
+    )  # fmt: skip
+    assert plan.needs_stable(MetricSpec(name="t", builtin="text-pass-rate", min=0.8))
+    assert not plan.needs_stable(CUSTOM_MIN)

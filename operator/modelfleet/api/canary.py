@@ -288,6 +288,12 @@ class MetricResult(ApiModel):
     threshold: float | None = Field(default=None, description="Effective limit applied.")
     samples: int | None = Field(default=None, description="Candidate requests in the window.")
     message: str = Field(default="", description="Why, in words.")
+    informational: bool | None = Field(
+        default=None,
+        description="True when the check could not apply (a text metric in a window where "
+        "neither pool produced a verified render, e.g. pools that draw no text): reported, "
+        "but it does not hold the analysis.",
+    )
 
 
 class StepRecord(ApiModel):

@@ -112,6 +112,12 @@ def judge_metric(
 
     if observed is None:
         return result("inconclusive", f"{NO_DATA}: the metric was not measured")
+    if _no_text_on_either_pool(metric, observed):
+        return result(
+            "inconclusive",
+            "not applicable: neither pool produced a verified render in the window; "
+            "decided on the other checks",
+        ).model_copy(update={"informational": True})
     why = _missing(observed.candidate, "candidate", gate)
     if why is not None:
         return result("inconclusive", why, value=observed.candidate.usable_value)
@@ -188,9 +194,23 @@ def _stable_baseline(
     return None, f"cannot compare with stable: {why}"
 
 
+def _no_text_on_either_pool(metric: MetricSpec, observed: MetricObservation) -> bool:
+    """Pools whose renders carry no readable expected text (tiny diffusion models, prompts
+    without quoted text): the text checks cannot apply. Only when the stable has none
+    either: a candidate alone without verified renders stays inconclusive and holds."""
+    if metric.builtin not in TEXT_METRICS or observed.stable is None:
+        return False
+    return observed.candidate.samples == 0 and observed.stable.samples == 0
+
+
 def overall(results: Iterable[MetricResult]) -> CheckResult:
-    """Any fail fails; otherwise any inconclusive is inconclusive; otherwise pass."""
-    kinds = {r.result for r in results}
+    """Any fail fails; otherwise any inconclusive is inconclusive; otherwise pass.
+    Informational results (checks that could not apply) are left out; with nothing
+    else judged, the analysis is inconclusive."""
+    judged = [r for r in results if not r.informational]
+    if not judged:
+        return "inconclusive"
+    kinds = {r.result for r in judged}
     if "fail" in kinds:
         return "fail"
     if "inconclusive" in kinds:

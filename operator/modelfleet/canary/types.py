@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from modelfleet.api.canary import CanaryStatus, MetricSpec, StepRecord
+from modelfleet.api.canary import TEXT_METRICS, CanaryStatus, MetricSpec, StepRecord
 from modelfleet.canary.ports import Measurement
 
 # --- observations -------------------------------------------------------------------------
@@ -35,8 +35,14 @@ class AnalysisPlan:
     metrics: tuple[MetricSpec, ...]
 
     def needs_stable(self, metric: MetricSpec) -> bool:
-        """Only relative thresholds need the stable pool's value."""
-        return metric.max_ratio_to_stable is not None or metric.min_ratio_to_stable is not None
+        """Relative thresholds need the stable pool's value; text metrics always measure it,
+        since the stable's verified renders tell "no text in this traffic" from "the
+        candidate stopped rendering readable text"."""
+        return (
+            metric.max_ratio_to_stable is not None
+            or metric.min_ratio_to_stable is not None
+            or metric.builtin in TEXT_METRICS
+        )
 
 
 @dataclass(frozen=True)
