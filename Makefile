@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 .PHONY: test demo prereqs venv binaries unit integration integration-process integration-cluster e2e lint format crds down clean
 
-test: prereqs venv binaries
+test: prereqs venv binaries image-modelfleet
 	$(PY) -m modelfleet.cli crds check --out crds
 	$(VENV)/bin/ruff check operator worker_image common devtools tests bench
 	$(VENV)/bin/lint-imports --no-cache
@@ -32,6 +32,26 @@ $(STAMP): pyproject.toml devtools/pyproject.toml
 
 binaries: venv
 	$(PY) -m modelfleet.cli dev build
+
+# Container images as OCI archives in dist/images/, no Docker daemon (buildah on a
+# Debian base from mmdebstrap; scripts/images.sh). `make test` builds and proves the
+# operator/router image (a few minutes cold); the worker image (torch: gigabytes)
+# is built and proven by `make test-images` only.
+.PHONY: images image-modelfleet image-worker test-images
+images: prereqs
+	bash scripts/images.sh modelfleet worker
+
+image-modelfleet: prereqs
+	bash scripts/images.sh modelfleet
+
+image-worker: prereqs
+	bash scripts/images.sh worker
+
+test-images: prereqs venv binaries images
+	MODELFLEET_TEST_WORKER_IMAGE=1 $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
+		tests/integration/process/test_images_router.py \
+		tests/integration/process/test_images_worker.py \
+		tests/integration/cluster/test_images.py
 
 unit: venv
 	$(PY) -m pytest -p no:cacheprovider tests/unit

@@ -34,6 +34,11 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || debs+=(nginx-light
 libs=$(ldconfig -p 2>/dev/null || true)
 [[ $libs == *libGL.so.1* ]] || debs+=(libgl1)
 [[ $libs == *libglib-2.0.so.0* ]] || debs+=(libglib2.0-0)
+# Container images without a daemon (make images, make test): buildah builds,
+# mmdebstrap makes the Debian base, umoci unpacks and crun runs them in the tests.
+for tool in buildah mmdebstrap umoci crun; do
+  command -v "$tool" >/dev/null 2>&1 || debs+=("$tool")
+done
 if [ ${#debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "[prereqs] installing Debian packages: ${debs[*]}"

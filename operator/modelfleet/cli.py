@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:
+            # The module or a package above it is absent (an image has no modelfleet_dev).
+            if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
                 continue
             raise
         register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
