@@ -51,7 +51,7 @@ test-images: prereqs venv binaries images
 	MODELFLEET_TEST_WORKER_IMAGE=1 $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
 		tests/integration/process/test_images_router.py \
 		tests/integration/process/test_images_worker.py \
-		tests/integration/cluster/test_images.py
+		tests/integration/cluster/test_images_operator.py
 
 unit: venv
 	$(PY) -m pytest -p no:cacheprovider tests/unit

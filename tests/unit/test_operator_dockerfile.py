@@ -1,6 +1,6 @@
 """The operator/router Containerfile's structure, checked without building it (the
 built image is proven in tests/integration/process/test_images_router.py and
-tests/integration/cluster/test_images.py)."""
+tests/integration/cluster/test_images_operator.py)."""
 
 from __future__ import annotations
 
@@ -71,3 +71,9 @@ def test_dev_and_test_code_stays_out_of_the_images() -> None:
         assert "devtools" not in copied, f"{dockerfile.name} copies devtools/"
         # The error envelope and other wire formats both images speak.
         assert "common" in copied, f"{dockerfile.name} lacks common/ (modelfleet_common)"
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """pytest imports test modules by basename (no __init__.py): a duplicate stops collection."""
+    names = [p.name for p in (REPO / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)

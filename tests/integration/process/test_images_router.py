@@ -2,7 +2,7 @@
 the router entrypoint runs from the image's root filesystem as the image's non-root
 user, read-only root, no capabilities, and serves a static config in front of a
 stand-in worker. Its operator entrypoint is proven against the API server in
-tests/integration/cluster/test_images.py."""
+tests/integration/cluster/test_images_operator.py."""
 
 from __future__ import annotations
 
