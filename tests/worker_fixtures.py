@@ -161,6 +161,28 @@ def start_worker(model: Path, **settings: Any) -> Worker:
     return Worker(proc, port, log_path, overrides)
 
 
+def start_text_worker(log_dir: Path, pool: str, corruption_rate: float) -> Worker:
+    """The text-drawing backend (modelfleet_dev.textrender): renders the OCR can read,
+    a share `corruption_rate` of them with mangled letters."""
+    port = free_port()
+    overrides = {
+        "MODELFLEET_WORKER_HOST": "127.0.0.1",
+        "MODELFLEET_WORKER_PORT": str(port),
+        "MODELFLEET_WORKER_POOL": pool,
+        "MODELFLEET_WORKER_MAX_LATENCY_MS": "10",
+    }
+    log_path = log_dir / f"{pool}.log"
+    cmd = [sys.executable, "-m", "modelfleet_dev.textrender"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [*cmd, "--corruption-rate", str(corruption_rate)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_env(overrides),
+        )
+    return Worker(proc, port, log_path, overrides)
+
+
 @contextmanager
 def running_worker(model: Path, **settings: Any) -> Iterator[Worker]:
     w = start_worker(model, **settings)

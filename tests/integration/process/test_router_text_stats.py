@@ -4,8 +4,6 @@ router provider over it."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from modelfleet.api.canary import MetricSpec
 from modelfleet.canary.ports import MetricQuery
 from modelfleet.providers.router_stats import RouterStatsProvider
 from modelfleet_dev.routerproc import RouterProcess, policy, write_config
-from worker_fixtures import Worker, free_port
+from worker_fixtures import Worker, start_text_worker
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -28,34 +26,13 @@ ACC = MetricSpec(name="acc", builtin="text-accuracy", min_ratio_to_stable=0.9)
 PASS = MetricSpec(name="pass", builtin="text-pass-rate", min=0.8)
 
 
-def _text_worker(tmp: Path, pool: str, rate: float) -> Worker:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
-    env.update(
-        {
-            "MODELFLEET_WORKER_HOST": "127.0.0.1",
-            "MODELFLEET_WORKER_PORT": str(port),
-            "MODELFLEET_WORKER_POOL": pool,
-            "MODELFLEET_WORKER_CPU_THREADS": "1",
-            "MODELFLEET_WORKER_MAX_LATENCY_MS": "10",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    log_path = tmp / f"{pool}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modelfleet_dev.textrender", "--corruption-rate", str(rate)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    return Worker(proc, port, log_path, env)
-
-
 @pytest.fixture(scope="module")
 def pools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
     tmp = tmp_path_factory.mktemp("textstats")
-    ws = {"mangled": _text_worker(tmp, "mangled", 1.0), "clean": _text_worker(tmp, "clean", 0.0)}
+    ws = {
+        "mangled": start_text_worker(tmp, "mangled", 1.0),
+        "clean": start_text_worker(tmp, "clean", 0.0),
+    }
     try:
         for w in ws.values():
             w.wait_ready()

@@ -5,9 +5,7 @@ read by the real OCR."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,7 +21,7 @@ from modelfleet_dev.fakeworker import FakeWorker
 from modelfleet_dev.routerproc import RouterProcess, policy, write_config
 from modelfleet_dev.textrender import corrupts
 from polling import wait_for_async
-from worker_fixtures import Worker, decode_png, free_port
+from worker_fixtures import Worker, decode_png, start_text_worker
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -321,34 +319,13 @@ async def test_rerenders_respect_the_request_deadline(
 PLAIN = "HAPPY MARKET"  # no letters the corruption could swap for a look-alike (O/0, I/1)
 
 
-def _text_worker(tmp: Path, pool: str, rate: float) -> Worker:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
-    env.update(
-        {
-            "MODELFLEET_WORKER_HOST": "127.0.0.1",
-            "MODELFLEET_WORKER_PORT": str(port),
-            "MODELFLEET_WORKER_POOL": pool,
-            "MODELFLEET_WORKER_CPU_THREADS": "1",
-            "MODELFLEET_WORKER_MAX_LATENCY_MS": "10",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    log_path = tmp / f"{pool}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modelfleet_dev.textrender", "--corruption-rate", str(rate)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    return Worker(proc, port, log_path, env)
-
-
 @pytest.fixture(scope="module")
 def text_pools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
     tmp = tmp_path_factory.mktemp("textpools")
-    pools = {"mangled": _text_worker(tmp, "mangled", 1.0), "clean": _text_worker(tmp, "clean", 0.0)}
+    pools = {
+        "mangled": start_text_worker(tmp, "mangled", 1.0),
+        "clean": start_text_worker(tmp, "clean", 0.0),
+    }
     try:
         for w in pools.values():
             w.wait_ready()
