@@ -55,6 +55,10 @@ class OperatorProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def has_led(self) -> bool:
+        """True once this process has acquired the lease at least once."""
+        return f"acquired leadership as {self.identity}" in self.log()
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -68,10 +68,11 @@ def test_regained_leadership_forgets_a_pool_deleted_while_standing_by(
 ) -> None:
     custom = k8s.CustomObjectsApi(cluster.api)
     a = operator.ensure_running()
+    # B starts only once A leads: two operators started together race for the lease.
+    wait_for(lambda: _holder(cluster) == a.identity, timeout=60, what=f"{a.identity} leads")
     b = operator.spawn()
     paused = False
     try:
-        wait_for(lambda: _holder(cluster) == a.identity, timeout=60, what=f"{a.identity} leads")
         wait_for(lambda: "standing by" in b.log(), timeout=30, what=f"{b.identity} stands by")
         for name in ("doomed", "kept"):
             custom.create_namespaced_custom_object(G, V, namespace, "modelpools", _pool(name))

@@ -251,6 +251,8 @@ def test_two_operators_one_leader_and_takeover(
     cluster: LocalCluster, namespace: str, operator: Any
 ) -> None:
     active = operator.ensure_running()
+    # The standby starts only once the active leads: operators started together race.
+    wait_for(active.has_led, timeout=60, what=f"{active.identity} leads")
     standby = operator.spawn()
     try:
         wait_for(
