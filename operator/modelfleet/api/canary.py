@@ -17,6 +17,7 @@ from modelfleet.api.common import (
     cel,
     parse_duration,
 )
+from modelfleet.api.replay import ReplaySpec, ReplayStatus
 
 BuiltinMetric = Literal[
     "error-rate", "latency-p95", "latency-p99", "text-accuracy", "text-pass-rate"
@@ -251,6 +252,10 @@ class CanarySpec(ApiModel):
     )
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Step analysis.")
     paused: bool = Field(default=False, description="Hold at the current step while true.")
+    replay: ReplaySpec | None = Field(
+        default=None,
+        description="Pre-flight replay of golden prompts on both pools before any traffic moves.",
+    )
 
     @field_validator("steps")
     @classmethod
@@ -322,6 +327,7 @@ class CanaryStatus(ApiModel):
         default_factory=list, description="Latest per-check results."
     )
     history: list[StepRecord] = Field(default_factory=list, description="Analyses so far.")
+    replay: ReplayStatus | None = Field(default=None, description="Pre-flight replay result.")
     message: str = Field(default="", description="What is happening, for people.")
     observed_generation: int | None = Field(default=None, description="Generation acted on.")
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing.")

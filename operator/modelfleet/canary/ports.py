@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from modelfleet.api.canary import CanarySpec, MetricSpec
+from modelfleet.canary.statistics import Histogram
 
 # --- metrics ------------------------------------------------------------------------------
 
@@ -26,6 +27,9 @@ class MetricQuery:
     window_seconds: int
     stable_pool: str = ""
     candidate_pool: str = ""
+    # The window ends this many seconds ago (0: now). Providers that cannot look back
+    # answer Measurement.failed().
+    offset_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -36,12 +40,19 @@ class Measurement:
     - samples: requests the value is based on, None when unknown.
     - error: the provider could not answer (unreachable, 5xx, bad query): inconclusive.
     - no_series: the query matched no series at all (likely misconfigured): inconclusive.
+    - strata: the binned samples behind the value, by stratum name (service time: by
+      batch size, "1", "2", ..., "5-8"); one stratum named "" when not stratified. Rank
+      tests (Mann-Whitney U) judge these; None when the provider has no distribution.
+    - hits: for rates, how many of `samples` were the counted event (errors for
+      error-rate, passed renders for text-pass-rate); the proportion test judges these.
     """
 
     value: float | None = None
     samples: int | None = None
     error: str | None = None
     no_series: bool = False
+    strata: tuple[tuple[str, Histogram], ...] | None = None
+    hits: float | None = None
 
     @staticmethod
     def failed(error: str) -> Measurement:
