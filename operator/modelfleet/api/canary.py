@@ -20,10 +20,25 @@ from modelfleet.api.common import (
 from modelfleet.api.replay import ReplaySpec, ReplayStatus
 
 BuiltinMetric = Literal[
-    "error-rate", "latency-p95", "latency-p99", "text-accuracy", "text-pass-rate"
+    "error-rate",
+    "latency-p95",
+    "latency-p99",
+    "service-time",
+    "text-accuracy",
+    "text-pass-rate",
 ]
+# How a check compares candidate with stable (docs/canary.md, "Comparing like with like"):
+# auto picks mann-whitney when both pools' measurements carry distributions, proportion
+# for rates that carry counts, value otherwise.
+CompareMethod = Literal["auto", "mann-whitney", "proportion", "value"]
 # Built-ins counted over verified renders (minVerified gates them, not minRequests).
 TEXT_METRICS: frozenset[str] = frozenset({"text-accuracy", "text-pass-rate"})
+# Built-ins that are proportions (a count of events out of samples).
+RATE_METRICS: frozenset[str] = frozenset({"error-rate", "text-pass-rate"})
+# End-to-end latency holds queueing: a ratio to stable needs matched load per replica.
+LATENCY_METRICS: frozenset[str] = frozenset({"latency-p95", "latency-p99"})
+# Higher is better (judged with min / minRatioToStable).
+HIGHER_IS_BETTER: frozenset[str] = frozenset({"text-accuracy", "text-pass-rate"})
 CanaryPhase = Literal["Pending", "Progressing", "Paused", "Succeeded", "RolledBack", "Failed"]
 # The one definition of the phase groups; everything else (core, controllers, plugin) reads these.
 PHASES: tuple[CanaryPhase, ...] = typing.get_args(CanaryPhase)
@@ -81,9 +96,36 @@ class MetricSpec(ApiModel):
                 ),
                 cel(
                     "has(self.max) || has(self.maxRatioToStable) || has(self.min)"
-                    " || has(self.minRatioToStable)",
+                    " || has(self.minRatioToStable) || has(self.maxWorseProbability)",
                     "spec.analysis.metrics[]: set a threshold: max or maxRatioToStable "
-                    "(lower is better), min or minRatioToStable (higher is better)",
+                    "(lower is better), min or minRatioToStable (higher is better), or "
+                    "maxWorseProbability",
+                ),
+                cel(
+                    "!has(self.maxWorseProbability) || !has(self.method) || self.method != 'value'",
+                    "spec.analysis.metrics[].maxWorseProbability needs a stable comparison by "
+                    "rank or proportion; it cannot be used with method value",
+                    ".maxWorseProbability",
+                ),
+                cel(
+                    "!has(self.builtin) || self.builtin != 'service-time'"
+                    " || has(self.maxRatioToStable) || has(self.maxWorseProbability)"
+                    " || has(self.max)",
+                    "spec.analysis.metrics[]: service-time (lower is better) needs "
+                    "maxRatioToStable, maxWorseProbability or max",
+                ),
+                cel(
+                    "!has(self.query) || (!has(self.maxWorseProbability) && (!has(self.method)"
+                    " || self.method == 'auto' || self.method == 'value'))",
+                    "spec.analysis.metrics[]: a query gives one value per pool; "
+                    "maxWorseProbability and method mann-whitney or proportion need a builtin",
+                ),
+                cel(
+                    "!has(self.method) || self.method != 'proportion' || (has(self.builtin)"
+                    " && (self.builtin == 'error-rate' || self.builtin == 'text-pass-rate'))",
+                    "spec.analysis.metrics[].method proportion is only for the error-rate and "
+                    "text-pass-rate builtins",
+                    ".method",
                 ),
             ]
         }
@@ -93,7 +135,9 @@ class MetricSpec(ApiModel):
     builtin: BuiltinMetric | None = Field(
         default=None,
         description=(
-            "error-rate (0-1), latency-p95 or latency-p99 (seconds); text-accuracy (mean word "
+            "error-rate (0-1), latency-p95 or latency-p99 (end-to-end seconds); service-time "
+            "(the workers' inference seconds per image, by batch size; lower is better); "
+            "text-accuracy (mean word "
             "accuracy of the verified renders, 0-1) or text-pass-rate (share of verified "
             "renders that passed, 0-1), judged with min / minRatioToStable."
         ),
@@ -125,17 +169,96 @@ class MetricSpec(ApiModel):
         ),
     )
 
+    alpha: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description=(
+            "Rank and proportion tests fail the candidate only when the one-sided p-value is "
+            "below alpha (and an effect limit is exceeded); 0 < alpha < 1."
+        ),
+    )
+    min_samples: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000000,
+        description=(
+            "Least samples on each side (in strata both pools have) for a rank or proportion "
+            "test; fewer is inconclusive. Defaults to minRequests (minVerified for text "
+            "metrics)."
+        ),
+    )
+    max_worse_probability: float | None = Field(
+        default=None,
+        gt=0.5,
+        lt=1,
+        description=(
+            "Effect limit: P(a candidate sample is worse than a stable one), ties half; 0.5 "
+            "means alike, 0.75 worse in three pairs of four. Needs a stable comparison by "
+            "rank or proportion."
+        ),
+    )
+    method: CompareMethod | None = Field(
+        default=None,
+        description=(
+            "How candidate and stable are compared: auto (default): mann-whitney when both "
+            "pools' measurements carry distributions (service-time per batch size), "
+            "proportion for error-rate / text-pass-rate, value otherwise; mann-whitney: "
+            "rank test within strata; proportion: two-proportion test; value: the ratio of "
+            "the two values, as before."
+        ),
+    )
+
+    @property
+    def compares_with_stable(self) -> bool:
+        """Whether a threshold is relative to the stable pool."""
+        return (
+            self.max_ratio_to_stable is not None
+            or self.min_ratio_to_stable is not None
+            or self.max_worse_probability is not None
+        )
+
     @model_validator(mode="after")
     def _one_source_one_threshold(self) -> MetricSpec:
         if (self.builtin is None) == (self.query is None):
             raise ValueError(f"metric {self.name!r}: set exactly one of builtin or query")
         if all(
             t is None
-            for t in (self.max, self.max_ratio_to_stable, self.min, self.min_ratio_to_stable)
+            for t in (
+                self.max,
+                self.max_ratio_to_stable,
+                self.min,
+                self.min_ratio_to_stable,
+                self.max_worse_probability,
+            )
         ):
             raise ValueError(
                 f"metric {self.name!r}: set a threshold: max or maxRatioToStable (lower is "
-                "better), min or minRatioToStable (higher is better)"
+                "better), min or minRatioToStable (higher is better), or maxWorseProbability"
+            )
+        if self.max_worse_probability is not None and self.method == "value":
+            raise ValueError(
+                f"metric {self.name!r}: maxWorseProbability needs a stable comparison by rank "
+                "or proportion; it cannot be used with method value"
+            )
+        if self.builtin == "service-time" and all(
+            t is None for t in (self.max_ratio_to_stable, self.max_worse_probability, self.max)
+        ):
+            raise ValueError(
+                f"metric {self.name!r}: service-time (lower is better) needs maxRatioToStable, "
+                "maxWorseProbability or max"
+            )
+        if self.query is not None and (
+            self.max_worse_probability is not None or self.method in ("mann-whitney", "proportion")
+        ):
+            raise ValueError(
+                f"metric {self.name!r}: a query gives one value per pool; maxWorseProbability "
+                "and method mann-whitney or proportion need a builtin"
+            )
+        if self.method == "proportion" and self.builtin not in RATE_METRICS:
+            raise ValueError(
+                f"metric {self.name!r}: method proportion is only for the error-rate and "
+                "text-pass-rate builtins"
             )
         return self
 
@@ -143,8 +266,12 @@ class MetricSpec(ApiModel):
 def _default_metrics() -> list[MetricSpec]:
     return [
         MetricSpec(name="error-rate", builtin="error-rate", max=0.05),
-        MetricSpec(name="latency-p95", builtin="latency-p95", max_ratio_to_stable=1.5),
+        MetricSpec(name="service-time", builtin="service-time", max_ratio_to_stable=1.5),
     ]
+
+
+# The routers keep samples for this long; a reference window cannot reach further back.
+REFERENCE_HORIZON_SECONDS = 3600
 
 
 class AnalysisSpec(ApiModel):
@@ -175,6 +302,25 @@ class AnalysisSpec(ApiModel):
         le=1000,
         description="Consecutive inconclusive analyses before the canary pauses itself.",
     )
+    reference_lookback: str = Field(
+        default="60s",
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description=(
+            "Rank and proportion tests compare the candidate's window with the stable's "
+            "reference sample, which starts this long before the canary began and ends now "
+            "(at most 3600 s back, the routers' horizon)."
+        ),
+    )
+    load_match_tolerance: float = Field(
+        default=0.25,
+        ge=0,
+        le=10,
+        description=(
+            "latency-p95/p99 maxRatioToStable is judged only when the pools' requests per "
+            "ready replica differ by at most this fraction; otherwise inconclusive."
+        ),
+    )
     metrics: list[MetricSpec] = Field(
         default_factory=_default_metrics,
         max_length=16,
@@ -182,7 +328,10 @@ class AnalysisSpec(ApiModel):
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["name"],
         },
-        description="Checks; defaults to error-rate <= 5% and p95 <= 1.5x stable.",
+        description=(
+            "Checks; defaults to error-rate <= 5% and service time per image <= 1.5x the "
+            "stable's (rank test by batch size)."
+        ),
     )
 
 

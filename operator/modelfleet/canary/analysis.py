@@ -87,6 +87,10 @@ def judge_metric(
     min_requests: int,
     previous: MetricResult | None = None,
     min_verified: int | None = None,
+    *,
+    load_match_tolerance: float = 0.25,
+    candidate_replicas: int | None = None,
+    stable_replicas: int | None = None,
 ) -> MetricResult:
     """Judge one metric. `previous` is its result from the last analysis (stable fallback);
     `min_verified` gates the text metrics (None: they use min_requests like the rest)."""

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from modelfleet.api.canary import (
+    REFERENCE_HORIZON_SECONDS,
     CanaryPhase,
     CanarySpec,
     CanaryStatus,
@@ -95,6 +96,7 @@ def plan_analysis(spec: CanarySpec, status: CanaryStatus, now: datetime) -> Anal
         return None
     elapsed = (_aware(now) - parse_time(status.step_started_at)).total_seconds()
     interval = interval_seconds(spec)
+    reference = reference_window_seconds(spec, status, now)
     if elapsed >= interval:
         return AnalysisPlan(
             kind="full",
@@ -102,6 +104,7 @@ def plan_analysis(spec: CanarySpec, status: CanaryStatus, now: datetime) -> Anal
             step_started_at=status.step_started_at,
             window_seconds=max(1, math.floor(interval)),
             metrics=tuple(spec.analysis.metrics),
+            reference_window_seconds=reference,
         )
     early = early_metrics(spec)
     if early and elapsed >= early_check_period(interval):
@@ -111,8 +114,19 @@ def plan_analysis(spec: CanarySpec, status: CanaryStatus, now: datetime) -> Anal
             step_started_at=status.step_started_at,
             window_seconds=max(1, math.floor(elapsed)),
             metrics=early,
+            reference_window_seconds=reference,
         )
     return None
+
+
+def reference_window_seconds(spec: CanarySpec, status: CanaryStatus, now: datetime) -> int | None:
+    """The stable's reference window, ending now: from referenceLookback before the canary
+    began (status.startedAt), at most REFERENCE_HORIZON_SECONDS. None without a start."""
+    if status.started_at is None:
+        return None
+    lookback = parse_duration(spec.analysis.reference_lookback).total_seconds()
+    span = (_aware(now) - parse_time(status.started_at)).total_seconds() + lookback
+    return max(1, min(REFERENCE_HORIZON_SECONDS, math.ceil(span)))
 
 
 def decide(
@@ -396,13 +410,17 @@ class _Tick:
 
     def _judge(self, a: AnalysisObservation, prefix: str) -> list[MetricResult]:
         previous = {m.name: m for m in self.st.metrics}
+        analysis = self.spec.analysis
         results = [
             judge_metric(
                 m,
                 a.metrics.get(m.name),
-                self.spec.analysis.min_requests,
+                analysis.min_requests,
                 previous.get(m.name),
-                self.spec.analysis.min_verified,
+                analysis.min_verified,
+                load_match_tolerance=analysis.load_match_tolerance,
+                candidate_replicas=self.obs.candidate.ready_replicas,
+                stable_replicas=self.obs.stable.ready_replicas,
             )
             for m in a.plan.metrics
         ]

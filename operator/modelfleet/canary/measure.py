@@ -15,18 +15,23 @@ from modelfleet.canary.types import AnalysisObservation, AnalysisPlan, MetricObs
 async def collect_analysis(
     provider: MetricsProvider, plan: AnalysisPlan, spec: CanarySpec, namespace: str
 ) -> AnalysisObservation:
-    """Measure every metric of the plan on the candidate (and, for ratio checks, stable).
+    """Measure every metric of the plan on the candidate over the plan's window and, for
+    checks against the stable, on the stable over plan.stable_window_seconds(metric) (the
+    reference window for rank and proportion tests, the same window otherwise).
 
     Never raises for provider trouble: an exception becomes Measurement(error=...), which
     the core judges inconclusive.
     """
 
     def q(pool: str, metric_index: int) -> MetricQuery:
+        metric = plan.metrics[metric_index]
+        stable = pool == spec.stable_pool
         return MetricQuery(
             namespace=namespace,
             pool=pool,
-            metric=plan.metrics[metric_index],
-            window_seconds=plan.window_seconds,
+            metric=metric,
+            # The stable's reference window for rank and proportion tests (both end now).
+            window_seconds=plan.stable_window_seconds(metric) if stable else plan.window_seconds,
             stable_pool=spec.stable_pool,
             candidate_pool=spec.candidate_pool,
         )

@@ -6,7 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from modelfleet.api.canary import TEXT_METRICS, CanaryStatus, MetricSpec, StepRecord
+from modelfleet.api.canary import (
+    LATENCY_METRICS,
+    RATE_METRICS,
+    TEXT_METRICS,
+    CanaryStatus,
+    MetricSpec,
+    StepRecord,
+)
 from modelfleet.canary.ports import Measurement
 
 # --- observations -------------------------------------------------------------------------
@@ -18,6 +25,24 @@ class PoolReadiness:
 
     ready: bool
     message: str = ""
+    # Ready replicas now (None: unknown); requests per ready replica tell whether two
+    # pools' end-to-end latencies are comparable.
+    ready_replicas: int | None = None
+
+
+def uses_reference(metric: MetricSpec) -> bool:
+    """Whether the stable side of `metric` is measured over the stable's reference window
+    (from referenceLookback before the canary began until now) instead of the candidate's
+    window: the rank and proportion tests of load-independent quantities (service time per
+    image within a batch size, error and pass rates). End-to-end latency holds queueing,
+    so it is only ever compared within the same window; so are method value checks."""
+    if not metric.compares_with_stable or metric.builtin is None:
+        return False
+    if metric.builtin in LATENCY_METRICS or metric.method == "value":
+        return False
+    if metric.method in ("mann-whitney", "proportion"):
+        return True
+    return metric.builtin == "service-time" or metric.builtin in RATE_METRICS
 
 
 @dataclass(frozen=True)
@@ -33,16 +58,21 @@ class AnalysisPlan:
     step_started_at: str
     window_seconds: int
     metrics: tuple[MetricSpec, ...]
+    # The stable's reference window for rank and proportion tests, ending now (None: the
+    # stable is measured over the candidate's window).
+    reference_window_seconds: int | None = None
 
     def needs_stable(self, metric: MetricSpec) -> bool:
         """Relative thresholds need the stable pool's value; text metrics always measure it,
         since the stable's verified renders tell "no text in this traffic" from "the
         candidate stopped rendering readable text"."""
-        return (
-            metric.max_ratio_to_stable is not None
-            or metric.min_ratio_to_stable is not None
-            or metric.builtin in TEXT_METRICS
-        )
+        return metric.compares_with_stable or metric.builtin in TEXT_METRICS
+
+    def stable_window_seconds(self, metric: MetricSpec) -> int:
+        """The window the stable pool is measured over for `metric`."""
+        if self.reference_window_seconds is not None and uses_reference(metric):
+            return max(self.window_seconds, self.reference_window_seconds)
+        return self.window_seconds
 
 
 @dataclass(frozen=True)

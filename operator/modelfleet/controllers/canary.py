@@ -241,13 +241,17 @@ class CanaryController:
         if body is None:
             return PoolReadiness(False, f"ModelPool {name!r} does not exist")
         status = body.get("status") or {}
-        if status.get("phase") == "Ready" and (status.get("readyReplicas") or 0) > 0:
-            return PoolReadiness(True)
+        replicas = status.get("readyReplicas")
+        ready_replicas = replicas if isinstance(replicas, int) and replicas >= 0 else None
+        if status.get("phase") == "Ready" and (ready_replicas or 0) > 0:
+            return PoolReadiness(True, ready_replicas=ready_replicas)
         ready: dict[str, Any] = next(
             (c for c in status.get("conditions", []) if c.get("type") == "Ready"), {}
         )
         return PoolReadiness(
-            False, f"ModelPool {name!r} not ready: {ready.get('message') or status.get('phase')}"
+            False,
+            f"ModelPool {name!r} not ready: {ready.get('message') or status.get('phase')}",
+            ready_replicas,
         )
 
     def _provider(self, driver: Driver, spec: ProviderSpec) -> MetricsProvider:
