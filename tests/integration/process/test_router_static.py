@@ -4,86 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from modelfleet_dev.fakeworker import FakeWorker
-from modelfleet_dev.routerproc import RouterProcess, policy, write_config
+from modelfleet_dev.routerproc import policy, write_config
 from polling import wait_for_async
+from router_client import metric, metrics, post
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def workers() -> AsyncIterator[Callable[[str], Any]]:
-    started: list[FakeWorker] = []
-
-    async def make(name: str) -> FakeWorker:
-        w = FakeWorker(name)
-        await w.start()
-        started.append(w)
-        return w
-
-    yield make
-    for w in started:
-        await w.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
-        yield s
-
-
-@pytest.fixture
-def router(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
-    procs: list[RouterProcess] = []
-
-    def start(
-        policies: list[dict[str, Any]], endpoints: dict[str, list[str]], *args: str
-    ) -> RouterProcess:
-        cfg = write_config(tmp_path / f"router{len(procs)}.yaml", policies, endpoints)
-        r = RouterProcess(cfg, args)
-        procs.append(r)
-        return r.start()
-
-    yield start
-    for r in procs:
-        r.__exit__()
-
-
-async def post(
-    s: aiohttp.ClientSession, r: RouterProcess, body: Any, headers: dict[str, str] | None = None
-) -> tuple[int, Any, Any, float]:
-    t0 = time.monotonic()
-    kw: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body}
-    async with s.post(r.url + "/v1/images/generations", headers=headers, **kw) as resp:
-        doc = await resp.json(content_type=None)
-        return resp.status, resp.headers, doc, time.monotonic() - t0
-
-
-async def metrics(
-    s: aiohttp.ClientSession, r: RouterProcess
-) -> dict[tuple[str, frozenset[Any]], float]:
-    async with s.get(r.url + "/metrics") as resp:
-        text = await resp.text()
-    out: dict[tuple[str, frozenset[Any]], float] = {}
-    for fam in text_string_to_metric_families(text):
-        for smp in fam.samples:
-            out[(smp.name, frozenset(smp.labels.items()))] = smp.value
-    return out
-
-
-def metric(m: dict[tuple[str, frozenset[Any]], float], name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in m.items() if n == name and want <= ls)
 
 
 # Everything these tests wait for happens within milliseconds on loopback.

@@ -5,7 +5,7 @@ router provider over it."""
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +56,6 @@ def router(tmp_path: Path, pools: dict[str, Worker]) -> Iterator[RouterProcess]:
         yield r.start()
     finally:
         r.__exit__()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-        yield s
 
 
 async def test_router_counts_verified_renders_per_pool(

@@ -7,20 +7,19 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from modelfleet_dev.fakeworker import FakeWorker
-from modelfleet_dev.routerproc import RouterProcess, policy, write_config
+from modelfleet_dev.routerproc import RouterProcess, policy
 from modelfleet_dev.textrender import corrupts
 from polling import wait_for_async
+from router_client import metric as sample_sum
+from router_client import metrics, post
 from worker_fixtures import Worker, decode_png, start_text_worker
 
 pytestmark = pytest.mark.timeout(180)
@@ -30,32 +29,8 @@ SOON: dict[str, float] = {"timeout": 5.0, "interval": 0.02}
 
 
 @pytest.fixture
-async def workers() -> AsyncIterator[Callable[..., Any]]:
-    started: list[FakeWorker] = []
-
-    async def make(name: str, score: float | str | None = None, **kw: Any) -> FakeWorker:
-        w = FakeWorker(name)
-        w.default_score = score
-        for k, v in kw.items():
-            setattr(w, k, v)
-        await w.start()
-        started.append(w)
-        return w
-
-    yield make
-    for w in started:
-        await w.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-        yield s
-
-
-@pytest.fixture
-def router(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
-    procs: list[RouterProcess] = []
+def router(router: Callable[..., RouterProcess]) -> Callable[..., RouterProcess]:
+    """start(routes, endpoints, *args, admission=None): one policy `main` of those routes."""
 
     def start(
         routes: list[dict[str, Any]],
@@ -63,37 +38,13 @@ def router(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
         *args: str,
         admission: dict[str, Any] | None = None,
     ) -> RouterProcess:
-        cfg = write_config(
-            tmp_path / f"router{len(procs)}.yaml", [policy(routes, admission=admission)], endpoints
-        )
-        r = RouterProcess(cfg, args)
-        procs.append(r)
-        return r.start()
+        return router([policy(routes, admission=admission)], endpoints, *args)
 
-    yield start
-    for r in procs:
-        r.__exit__()
-
-
-async def post(
-    s: aiohttp.ClientSession, r: RouterProcess, body: Any
-) -> tuple[int, Any, Any, float]:
-    t0 = time.monotonic()
-    async with s.post(r.url + "/v1/images/generations", json=body) as resp:
-        doc = await resp.json(content_type=None)
-        return resp.status, resp.headers, doc, time.monotonic() - t0
+    return start
 
 
 async def metric(s: aiohttp.ClientSession, r: RouterProcess, name: str, **labels: str) -> float:
-    async with s.get(r.url + "/metrics") as resp:
-        text = await resp.text()
-    want = set(labels.items())
-    return sum(
-        smp.value
-        for fam in text_string_to_metric_families(text)
-        for smp in fam.samples
-        if smp.name == name and want <= set(smp.labels.items())
-    )
+    return sample_sum(await metrics(s, r), name, **labels)
 
 
 def typo_route(**verify: Any) -> list[dict[str, Any]]:
