@@ -18,7 +18,7 @@ from modelfleet.kubectl.actions import cmd_action
 from modelfleet.kubectl.client import Kube, PluginError, connect
 from modelfleet.kubectl.pause import cmd_pause, cmd_resume
 from modelfleet.kubectl.pools import cmd_pools
-from modelfleet.kubectl.report import cmd_report
+from modelfleet.kubectl.report import add_parser as add_report_parser
 from modelfleet.kubectl.status import cmd_status
 
 Handler = Callable[[Kube, argparse.Namespace], int]
@@ -76,22 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.set_defaults(handler=cmd_pools)
 
-    p = sub.add_parser(
-        "report",
-        parents=[common],
-        help="write a self-contained HTML report of a canary",
-        description="Write a self-contained HTML report: timeline, metrics, final phase. "
-        "With --stable-url and --candidate-url (worker base URLs, e.g. from kubectl "
-        "port-forward), also four fixed prompts with fixed seeds rendered by each pool "
-        "side by side; the router cannot pin a request to a pool, so workers are called "
-        "directly.",
-    )
-    p.add_argument("canary")
-    p.add_argument("--out", required=True, help="HTML file to write")
-    p.add_argument("--stable-url", help="a stable pool worker's base URL")
-    p.add_argument("--candidate-url", help="a candidate pool worker's base URL")
-    p.add_argument("--image-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
-    p.set_defaults(handler=cmd_report)
+    add_report_parser(sub, common)
     return parser
 
 

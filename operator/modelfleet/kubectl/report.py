@@ -1,15 +1,19 @@
 """`kubectl modelfleet report CANARY --out FILE.html`: a self-contained HTML report of a
-canary: summary, weight timeline and per-metric SVGs, tables, and optionally images.
+canary: summary, weight timeline and per-metric SVGs, tables, and optionally the stable
+and candidate renders of the same prompts and seeds side by side, each with the text its
+worker's OCR read, word accuracy and passed (report_pairs.py).
 
-The side-by-side images are rendered by calling two workers directly (--stable-url and
---candidate-url, worker base URLs reachable from where the command runs, e.g. through
-`kubectl port-forward`): the router has no way to force a request onto a given pool, so
-going through it could not guarantee which pool drew which image.
+The renders are requested from one worker of each pool directly (renders.py): worker base
+URLs given with --stable-url and --candidate-url (e.g. through `kubectl port-forward`), or
+found with --from-pools in the pools' EndpointSlices. The router has no way for a user to
+force a request onto a given pool, so going through it could not guarantee which pool drew
+which image.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import html
 import math
 import sys
@@ -20,7 +24,7 @@ from typing import Any
 
 from modelfleet.api.common import parse_time
 from modelfleet.kubectl import PROG
-from modelfleet.kubectl.client import ImageResult, Kube, PluginError, generate_image, get_canary
+from modelfleet.kubectl.client import ImageResult, Kube, PluginError, get_canary
 from modelfleet.kubectl.formatting import (
     CONDITIONS_HEADERS,
     HISTORY_HEADERS,
@@ -32,13 +36,25 @@ from modelfleet.kubectl.formatting import (
     step_label,
     weight_label,
 )
+from modelfleet.kubectl.renders import (
+    ReportPrompt,
+    pairs_from_workers,
+    pool_worker_url,
+)
+from modelfleet.kubectl.report_pairs import (
+    PAIRS_CSS,
+    PoolRender,
+    RenderPair,
+    pairs_html,
+    text_verdict,
+)
 
 # The report's fixed prompts and seeds: the same four images every time, so two reports
 # (or two pools) can be compared by eye.
 REPORT_PROMPTS: tuple[tuple[str, int], ...] = (
     ("a red bicycle leaning against a brick wall, photo", 1),
     ("a lighthouse on a cliff at sunset, oil painting", 2),
-    ("the word MODELFLEET written in neon letters", 3),
+    ('the word "MODELFLEET" written in neon letters', 3),
     ("a bowl of ramen seen from above, studio lighting", 4),
 )
 REPORT_IMAGE_SIZE = "64x64"
@@ -220,21 +236,27 @@ def _html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _image_cell(img: ImageResult) -> str:
-    if img.png_b64:
-        return (
-            f'<img alt="{html.escape(img.prompt)}" width="192" height="192" '
-            f'src="data:image/png;base64,{html.escape(img.png_b64)}">'
-        )
-    return f'<span class="err">{html.escape(img.error or "no image")}</span>'
+def _legacy_pair(pair: tuple[ImageResult, ImageResult], pools: tuple[str, str]) -> RenderPair:
+    """(stable, candidate) ImageResults, the report's older input, as a RenderPair."""
+
+    def one(img: ImageResult, pool: str) -> PoolRender:
+        if not img.png_b64:
+            return PoolRender(pool, error=img.error or "no image")
+        return PoolRender(pool, image=base64.b64decode(img.png_b64))
+
+    s, c = pair
+    return RenderPair(s.prompt, s.seed, one(s, pools[0]), one(c, pools[1]))
 
 
 def render_report(
     canary: dict[str, Any],
     images: Sequence[tuple[ImageResult, ImageResult]] | None = None,
     generated_at: str | None = None,
+    pairs: Sequence[RenderPair] | None = None,
+    pairs_source: str = "requested from each pool's worker directly",
 ) -> str:
-    """A self-contained HTML page: summary, timeline SVG, metric SVGs, tables, images."""
+    """A self-contained HTML page: summary, timeline SVG, metric SVGs, tables, and the
+    side-by-side renders (`pairs`; `images` is the older form without verification)."""
     meta = canary.get("metadata") or {}
     spec = canary.get("spec") or {}
     st = canary.get("status") or {}
@@ -252,7 +274,7 @@ def render_report(
         "td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;font-size:13px}"
         "th{background:#f0f0f0}.phase{font-weight:bold}.err{color:#c62828}"
         ".Succeeded{color:#2e7d32}.RolledBack,.Failed{color:#c62828}"
-        "figure{margin:0 0 1em}</style></head><body>",
+        "figure{margin:0 0 1em}" + PAIRS_CSS + "</style></head><body>",
         f"<h1>Canary {esc(name)}</h1>",
         f'<p>Final phase: <span class="phase {esc(phase)}">{esc(phase)}</span>'
         f" &middot; step {esc(step_label(st.get('currentStep'), steps))}"
@@ -303,56 +325,120 @@ def render_report(
                 conditions_rows(conditions),
             )
         )
-    if images:
-        parts.append("<h2>Stable vs candidate</h2>")
-        parts.append(
-            f"<p>Same prompt and seed, {REPORT_IMAGE_SIZE}, {REPORT_IMAGE_STEPS} steps, "
-            "requested from each pool's worker directly.</p>"
-        )
-        rows = "".join(
-            f"<tr><td>{esc(s.prompt)}<br>seed {s.seed}</td>"
-            f"<td>{_image_cell(s)}</td><td>{_image_cell(c)}</td></tr>"
-            for s, c in images
-        )
-        parts.append(
-            "<table><thead><tr><th>prompt</th>"
-            f"<th>stable ({esc(str(spec.get('stablePool', '')))})</th>"
-            f"<th>candidate ({esc(str(spec.get('candidatePool', '')))})</th>"
-            f"</tr></thead><tbody>{rows}</tbody></table>"
-        )
+    stable_pool = str(spec.get("stablePool", ""))
+    candidate_pool = str(spec.get("candidatePool", ""))
+    if images and not pairs:
+        pairs = [_legacy_pair(pair, (stable_pool, candidate_pool)) for pair in images]
+    if pairs:
+        parts.append(pairs_html(pairs, stable_pool, candidate_pool, pairs_source))
     generated = generated_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     parts.append(f"<p><small>Generated by {PROG} at {esc(generated)}.</small></p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
+def report_prompts(prompts: Sequence[str], seeds: Sequence[int]) -> list[ReportPrompt]:
+    """The side-by-side prompts: the fixed four, or the given ones; with seeds given,
+    every prompt with every seed, else prompt N with seed N (from 1)."""
+    chosen = list(prompts) or [prompt for prompt, _ in REPORT_PROMPTS]
+    if seeds:
+        return [ReportPrompt(prompt, seed) for prompt in chosen for seed in seeds]
+    if not prompts:
+        return [ReportPrompt(prompt, seed) for prompt, seed in REPORT_PROMPTS]
+    return [ReportPrompt(prompt, n) for n, prompt in enumerate(chosen, start=1)]
+
+
+def _verdict_text(r: PoolRender) -> str:
+    v = text_verdict(r)
+    if v.status == "error":
+        return "error"
+    if v.status == "not verified" or v.word_accuracy is None:
+        return v.status
+    return f"read {v.read!r} word accuracy {fmt_number(v.word_accuracy)} {v.status}"
+
+
+def pair_line(pair: RenderPair) -> str:
+    """One line per pair for the terminal: what each pool's render was read as."""
+    return (
+        f"  {pair.prompt!r} seed {pair.seed}: stable {_verdict_text(pair.stable)} | "
+        f"candidate {_verdict_text(pair.candidate)}"
+    )
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register `report` (main.py calls this, so the flags live with the command)."""
+    p = sub.add_parser(
+        "report",
+        parents=[common],
+        help="write a self-contained HTML report of a canary",
+        description="Write a self-contained HTML report: timeline, metrics, final phase. "
+        "With --stable-url and --candidate-url (worker base URLs, e.g. from kubectl "
+        "port-forward) or --from-pools (a ready worker of each pool, from its EndpointSlices, "
+        "where pod IPs are reachable), also prompts with fixed seeds rendered by each pool "
+        "side by side, with the text each worker's OCR read, word accuracy and passed. The "
+        "router cannot pin a request to a pool for users, so workers are called directly.",
+    )
+    p.add_argument("canary")
+    p.add_argument("--out", "--html", dest="out", required=True, help="HTML file to write")
+    p.add_argument("--stable-url", help="a stable pool worker's base URL")
+    p.add_argument("--candidate-url", help="a candidate pool worker's base URL")
+    p.add_argument(
+        "--from-pools",
+        action="store_true",
+        help="call a ready worker of each pool, found in the pools' EndpointSlices",
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        help="a prompt for the side-by-side renders (repeat; default: four fixed prompts); "
+        "quoted spans are the expected text, e.g. 'a sign that says \"OPEN\"'",
+    )
+    p.add_argument(
+        "--seed", action="append", type=int, default=[], help="render every prompt with it (repeat)"
+    )
+    p.add_argument("--size", default=REPORT_IMAGE_SIZE, help="WIDTHxHEIGHT of the renders")
+    p.add_argument("--steps", type=int, default=REPORT_IMAGE_STEPS, help="denoising steps")
+    p.add_argument("--image-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
+    p.set_defaults(handler=cmd_report)
+
+
 def cmd_report(kube: Kube, args: argparse.Namespace) -> int:
     if bool(args.stable_url) != bool(args.candidate_url):
         raise PluginError("--stable-url and --candidate-url go together: give both or neither")
+    if args.stable_url and args.from_pools:
+        raise PluginError("--from-pools finds the workers itself: leave out --stable-url")
     obj = get_canary(kube, args.canary)
-    images: list[tuple[ImageResult, ImageResult]] | None = None
-    if args.stable_url:
-        images = []
-        for prompt, seed in REPORT_PROMPTS:
-            pair = (
-                _image(args.stable_url, prompt, seed, args.image_timeout),
-                _image(args.candidate_url, prompt, seed, args.image_timeout),
-            )
-            for img in pair:
-                if img.error:
-                    print(f"warning: {img.error}", file=sys.stderr)
-            images.append(pair)
+    spec = obj.get("spec") or {}
+    stable_pool = str(spec.get("stablePool", ""))
+    candidate_pool = str(spec.get("candidatePool", ""))
+    pairs: list[RenderPair] | None = None
+    urls: tuple[str, str] | None = None
+    if args.from_pools:
+        urls = (pool_worker_url(kube, stable_pool), pool_worker_url(kube, candidate_pool))
+    elif args.stable_url:
+        urls = (args.stable_url, args.candidate_url)
+    if urls is not None:
+        pairs = pairs_from_workers(
+            (stable_pool, urls[0]),
+            (candidate_pool, urls[1]),
+            report_prompts(args.prompt, args.seed),
+            size=args.size or None,
+            steps=args.steps or None,
+            timeout=args.image_timeout,
+        )
+        for pair in pairs:
+            for r in (pair.stable, pair.candidate):
+                if r.error:
+                    print(f"warning: {r.error}", file=sys.stderr)
     out = Path(args.out)
+    source = f"{args.size}, {args.steps} steps, requested from each pool's worker directly"
     try:
-        out.write_text(render_report(obj, images), encoding="utf-8")
+        out.write_text(render_report(obj, pairs=pairs, pairs_source=source), encoding="utf-8")
     except OSError as exc:
         raise PluginError(f"cannot write {out}: {exc}") from exc
     phase = (obj.get("status") or {}).get("phase") or "Unknown"
     print(f"wrote {out} (canary {kube.namespace}/{args.canary}, phase {phase})")
+    for pair in pairs or []:
+        print(pair_line(pair))
     return 0
-
-
-def _image(base_url: str, prompt: str, seed: int, timeout: float) -> ImageResult:
-    return generate_image(
-        base_url, prompt, seed, size=REPORT_IMAGE_SIZE, steps=REPORT_IMAGE_STEPS, timeout=timeout
-    )

@@ -1,0 +1,78 @@
+"""The report's side-by-side renders from real text-drawing workers and their real OCR:
+the HTML holds both images of the same prompt and seed, and what each was read as."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from modelfleet.kubectl import report
+from modelfleet.kubectl.renders import ReportPrompt, pairs_from_workers
+from modelfleet.kubectl.report_pairs import text_verdict
+from worker_fixtures import Worker, start_text_worker
+
+pytestmark = pytest.mark.timeout(180)
+
+PLAIN = "HAPPY MARKET"  # no letters the corruption could swap for a look-alike (O/0, I/1)
+
+
+@pytest.fixture(scope="module")
+def pools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, Worker]]:
+    tmp = tmp_path_factory.mktemp("report")
+    stable, candidate = start_text_worker(tmp, "clean", 0.0), start_text_worker(tmp, "bad", 1.0)
+    try:
+        stable.wait_ready()
+        candidate.wait_ready()
+        yield stable, candidate
+    finally:
+        stable.stop()
+        candidate.stop()
+
+
+def test_report_shows_both_renders_and_what_each_was_read_as(
+    pools: tuple[Worker, Worker], tmp_path: Path
+) -> None:
+    stable, candidate = pools
+    prompts = [ReportPrompt(f'a shop banner with the text "{PLAIN}"', 5), ReportPrompt("a cat", 6)]
+    pairs = pairs_from_workers(
+        ("clean", stable.url), ("bad", candidate.url), prompts, size="512x256", steps=None
+    )
+    assert [(p.prompt, p.seed) for p in pairs] == [(q.prompt, q.seed) for q in prompts]
+    text_pair, plain_pair = pairs
+
+    s, c = text_verdict(text_pair.stable), text_verdict(text_pair.candidate)
+    assert (s.status, s.read, s.word_accuracy, s.passed) == ("passed", PLAIN, 1.0, True)
+    assert c.status == "failed" and c.passed is False
+    assert c.read is not None and c.read != PLAIN
+    assert c.word_accuracy == 0.5  # one of the two words mangled
+    for r in (text_pair.stable, text_pair.candidate):
+        assert r.image is not None
+        assert Image.open(io.BytesIO(r.image)).size == (512, 256)
+    # A prompt without expected text is rendered but not verified.
+    assert text_verdict(plain_pair.stable).status == "not verified"
+
+    canary = {
+        "metadata": {"name": "typo", "namespace": "ns"},
+        "spec": {"stablePool": "clean", "candidatePool": "bad", "steps": [50, 100]},
+        "status": {"phase": "RolledBack"},
+    }
+    page = report.render_report(canary, pairs=pairs, generated_at="T")
+    (tmp_path / "report.html").write_text(page)
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    images = [base64.b64decode(u) for u in uris]
+    assert images == [
+        text_pair.stable.image,
+        text_pair.candidate.image,
+        plain_pair.stable.image,
+        plain_pair.candidate.image,
+    ]
+    assert f'read: <q class="read">{PLAIN}</q>' in page
+    assert f'read: <q class="read">{c.read}</q>' in page
+    assert "passed: yes" in page and "passed: no" in page
+    assert "word accuracy 0.5" in page
