@@ -141,6 +141,11 @@ async def test_text_metrics_from_real_prometheus(
         assert acc.samples == pytest.approx(per_window(), rel=0.25)  # verified, not unreadable
         rate = await p.measure(q(PASS))
         assert rate.error is None and rate.value == pytest.approx(0.5, abs=0.02)
+        # hits: the passed renders among the verified ones, for the proportion test.
+        assert rate.samples is not None and rate.hits is not None
+        assert rate.hits == pytest.approx(0.5 * rate.samples, rel=0.05)
+        assert rate.hits <= rate.samples
+        assert acc.hits is None  # a mean, not a proportion
         # a worker that verified nothing: 0/0, no data (inconclusive), not misconfigured
         for metric in (ACC, PASS):
             idle = await p.measure(q(metric, "idle"))
