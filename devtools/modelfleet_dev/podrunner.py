@@ -6,6 +6,10 @@ included) inside the pods' network namespace, where the runner adds the pod IP
 that kwok assigned, so the process serves at the address EndpointSlices list. Readiness comes from the container's real readiness probe,
 so EndpointSlices only list endpoints that answer. A deleted pod's process gets
 SIGTERM, then SIGKILL after the pod's grace period.
+
+A pool whose image is one of DEV_IMAGES runs that dev stand-in instead of the
+worker (`modelfleet-worker serve` is replaced, the pool's args follow): how e2e
+tests put the text-drawing backend behind a real ModelPool.
 """
 
 from __future__ import annotations
@@ -37,6 +41,29 @@ from modelfleet import LOCAL_RUN_ANNOTATION
 log = logging.getLogger("modelfleet.podrunner")
 
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+# Images only the local pod runner knows (no registry has them), and the dev
+# module each runs in place of the worker: the real worker server with a stand-in model.
+DEV_IMAGES: dict[str, tuple[str, ...]] = {
+    "modelfleet.dev/textrender": (sys.executable, "-m", "modelfleet_dev.textrender"),
+}
+WORKER_SERVE = ["modelfleet-worker", "serve"]
+
+
+def _repository(image: str) -> str:
+    """The image name without its tag or digest."""
+    name = image.split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+
+
+def local_command(container: dict[str, Any]) -> list[str]:
+    """The argv (before $(VAR) expansion) the runner starts for a pod's container."""
+    command = list(container.get("command") or [])
+    dev = DEV_IMAGES.get(_repository(container.get("image") or ""))
+    if dev is not None and command == WORKER_SERVE:
+        command = list(dev)
+    return command + list(container.get("args") or [])
 
 
 def _now() -> str:
@@ -226,7 +253,7 @@ class PodRunner:
             return
         containers = pod["spec"]["containers"]
         container = containers[0]
-        command = (container.get("command") or []) + (container.get("args") or [])
+        command = local_command(container)
         if not container.get("command"):
             self._patch_status(
                 pod,
