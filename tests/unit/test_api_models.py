@@ -40,7 +40,12 @@ def test_defaults_match_design() -> None:
         }
     )
     assert canary.spec.steps == [10, 30, 60, 100]
-    assert {m.builtin for m in canary.spec.analysis.metrics} == {"error-rate", "latency-p95"}
+    by_name = {m.name: m for m in canary.spec.analysis.metrics}
+    assert set(by_name) == {"error-rate", "service-time"}
+    assert by_name["error-rate"].max == 0.05 and by_name["error-rate"].max_ratio_to_stable is None
+    assert by_name["service-time"].max_ratio_to_stable == 1.5
+    assert canary.spec.analysis.reference_lookback == "60s"
+    assert canary.spec.analysis.load_match_tolerance == 0.25
 
 
 def test_wire_round_trip_uses_camel_case() -> None:

@@ -51,7 +51,14 @@ def test_judge_table(
     result: str,
     threshold: float | None,
 ) -> None:
-    r = judge_metric(metric, MetricObservation(candidate=cand, stable=stable), 20)
+    # One ready replica each and the same request counts: latency ratios are judgeable.
+    r = judge_metric(
+        metric,
+        MetricObservation(candidate=cand, stable=stable),
+        20,
+        candidate_replicas=1,
+        stable_replicas=1,
+    )
     assert r.result == result, r.message
     if threshold is None:
         assert r.threshold is None or result == "inconclusive"
@@ -72,13 +79,31 @@ def test_messages_name_the_cause() -> None:
     assert judge_metric(ERR, None, 20).result == "inconclusive"
 
 
-def test_stable_falls_back_to_previous_analysis() -> None:
-    """At 100% the stable pool gets no traffic: compare with the last stable value."""
-    prev = MetricResult(name="p95", result="pass", value=1.0, stable_value=2.0)
-    r = judge_metric(P95, MetricObservation(m(2.9), m(None, samples=0)), 20, prev)
+def test_value_check_falls_back_to_previous_analysis() -> None:
+    """A value check (a custom query) whose stable pool got no traffic (100%) compares with
+    the last stable value."""
+    metric = MetricSpec(name="c", query="x", max_ratio_to_stable=1.5)
+    prev = MetricResult(name="c", result="pass", value=1.0, stable_value=2.0)
+    r = judge_metric(metric, MetricObservation(m(2.9), m(None, samples=0)), 20, prev)
     assert r.result == "pass" and r.stable_value == 2.0 and r.threshold == pytest.approx(3.0)
-    r = judge_metric(P95, MetricObservation(m(3.1), m(None, samples=0)), 20, prev)
+    assert r.method == "value"
+    r = judge_metric(metric, MetricObservation(m(3.1), m(None, samples=0)), 20, prev)
     assert r.result == "fail" and "previous analysis" in r.message
+
+
+def test_latency_ratio_never_falls_back_to_an_earlier_window() -> None:
+    """At 100% the stable has no traffic, so its load differs: inconclusive, not compared
+    with a figure from a lighter-loaded window (issue 11)."""
+    prev = MetricResult(name="p95", result="pass", value=1.0, stable_value=2.0)
+    r = judge_metric(
+        P95,
+        MetricObservation(m(9.0), m(None, samples=0)),
+        20,
+        prev,
+        candidate_replicas=1,
+        stable_replicas=1,
+    )
+    assert r.result == "inconclusive" and "loads differ" in r.message
 
 
 def test_min_requests_zero_accepts_unknown_sample_count() -> None:

@@ -67,7 +67,9 @@ def measurement(outcome: Outcome, metric: MetricSpec, stable: bool = False) -> M
         return Measurement(no_series=True)
     if outcome == "inconclusive":
         return Measurement(value=0.0, samples=3)
-    is_latency = metric.builtin is not None and metric.builtin.startswith("latency")
+    is_latency = metric.builtin is not None and (
+        metric.builtin.startswith("latency") or metric.builtin == "service-time"
+    )
     if outcome == "fail" and not stable:
         return Measurement(value=5.0 if is_latency else 0.5, samples=200)
     return Measurement(value=0.2 if is_latency else 0.0, samples=200)
@@ -199,7 +201,7 @@ def test_full_analysis_outcomes(outcome: Outcome, step: int) -> None:
     elif outcome == "fail":
         assert nx.phase == "RolledBack" and weights(d) == [0] and nx.canary_weight == 0
         assert "error-rate: 0.5 > max 0.05 (200 requests)" in nx.message
-        assert "latency-p95: 5 > 1.5 x stable 0.2" in nx.message
+        assert "service-time: 5 > 1.5 x stable 0.2" in nx.message
         assert any(isinstance(a, RollBack) and a.reason == R.ANALYSIS_FAILED for a in d.actions)
         assert [e.type for e in events(d)] == ["Warning"]
         assert cond(nx, CONDITION_PROGRESSING) == ("False", R.ANALYSIS_FAILED)

@@ -440,8 +440,43 @@ class MetricResult(ApiModel):
     value: float | None = Field(default=None, description="Candidate value.")
     stable_value: float | None = Field(default=None, description="Stable pool's value.")
     threshold: float | None = Field(default=None, description="Effective limit applied.")
-    samples: int | None = Field(default=None, description="Candidate requests in the window.")
-    message: str = Field(default="", description="Why, in words.")
+    samples: int | None = Field(
+        default=None,
+        description=(
+            "Candidate samples behind the result: requests (verified renders for text "
+            "metrics) in the window; for rank tests those in strata both pools have."
+        ),
+    )
+    stable_samples: int | None = Field(
+        default=None,
+        description=(
+            "Stable samples compared: in the stable's reference window for rank and "
+            "proportion tests, in the candidate's window otherwise."
+        ),
+    )
+    method: str | None = Field(
+        default=None,
+        description="How it was judged: mann-whitney, proportion or value.",
+    )
+    p_value: float | None = Field(
+        default=None,
+        description="One-sided p-value of the rank or proportion test (candidate worse).",
+    )
+    worse_probability: float | None = Field(
+        default=None,
+        description=(
+            "Effect size: P(a candidate sample is worse than a stable one), ties half; "
+            "0.5 means alike."
+        ),
+    )
+    ratio: float | None = Field(
+        default=None,
+        description="Candidate / stable (medians for rank tests, rates for proportions).",
+    )
+    message: str = Field(
+        default="",
+        description="Why, in words (for rank and proportion tests the verdict in full).",
+    )
     informational: bool | None = Field(
         default=None,
         description="True when the check could not apply (a text metric in a window where "

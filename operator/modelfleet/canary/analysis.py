@@ -26,9 +26,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from modelfleet.api.canary import TEXT_METRICS, CheckResult, MetricResult, MetricSpec
+from modelfleet.api.canary import (
+    LATENCY_METRICS,
+    TEXT_METRICS,
+    CheckResult,
+    MetricResult,
+    MetricSpec,
+)
 from modelfleet.canary.ports import Measurement
+from modelfleet.canary.statistics import Verdict
 from modelfleet.canary.types import MetricObservation
+from modelfleet.canary.verdicts import compare, load_mismatch, method_for
 
 NO_SERIES = "query returned no series (misconfigured?)"
 NOT_ENOUGH_SAMPLES = "not enough samples"
@@ -92,9 +100,12 @@ def judge_metric(
     candidate_replicas: int | None = None,
     stable_replicas: int | None = None,
 ) -> MetricResult:
-    """Judge one metric. `previous` is its result from the last analysis (stable fallback);
-    `min_verified` gates the text metrics (None: they use min_requests like the rest)."""
+    """Judge one metric. `previous` is its result from the last analysis (stable fallback
+    of value checks); `min_verified` gates the text metrics (None: they use min_requests
+    like the rest). The ready replicas and `load_match_tolerance` decide whether a
+    latency ratio to stable can be judged in this window."""
     gate = sample_gate(metric, min_requests, min_verified)
+    method = method_for(metric, observed.candidate) if observed is not None else "value"
 
     def result(
         r: CheckResult,
@@ -102,8 +113,22 @@ def judge_metric(
         value: float | None = None,
         stable: float | None = None,
         threshold: float | None = None,
+        verdict: Verdict | None = None,
     ) -> MetricResult:
         samples = observed.candidate.samples if observed is not None else None
+        stable_samples = (
+            observed.stable.samples if observed is not None and observed.stable else None
+        )
+        p_value = worse = ratio = None
+        if verdict is not None:
+            samples, stable_samples = round(verdict.n_candidate), round(verdict.n_stable)
+            p_value, worse, ratio = verdict.p_value, verdict.worse_probability, verdict.ratio
+            # The medians (rates) the test compared, unless an absolute limit judged the value.
+            if verdict.candidate is not None and metric.max is None and metric.min is None:
+                value = verdict.candidate
+            stable = verdict.stable if verdict.stable is not None else stable
+        elif stable is not None and value is not None and stable > 0:
+            ratio = value / stable
         return MetricResult(
             name=metric.name,
             result=r,
@@ -111,6 +136,11 @@ def judge_metric(
             stable_value=stable,
             threshold=threshold,
             samples=samples,
+            stable_samples=stable_samples if metric.compares_with_stable else None,
+            method=method,
+            p_value=p_value,
+            worse_probability=worse,
+            ratio=ratio,
             message=message,
         )
 
@@ -122,16 +152,74 @@ def judge_metric(
             "not applicable: neither pool produced a verified render in the window; "
             "decided on the other checks",
         ).model_copy(update={"informational": True})
+
+    verdict: Verdict | None = None
+    if method != "value":
+        verdict = compare(metric, observed, method, gate.least)
+    value_checks = metric.max is not None or metric.min is not None or verdict is None
     why = _missing(observed.candidate, "candidate", gate)
-    if why is not None:
-        return result("inconclusive", why, value=observed.candidate.usable_value)
+    if why is not None and value_checks:
+        if verdict is None or verdict.result != "fail":
+            text = why if verdict is None else f"{why}; {verdict.message}"
+            return result(
+                "inconclusive", text, value=observed.candidate.usable_value, verdict=verdict
+            )
+        value_checks = False  # the test failed the candidate: that stands
     value = observed.candidate.usable_value
-    assert value is not None  # _missing() checked it
 
     fails: list[str] = []
     holds: list[str] = []
     limits: list[float] = []
     baseline: float | None = None
+    if value_checks:
+        assert value is not None  # _missing() checked it
+        _absolute(metric, value, fails, limits)
+        if verdict is None and metric.compares_with_stable:
+            baseline = _relative(
+                metric,
+                observed,
+                value,
+                gate,
+                previous,
+                fails,
+                holds,
+                limits,
+                load_match_tolerance,
+                (candidate_replicas, stable_replicas),
+            )
+    higher = metric.min is not None or metric.min_ratio_to_stable is not None
+    lower = metric.max is not None or metric.max_ratio_to_stable is not None
+    # The binding limit: the tightest of its family (the upper one when both are set).
+    threshold = (min(limits) if lower or not higher else max(limits)) if limits else None
+    samples = observed.candidate.samples
+    where = f" ({samples} {gate.unit})" if samples is not None else ""
+    tail = f"; {verdict.message}" if verdict is not None else ""
+    if verdict is not None and verdict.result == "fail":
+        text = "; ".join(fails) + where + tail if fails else verdict.message
+        return result("fail", text, value, baseline, threshold, verdict)
+    if fails:
+        text = "; ".join(fails) + where + tail
+        return result("fail", text, value, baseline, threshold, verdict)
+    if verdict is not None and verdict.result == "inconclusive":
+        return result(
+            "inconclusive",
+            "; ".join([*holds, verdict.message]),
+            value,
+            baseline,
+            threshold,
+            verdict,
+        )
+    if holds:
+        return result("inconclusive", "; ".join(holds), value, baseline, threshold, verdict)
+    if not value_checks and verdict is not None:
+        return result("pass", verdict.message, value, baseline, threshold, verdict)
+    sign = ">=" if higher and not lower else "<="
+    limit_text = f" {sign} {_fmt(threshold)}" if threshold is not None else ""
+    text = f"{_fmt(value or 0.0)}{limit_text}{where}{tail}"
+    return result("pass", text, value, baseline, threshold, verdict)
+
+
+def _absolute(metric: MetricSpec, value: float, fails: list[str], limits: list[float]) -> None:
     if metric.max is not None:
         limits.append(metric.max)
         if value > metric.max:
@@ -140,46 +228,60 @@ def judge_metric(
         limits.append(metric.min)
         if value < metric.min:
             fails.append(f"{_fmt(value)} < min {_fmt(metric.min)}")
+
+
+def _relative(
+    metric: MetricSpec,
+    observed: MetricObservation,
+    value: float,
+    gate: SampleGate,
+    previous: MetricResult | None,
+    fails: list[str],
+    holds: list[str],
+    limits: list[float],
+    tolerance: float,
+    replicas: tuple[int | None, int | None],
+) -> float | None:
+    """Method value: the candidate's value against ratio x the stable's. Returns the
+    stable value used (None when it could not be judged; `holds` says why)."""
+    if metric.max_worse_probability is not None:
+        holds.append(
+            "maxWorseProbability needs a rank or proportion test, and the provider gave no "
+            "distribution or counts for this metric"
+        )
+    if metric.min_ratio_to_stable is None and metric.max_ratio_to_stable is None:
+        return None
+    if metric.builtin in LATENCY_METRICS:
+        mismatch = load_mismatch(metric, observed, tolerance, *replicas)
+        if mismatch is not None:
+            holds.append(mismatch)
+            return None
+        # Matched loads in this window: no fallback to an earlier, differently loaded one.
+        previous = None
+    baseline, note = _stable_baseline(observed.stable, gate, previous)
+    if baseline is None:
+        holds.append(note)
+        return None
     if metric.min_ratio_to_stable is not None:
         ratio = metric.min_ratio_to_stable
-        baseline, note = _stable_baseline(observed.stable, gate, previous)
-        if baseline is None:
-            holds.append(note)
-        else:
-            limit = ratio * baseline
-            limits.append(limit)
-            if value < limit:
-                fails.append(
-                    f"{_fmt(value)} < {_fmt(ratio)} x stable {_fmt(baseline)}{note}"
-                    f" (limit {_fmt(limit)})"
-                )
+        limit = ratio * baseline
+        limits.append(limit)
+        if value < limit:
+            fails.append(
+                f"{_fmt(value)} < {_fmt(ratio)} x stable {_fmt(baseline)}{note}"
+                f" (limit {_fmt(limit)})"
+            )
     if metric.max_ratio_to_stable is not None:
         ratio = metric.max_ratio_to_stable
-        baseline, note = _stable_baseline(observed.stable, gate, previous)
-        if baseline is None:
-            holds.append(note)
-        else:
-            floor = RATIO_FLOORS.get(metric.builtin or "", 0.0)
-            limit = ratio * max(baseline, floor)
-            limits.append(limit)
-            if value > limit:
-                fails.append(
-                    f"{_fmt(value)} > {_fmt(ratio)} x stable {_fmt(baseline)}{note}"
-                    f" (limit {_fmt(limit)})"
-                )
-    higher = metric.min is not None or metric.min_ratio_to_stable is not None
-    lower = metric.max is not None or metric.max_ratio_to_stable is not None
-    # The binding limit: the tightest of its family (the upper one when both are set).
-    threshold = (min(limits) if lower or not higher else max(limits)) if limits else None
-    samples = observed.candidate.samples
-    where = f" ({samples} {gate.unit})" if samples is not None else ""
-    if fails:
-        return result("fail", "; ".join(fails) + where, value, baseline, threshold)
-    if holds:
-        return result("inconclusive", "; ".join(holds), value, baseline, threshold)
-    sign = ">=" if higher and not lower else "<="
-    limit_text = f" {sign} {_fmt(threshold)}" if threshold is not None else ""
-    return result("pass", f"{_fmt(value)}{limit_text}{where}", value, baseline, threshold)
+        floor = RATIO_FLOORS.get(metric.builtin or "", 0.0)
+        limit = ratio * max(baseline, floor)
+        limits.append(limit)
+        if value > limit:
+            fails.append(
+                f"{_fmt(value)} > {_fmt(ratio)} x stable {_fmt(baseline)}{note}"
+                f" (limit {_fmt(limit)})"
+            )
+    return baseline
 
 
 def _stable_baseline(

@@ -70,7 +70,7 @@ def test_api_server_applies_schema_defaults(cluster: LocalCluster, namespace: st
     assert spec["steps"] == [10, 30, 60, 100]
     assert spec["interval"] == "60s"
     assert spec["analysis"]["provider"]["type"] == "router"
-    assert [m["builtin"] for m in spec["analysis"]["metrics"]] == ["error-rate", "latency-p95"]
+    assert [m["builtin"] for m in spec["analysis"]["metrics"]] == ["error-rate", "service-time"]
 
 
 @pytest.mark.parametrize("case", INVALID, ids=lambda c: c.id)

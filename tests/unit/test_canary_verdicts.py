@@ -1,0 +1,384 @@
+"""Verdicts that compare like with like (issue 11): rank tests on service time within
+batch-size strata, proportion tests on rates, latency ratios only at matched load, and the
+stable's reference window (the 100% step)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from modelfleet.api.canary import CanarySpec, CanaryStatus, MetricResult, MetricSpec
+from modelfleet.api.common import format_time
+from modelfleet.canary import (
+    MetricObservation,
+    Observations,
+    PoolReadiness,
+    collect_analysis,
+    decide,
+    judge_metric,
+    plan_analysis,
+)
+from modelfleet.canary.ports import Measurement, MetricQuery
+from modelfleet.canary.statistics import Histogram
+from modelfleet.canary.types import uses_reference
+from modelfleet.routing.stats import SERVICE_TIME_BUCKETS
+
+SERVICE = MetricSpec(
+    name="service-time", builtin="service-time", max_ratio_to_stable=1.2, min_samples=8
+)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def hist(values: Sequence[float]) -> Histogram:
+    """Bin raw seconds into the routers' service-time buckets."""
+    counts = [0.0] * (len(SERVICE_TIME_BUCKETS) + 1)
+    for v in values:
+        i = next((i for i, b in enumerate(SERVICE_TIME_BUCKETS) if v <= b), len(counts) - 1)
+        counts[i] += 1
+    return Histogram(SERVICE_TIME_BUCKETS, tuple(counts))
+
+
+def draws(n: int, median: float, seed: int) -> list[float]:
+    """Log-normal service times (about 10% spread), deterministic."""
+    r = random.Random(seed)
+    return [median * math.exp(r.gauss(0.0, 0.1)) for _ in range(n)]
+
+
+def service(strata: dict[str, Sequence[float]]) -> Measurement:
+    """A provider's service-time answer: one histogram per batch-size stratum."""
+    hs = tuple((name, hist(v)) for name, v in strata.items())
+    n = sum(len(v) for v in strata.values())
+    values = sorted(x for v in strata.values() for x in v)
+    return Measurement(value=values[n // 2] if n else None, samples=n, strata=hs)
+
+
+def judge(
+    metric: MetricSpec, cand: Measurement, stable: Measurement | None, **kw: Any
+) -> MetricResult:
+    return judge_metric(metric, MetricObservation(candidate=cand, stable=stable), 20, **kw)
+
+
+# --- rank test on service time ------------------------------------------------------------
+
+
+def test_identical_strata_pass() -> None:
+    # Batch 1 costs more per image than batch 4; the stable batches more (it carries 90%).
+    cand = service({"1": draws(30, 0.040, 1), "4": draws(10, 0.031, 2)})
+    stable = service({"1": draws(40, 0.040, 3), "4": draws(200, 0.031, 4)})
+    r = judge(SERVICE, cand, stable)
+    assert r.result == "pass", r.message
+    assert r.method == "mann-whitney"
+    assert r.p_value is not None and r.p_value > 0.01
+    assert r.worse_probability is not None and abs(r.worse_probability - 0.5) < 0.15
+    assert (r.samples, r.stable_samples) == (40, 240)
+    assert r.ratio == pytest.approx(1.0, abs=0.1)
+    assert "Mann-Whitney U within strata (van Elteren)" in r.message
+    assert "strata compared: 1, 4" in r.message
+
+
+def test_pooled_batch_mix_does_not_fool_the_strata() -> None:
+    """Pooled, the candidate (mostly alone) looks 1.25x slower; within strata it is not."""
+    cand = service({"1": draws(40, 0.040, 5), "4": draws(4, 0.032, 6)})
+    stable = service({"1": draws(12, 0.040, 7), "4": draws(300, 0.032, 8)})
+    assert cand.value is not None and stable.value is not None
+    assert cand.value / stable.value > 1.2  # the pooled medians would fail at 1.2
+    assert judge(SERVICE, cand, stable).result == "pass"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_slower_candidate_fails_with_evidence(seed: int) -> None:
+    cand = service({"1": draws(20, 0.060, seed), "4": draws(10, 0.0465, seed + 10)})
+    stable = service({"1": draws(60, 0.040, seed + 20), "4": draws(100, 0.031, seed + 30)})
+    r = judge(SERVICE, cand, stable)
+    assert r.result == "fail", r.message
+    assert r.p_value is not None and r.p_value < 0.01
+    assert r.worse_probability is not None and r.worse_probability > 0.8
+    assert r.ratio == pytest.approx(1.5, rel=0.15)
+    assert "> max 1.2" in r.message and "< alpha 0.01" in r.message
+    assert "n 30 candidate / 160 stable" in r.message
+    # The status entry carries what the message says.
+    assert r.value is not None and r.stable_value is not None
+    assert r.value / r.stable_value == pytest.approx(r.ratio)
+
+
+def test_small_samples_are_inconclusive_never_failed() -> None:
+    cand = service({"1": draws(5, 0.080, 1)})  # 2x slower, but only 5 samples
+    stable = service({"1": draws(100, 0.040, 2)})
+    r = judge(SERVICE, cand, stable)
+    assert r.result == "inconclusive"
+    assert "not enough samples for Mann-Whitney U" in r.message and "minSamples 8" in r.message
+
+
+def test_min_samples_defaults_to_min_requests() -> None:
+    metric = SERVICE.model_copy(update={"min_samples": None})
+    cand = service({"1": draws(15, 0.080, 1)})
+    stable = service({"1": draws(100, 0.040, 2)})
+    assert judge(metric, cand, stable).result == "inconclusive"  # 15 < minRequests 20
+    assert judge(SERVICE, cand, stable).result == "fail"  # 15 >= minSamples 8
+
+
+def test_bigger_than_the_limit_but_not_significant_holds() -> None:
+    cand = service({"1": [0.05] * 6 + [0.03] * 4})
+    stable = service({"1": [0.03] * 6 + [0.05] * 4})
+    metric = SERVICE.model_copy(update={"max_ratio_to_stable": 1.05})
+    r = judge(metric, cand, stable)
+    assert r.result == "inconclusive" and "but not significant" in r.message, r.message
+
+
+def test_strata_only_one_side_has_are_left_out_and_named() -> None:
+    cand = service({"1": draws(30, 0.040, 1), "2": draws(5, 0.036, 2)})
+    stable = service({"1": draws(30, 0.040, 3), "4": draws(50, 0.031, 4)})
+    r = judge(SERVICE, cand, stable)
+    assert r.result == "pass"
+    assert "strata compared: 1;" in r.message
+    assert "left out 5 candidate / 50 stable in strata only one side has" in r.message
+
+
+def test_worse_probability_as_the_only_effect_limit() -> None:
+    metric = MetricSpec(name="s", builtin="service-time", max_worse_probability=0.7)
+    slow = judge(metric, service({"1": draws(40, 0.05, 1)}), service({"1": draws(40, 0.04, 2)}))
+    same = judge(metric, service({"1": draws(40, 0.04, 3)}), service({"1": draws(40, 0.04, 4)}))
+    assert slow.result == "fail" and "P(candidate higher)" in slow.message
+    assert same.result == "pass", same.message
+
+
+def test_no_traffic_and_provider_trouble_are_inconclusive() -> None:
+    empty = Measurement(value=None, samples=0, strata=())
+    stable = service({"1": draws(30, 0.040, 3)})
+    assert judge(SERVICE, empty, stable).result == "inconclusive"
+    down = judge(SERVICE, service({"1": draws(30, 0.1, 1)}), Measurement.failed("refused"))
+    assert down.result == "inconclusive"
+    assert "cannot compare with stable: metrics provider unavailable" in down.message
+    no_dist = judge(SERVICE, service({"1": draws(30, 0.1, 1)}), Measurement(0.04, 30))
+    assert no_dist.result == "inconclusive" and "no distribution" in no_dist.message
+
+
+def test_forced_rank_test_without_distributions_is_inconclusive() -> None:
+    metric = SERVICE.model_copy(update={"method": "mann-whitney"})
+    r = judge(metric, Measurement(0.09, 100), Measurement(0.04, 100))
+    assert (r.result, r.method) == ("inconclusive", "mann-whitney")
+    assert "no distribution for the candidate pool" in r.message
+
+
+def test_absolute_max_is_judged_on_the_value() -> None:
+    metric = MetricSpec(name="s", builtin="service-time", max=0.05)
+    r = judge(metric, service({"1": draws(30, 0.09, 1)}), None)
+    assert (r.result, r.method) == ("fail", "value")
+    assert r.message.startswith("0.09")
+
+
+def test_absolute_max_fails_while_the_rank_test_is_short() -> None:
+    metric = SERVICE.model_copy(update={"max": 0.05})
+    r = judge(metric, service({"1": draws(25, 0.09, 1)}), service({"1": draws(3, 0.04, 2)}))
+    assert r.result == "fail" and "> max 0.05" in r.message
+    assert "not enough samples" in r.message  # the rank test's part is still explained
+
+
+# --- proportions ----------------------------------------------------------------------------
+
+ERR_RATIO = MetricSpec(name="err", builtin="error-rate", max_ratio_to_stable=2)
+
+
+def rate(hits: float, n: int) -> Measurement:
+    return Measurement(value=hits / n if n else None, samples=n, hits=hits)
+
+
+@pytest.mark.parametrize(
+    ("cand", "stable", "result"),
+    [
+        (rate(2, 200), rate(20, 2000), "pass"),  # the same rate
+        (rate(30, 200), rate(20, 2000), "fail"),  # 15x the stable's
+        (rate(3, 200), rate(0, 2000), "pass"),  # 1.5% against the 1% floor: ratio 1.5
+        (rate(6, 100), rate(2, 100), "inconclusive"),  # 3x but not significant
+        (rate(1, 5), rate(0, 2000), "inconclusive"),  # too few candidate requests
+        (Measurement(value=None, samples=0, hits=0.0), rate(0, 500), "inconclusive"),
+    ],
+)
+def test_error_rate_ratio_by_proportions(
+    cand: Measurement, stable: Measurement, result: str
+) -> None:
+    r = judge(ERR_RATIO, cand, stable)
+    assert (r.result, r.method) == (result, "proportion"), r.message
+    if result != "inconclusive" or "not significant" in r.message:
+        assert "two-proportion test" in r.message and r.p_value is not None
+
+
+def test_error_rate_max_and_proportion_together() -> None:
+    metric = ERR_RATIO.model_copy(update={"max": 0.05})
+    r = judge(metric, rate(12, 100), rate(1, 10))  # stable too short for the test
+    assert r.result == "fail" and r.message.startswith("0.12 > max 0.05")
+
+
+def test_text_pass_rate_by_proportions() -> None:
+    metric = MetricSpec(name="t", builtin="text-pass-rate", min_ratio_to_stable=0.9)
+    worse = judge_metric(metric, MetricObservation(rate(50, 100), rate(95, 100)), 20, None, 10)
+    same = judge_metric(metric, MetricObservation(rate(90, 100), rate(92, 100)), 20, None, 10)
+    short = judge_metric(metric, MetricObservation(rate(1, 8), rate(95, 100)), 20, None, 10)
+    assert (worse.result, worse.method) == ("fail", "proportion"), worse.message
+    assert "P(candidate lower)" in worse.message
+    assert same.result == "pass", same.message
+    assert short.result == "inconclusive" and "minSamples 10" in short.message  # minVerified
+
+
+def test_text_accuracy_keeps_the_mean_ratio() -> None:
+    metric = MetricSpec(name="a", builtin="text-accuracy", min_ratio_to_stable=0.9)
+    r = judge_metric(
+        metric, MetricObservation(Measurement(0.5, 50), Measurement(0.9, 50)), 20, None, 10
+    )
+    assert (r.result, r.method) == ("fail", "value")
+
+
+# --- end-to-end latency only at matched load --------------------------------------------------
+
+P95 = MetricSpec(name="p95", builtin="latency-p95", max_ratio_to_stable=1.2)
+
+
+def test_latency_ratio_at_unequal_load_is_inconclusive_with_both_loads() -> None:
+    # 60%: one candidate replica takes 1.5x the stable's requests.
+    r = judge(
+        P95, Measurement(0.9, 60), Measurement(0.5, 40), candidate_replicas=1, stable_replicas=1
+    )
+    assert r.result == "inconclusive"
+    assert "candidate 60 vs stable 40 requests per ready replica" in r.message
+    assert "loadMatchTolerance 0.25" in r.message
+
+
+def test_latency_ratio_at_matched_load_is_judged() -> None:
+    # 60% with two candidate replicas: 30 vs 40 per replica, within 25%... of 1.33: no.
+    r = judge(
+        P95, Measurement(0.9, 60), Measurement(0.5, 40), candidate_replicas=2, stable_replicas=1
+    )
+    assert r.result == "inconclusive"
+    r = judge(
+        P95,
+        Measurement(0.9, 60),
+        Measurement(0.5, 40),
+        candidate_replicas=2,
+        stable_replicas=1,
+        load_match_tolerance=0.4,
+    )
+    assert r.result == "fail" and "> 1.2 x stable 0.5" in r.message
+    same = judge(
+        P95, Measurement(0.55, 50), Measurement(0.5, 50), candidate_replicas=1, stable_replicas=1
+    )
+    assert same.result == "pass"
+
+
+def test_latency_ratio_without_ready_replicas_is_inconclusive() -> None:
+    r = judge(P95, Measurement(0.9, 50), Measurement(0.5, 50))
+    assert r.result == "inconclusive" and "ready replicas unknown" in r.message
+
+
+def test_latency_absolute_max_needs_no_load_match() -> None:
+    metric = MetricSpec(name="p95", builtin="latency-p95", max=0.8)
+    assert judge(metric, Measurement(0.9, 60), None).result == "fail"
+
+
+# --- the stable's reference window -------------------------------------------------------------
+
+
+def spec(**analysis: Any) -> CanarySpec:
+    return CanarySpec(
+        routing_policy="rp",
+        route="r",
+        stable_pool="stable",
+        candidate_pool="cand",
+        interval="10s",
+        analysis={"metrics": [SERVICE.model_dump(by_alias=True, exclude_none=True)], **analysis},
+    )
+
+
+def status_at_last_step(started: float, step_started: float) -> CanaryStatus:
+    return CanaryStatus(
+        phase="Progressing",
+        current_step=3,
+        canary_weight=100,
+        started_at=format_time(T0 + timedelta(seconds=started)),
+        step_started_at=format_time(T0 + timedelta(seconds=step_started)),
+    )
+
+
+def test_reference_window_spans_from_before_the_canary_and_is_capped() -> None:
+    s = spec()
+    plan = plan_analysis(s, status_at_last_step(0, 30), T0 + timedelta(seconds=40))
+    assert plan is not None and plan.window_seconds == 10
+    assert plan.reference_window_seconds == 100  # 40 s since the start + 60 s lookback
+    assert plan.stable_window_seconds(SERVICE) == 100
+    p95 = MetricSpec(name="p95", builtin="latency-p95", max_ratio_to_stable=1.2)
+    assert plan.stable_window_seconds(p95) == 10  # latency: the same window only
+    late = plan_analysis(s, status_at_last_step(0, 7200), T0 + timedelta(seconds=7210))
+    assert late is not None and late.reference_window_seconds == 3600
+    short = plan_analysis(
+        spec(referenceLookback="5m"), status_at_last_step(0, 30), T0 + timedelta(seconds=40)
+    )
+    assert short is not None and short.reference_window_seconds == 340
+
+
+@pytest.mark.parametrize(
+    ("metric", "expected"),
+    [
+        (SERVICE, True),
+        (MetricSpec(name="e", builtin="error-rate", max_ratio_to_stable=2), True),
+        (MetricSpec(name="e", builtin="error-rate", max=0.05), False),  # no stable comparison
+        (MetricSpec(name="t", builtin="text-pass-rate", min_ratio_to_stable=0.9), True),
+        (MetricSpec(name="a", builtin="text-accuracy", min_ratio_to_stable=0.9), False),
+        (MetricSpec(name="p", builtin="latency-p95", max_ratio_to_stable=1.2), False),
+        (SERVICE.model_copy(update={"method": "value"}), False),
+        (MetricSpec(name="q", query="x", max_ratio_to_stable=2), False),
+    ],
+)
+def test_which_checks_use_the_reference(metric: MetricSpec, expected: bool) -> None:
+    assert uses_reference(metric) is expected
+
+
+class WindowedProvider:
+    """Answers service time by pool and window: the stable served traffic only before the
+    100% step (its samples lie in the reference window, none in the last 10 s)."""
+
+    def __init__(self, candidate_median: float) -> None:
+        self.candidate_median = candidate_median
+        self.queries: list[MetricQuery] = []
+
+    async def measure(self, query: MetricQuery) -> Measurement:
+        self.queries.append(query)
+        if query.pool == "cand":
+            return service(
+                {
+                    "1": draws(40, self.candidate_median, 1),
+                    "2": draws(20, 0.8 * self.candidate_median, 2),
+                }
+            )
+        if query.window_seconds <= 10:
+            return Measurement(value=None, samples=0, strata=())
+        return service({"1": draws(80, 0.040, 3), "2": draws(60, 0.032, 4)})
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(("median", "phase"), [(0.040, "Succeeded"), (0.060, "RolledBack")])
+def test_last_step_is_judged_against_the_reference(median: float, phase: str) -> None:
+    s = spec(failureLimit=1)
+    st = status_at_last_step(0, 30)
+    now = T0 + timedelta(seconds=40)
+    plan = plan_analysis(s, st, now)
+    assert plan is not None
+    provider = WindowedProvider(median)
+    a = asyncio.run(collect_analysis(provider, plan, s, "ns"))
+    windows = {q.pool: q.window_seconds for q in provider.queries}
+    assert windows == {"cand": 10, "stable": 100}
+    ready = PoolReadiness(True, ready_replicas=1)
+    d = decide(s, st, Observations(ready, ready, generation=1, analysis=a), now)
+    assert d.next_status.phase == phase, d.next_status.message
+    [result] = d.next_status.history[-1].metrics
+    assert result.method == "mann-whitney" and result.stable_samples == 140
+    assert result.p_value is not None and result.worse_probability is not None
+    if phase == "RolledBack":
+        assert "service-time: median (matched by stratum)" in d.next_status.message
+        assert "one-sided p" in d.next_status.message
