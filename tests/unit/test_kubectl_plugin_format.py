@@ -114,6 +114,64 @@ def test_format_status() -> None:
     assert re.search(r"Ready\s+False\s+StepProgressing", out)
 
 
+RANK_FAIL: dict[str, Any] = {
+    "name": "service-time",
+    "result": "fail",
+    "value": 0.0489,
+    "stableValue": 0.0313,
+    "threshold": 0.0376,
+    "samples": 30,
+    "stableSamples": 100,
+    "method": "mann-whitney",
+    "pValue": 2e-11,
+    "worseProbability": 0.89,
+    "ratio": 1.5623,
+    "message": "median (matched by stratum) 0.04889 vs stable 0.03133, ratio 1.56 > max 1.2",
+}
+
+
+def test_metrics_rows_explain_rank_and_proportion_tests() -> None:
+    """Each check shows its method, n on both sides, p-value and effect size."""
+    [row] = formatting.metrics_rows([RANK_FAIL])
+    cells = dict(zip(formatting.METRICS_HEADERS, row, strict=True))
+    assert cells["method"] == "mann-whitney"
+    assert cells["n cand/stable"] == "30/100"
+    assert cells["p"] == "2e-11"
+    assert cells["effect"] == "P(worse) 0.89, x1.562"
+    assert cells["value vs limit"] == "0.0489 > 0.0376"
+    [plain] = formatting.metrics_rows([{"name": "e", "result": "pass", "samples": 7}])
+    cells = dict(zip(formatting.METRICS_HEADERS, plain, strict=True))
+    assert (cells["method"], cells["n cand/stable"], cells["p"], cells["effect"]) == (
+        "-",
+        "7",
+        "-",
+        "-",
+    )
+
+
+@pytest.mark.parametrize(
+    ("metric", "text"),
+    [
+        ({"result": "pass", "value": 0.95, "threshold": 0.9}, "0.95 >= 0.9"),  # a min
+        ({"result": "fail", "value": 0.5, "threshold": 0.9}, "0.5 < 0.9"),
+    ],
+)
+def test_metric_comparison_of_higher_is_better(metric: dict[str, Any], text: str) -> None:
+    assert formatting.metric_comparison(metric) == text
+
+
+def test_status_and_history_show_the_test() -> None:
+    obj = {**CANARY, "status": {**CANARY["status"], "metrics": [RANK_FAIL]}}
+    obj["status"]["history"] = [
+        {"step": 2, "weight": 60, "result": "fail", "time": "t", "metrics": [RANK_FAIL]}
+    ]
+    out = status.format_status(obj)
+    assert re.search(
+        r"service-time\s+fail\s+0\.0489 > 0\.0376\s+0\.0313\s+mann-whitney\s+30/100", out
+    )
+    assert "service-time=fail(p 2e-11)" in out
+
+
 def test_format_status_without_status_and_with_action() -> None:
     obj = {
         "metadata": {

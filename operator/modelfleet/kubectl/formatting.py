@@ -59,13 +59,56 @@ def metric_comparison(metric: dict[str, Any]) -> str:
         return "-"
     if threshold is None:
         return fmt_number(value)
-    op = "<=" if metric.get("result") != "fail" else ">"
     if value is None:
         return f"- (limit {fmt_number(threshold)})"
+    # Lower-is-better limits fail above, higher-is-better ones (min) below.
+    above = (
+        isinstance(value, int | float) and isinstance(threshold, int | float) and value > threshold
+    )
+    failed = metric.get("result") == "fail"
+    op = {(True, True): ">", (True, False): "<", (False, True): ">=", (False, False): "<="}[
+        (failed, above)
+    ]
     return f"{fmt_number(value)} {op} {fmt_number(threshold)}"
 
 
-METRICS_HEADERS = ("name", "result", "value vs limit", "stable", "samples", "message")
+def metric_samples(metric: dict[str, Any]) -> str:
+    """'30/160': candidate / stable samples behind the result ('30' without a stable)."""
+    cand, stable = metric.get("samples"), metric.get("stableSamples")
+    if stable is None:
+        return fmt_number(cand)
+    return f"{fmt_number(cand)}/{fmt_number(stable)}"
+
+
+def metric_p_value(metric: dict[str, Any]) -> str:
+    p = metric.get("pValue")
+    return f"{p:.2g}" if isinstance(p, int | float) and not isinstance(p, bool) else "-"
+
+
+def metric_effect(metric: dict[str, Any]) -> str:
+    """'P(worse) 0.89, x1.56': the effect size of a rank or proportion test and the ratio
+    to stable (medians or rates); just the ratio for value checks."""
+    parts = []
+    worse = metric.get("worseProbability")
+    if isinstance(worse, int | float) and not isinstance(worse, bool):
+        parts.append(f"P(worse) {worse:.2f}")
+    ratio = metric.get("ratio")
+    if isinstance(ratio, int | float) and not isinstance(ratio, bool):
+        parts.append(f"x{fmt_number(float(ratio))}" if math.isfinite(ratio) else "x inf")
+    return ", ".join(parts) or "-"
+
+
+METRICS_HEADERS = (
+    "name",
+    "result",
+    "value vs limit",
+    "stable",
+    "method",
+    "n cand/stable",
+    "p",
+    "effect",
+    "message",
+)
 HISTORY_HEADERS = ("step", "weight", "result", "time", "checks")
 CONDITIONS_HEADERS = ("type", "status", "reason", "last transition", "message")
 
@@ -77,19 +120,27 @@ def metrics_rows(metrics: Sequence[dict[str, Any]]) -> list[list[str]]:
             str(m.get("result", "")),
             metric_comparison(m),
             fmt_number(m.get("stableValue")),
-            fmt_number(m.get("samples")),
+            str(m.get("method") or "-"),
+            metric_samples(m),
+            metric_p_value(m),
+            metric_effect(m),
             str(m.get("message", "")),
         ]
         for m in metrics
     ]
 
 
+def _history_check(m: dict[str, Any]) -> str:
+    """'errors=pass', or 'service-time=fail(p 2e-11)' for rank and proportion tests."""
+    text = f"{m.get('name', '?')}={m.get('result', '?')}"
+    p = metric_p_value(m)
+    return text if p == "-" else f"{text}(p {p})"
+
+
 def history_rows(history: Sequence[dict[str, Any]], steps: Sequence[int]) -> list[list[str]]:
     rows = []
     for rec in history:
-        checks = " ".join(
-            f"{m.get('name', '?')}={m.get('result', '?')}" for m in rec.get("metrics") or []
-        )
+        checks = " ".join(_history_check(m) for m in rec.get("metrics") or [])
         rows.append(
             [
                 step_label(rec.get("step"), steps),
