@@ -141,7 +141,8 @@ class RenderResult:
         return self.status == "passed"
 
 
-UNAVAILABLE_HTTP = frozenset({408, 429, 503, 504})
+# No verdict possible from these: busy, no endpoints, timed out, or the pin refused.
+UNAVAILABLE_HTTP = frozenset({401, 403, 408, 429, 503, 504})
 
 
 def _error_message(doc: Any) -> str:

@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelfleet.router.config import ConfigError, Snapshot, load_static_config
+from modelfleet.routing.pin import read_credential
 
 if TYPE_CHECKING:
     from modelfleet.router.server import Settings
@@ -72,9 +74,42 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=1,
         help="other endpoints of a pool tried before falling back (default 1)",
     )
+    p.add_argument(
+        "--operator-token-file",
+        metavar="FILE",
+        default=os.environ.get("MODELFLEET_OPERATOR_TOKEN_FILE") or None,
+        help="the operator's credential (a mounted Secret key): requests carrying it in "
+        "X-ModelFleet-Operator-Token may pin a pool with X-ModelFleet-Pool (the canary's "
+        "pre-flight replay); re-read when the file changes. Without it no request may pin "
+        "[env MODELFLEET_OPERATOR_TOKEN_FILE]",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(handler=_run)
+
+
+class CredentialFile:
+    """A Secret key mounted as a file, re-read when it changes (the kubelet swaps the
+    files of a mounted Secret in place). Its value is never logged."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, int] | None = None
+        self._value: bytes | None = None
+
+    def __call__(self) -> bytes | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None  # gone: nothing may pin until it is back
+        stamp = (st.st_mtime_ns, st.st_ino)
+        if stamp != self._seen:
+            try:
+                self._value = read_credential(self.path.read_text())
+            except (OSError, UnicodeDecodeError):
+                return None
+            self._seen = stamp
+        return self._value
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -106,18 +141,34 @@ def _run(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
+    credential = None
+    if args.operator_token_file:
+        credential = CredentialFile(Path(args.operator_token_file))
+        if credential() is None:
+            print(
+                f"--operator-token-file {args.operator_token_file}: missing or empty",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
     try:
-        return asyncio.run(_serve(args, settings, snapshot))
+        return asyncio.run(_serve(args, settings, snapshot, credential))
     except KeyboardInterrupt:
         return 0
 
 
-async def _serve(args: argparse.Namespace, settings: Settings, snapshot: Snapshot | None) -> int:
+async def _serve(
+    args: argparse.Namespace,
+    settings: Settings,
+    snapshot: Snapshot | None,
+    credential: CredentialFile | None = None,
+) -> int:
     from aiohttp import web
 
     from modelfleet.router.server import Router
 
-    router = Router(settings)
+    router = Router(settings, operator_credential=credential or (lambda: None))
+    if credential is not None:
+        log.info("pool pins allowed with the operator credential in %s", credential.path)
     loop = asyncio.get_running_loop()
     source = None
     if snapshot is not None:

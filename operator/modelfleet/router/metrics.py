@@ -115,6 +115,14 @@ class RouterMetrics:
             text,
             registry=r,
         )
+        self.pinned_requests = Counter(
+            PREFIX + "pinned_requests_total",
+            "The operator's pool-pinned requests (pre-flight replay) by outcome ('refused': "
+            "no valid operator credential); they are not in the upstream series or "
+            "/v1/stats, which judge canaries.",
+            ["namespace", "pool", "outcome"],
+            registry=r,
+        )
         # labels() takes a lock and builds a key per call: a visible share of a
         # proxied request's CPU. Children are looked up once per label set.
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -146,6 +154,13 @@ class RouterMetrics:
         if service_s is not None:
             stratum = BATCH_STRATA[batch_stratum(batch_size)][1]
             self._child(self.service_time, ns, pool, stratum).observe(service_s)
+
+    def pinned(self, ns: str, pool: str, outcome: str) -> None:
+        # pool comes from a header on refused requests: bounded, so a client cannot grow
+        # the label set without limit.
+        self._child(
+            self.pinned_requests, ns, pool[:63] if outcome != "refused" else "", outcome
+        ).inc()
 
     def text(self, metric: Any, *labels: str, n: int = 1) -> None:
         """Count `n` on a text-gate counter (labels: namespace, policy, route, pool[, to_pool])."""

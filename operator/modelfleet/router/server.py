@@ -21,7 +21,7 @@ from modelfleet.router.config import Snapshot
 from modelfleet.router.metrics import RouterMetrics
 from modelfleet.router.textgate import GateRequest, Served, TextGate, Unserved
 from modelfleet.router.upstream import AttemptResult, UpstreamClient
-from modelfleet.routing.intent import RequestError, parse_request
+from modelfleet.routing.intent import ParsedRequest, RequestError, parse_request
 from modelfleet.routing.ladder import (
     Attempt,
     Outcome,
@@ -29,6 +29,7 @@ from modelfleet.routing.ladder import (
     client_error_body,
     exhausted,
 )
+from modelfleet.routing.pin import PINNED_HEADER, POOL_HEADER, PinRefused, check_pin
 from modelfleet.routing.stats import HORIZON_S, AttemptStats
 from modelfleet.routing.table import (
     PolicyTable,
@@ -111,8 +112,12 @@ class Router:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        operator_credential: Callable[[], bytes | None] = lambda: None,
     ) -> None:
         self.settings = settings or Settings()
+        # The operator's credential for pool pins (routing.pin); read per pinned request,
+        # so a rotated Secret takes effect without a restart.
+        self._credential = operator_credential
         self.metrics = RouterMetrics()
         self.stats = AttemptStats()
         self.snapshot: Snapshot | None = None
@@ -245,11 +250,20 @@ class Router:
                 "X-ModelFleet-Policy",
             )
         ns, pname = policy.namespace, policy.name
+        pin = check_pin(headers, self._credential()) if POOL_HEADER.lower() in headers else None
+        if isinstance(pin, PinRefused):
+            self.metrics.pinned(ns, headers.get(POOL_HEADER.lower(), ""), "refused")
+            return _error(pin.status, pin.code, pin.message, pin.param)
         try:
             parsed = parse_request(raw, headers)
         except RequestError as exc:
-            self._finish(ns, pname, "", "", Outcome.CLIENT_ERROR, start)
+            if pin is not None:
+                self.metrics.pinned(ns, pin, Outcome.CLIENT_ERROR.value)
+            else:
+                self._finish(ns, pname, "", "", Outcome.CLIENT_ERROR, start)
             return web.json_response(exc.body(), status=exc.status)
+        if pin is not None:
+            return await self._pinned(snap, policy, pin, parsed, start)
         route = match_route(policy.routes, parsed.intent)
         if route is None:
             self._finish(ns, pname, "", "", Outcome.CLIENT_ERROR, start)
@@ -308,6 +322,53 @@ class Router:
         finally:
             gate.release()
 
+    async def _pinned(
+        self,
+        snap: Snapshot,
+        policy: PolicyTable,
+        pool: str,
+        parsed: ParsedRequest,
+        start: float,
+    ) -> web.Response:
+        """The operator's pinned render: that pool only (no route, weights, fallbacks,
+        shadow or verify gate), inside the policy's admission limits. Left out of the
+        canary's measurements (/v1/stats and the upstream series): counted on its own."""
+        ns = policy.namespace
+        entry = self._gates.get(policy.key)
+        if entry is None:
+            return _error(503, "not_ready", "configuration changed, retry")
+        gate = entry[1]
+        headers = {POOL_HEADER: pool, PINNED_HEADER: "true"}
+        try:
+            await gate.acquire(parsed.intent.tier)
+        except (Rejected, QueueTimeout):
+            self.metrics.pinned(ns, pool, Outcome.REJECTED.value)
+            return _rejected("overloaded", f"RoutingPolicy {policy.key} is at capacity", headers)
+        try:
+            body = parsed.forward_raw or json.dumps(parsed.forward, separators=(",", ":")).encode()
+            deadline = start + self.settings.request_timeout_s
+            got = await self._serve(snap, ns, "", (pool,), body, deadline, pinned=True)
+        finally:
+            gate.release()
+        if isinstance(got, Unserved):
+            f = exhausted(got.tried, got.ladder)
+            status, code, message = f.status, f.code, f.message
+            if got.deadline_hit:
+                status, code = 504, "timeout"
+                message = f"request deadline of {self.settings.request_timeout_s:g}s passed"
+            self.metrics.pinned(ns, pool, code)
+            return _error(status, code, message, headers=headers)
+        res = got.res
+        self.metrics.pinned(ns, pool, res.outcome.value)
+        if res.outcome is Attempt.OK:
+            return web.Response(status=200, body=res.body, content_type=JSON, headers=headers)
+        return web.Response(
+            status=res.status,
+            body=client_error_body(res.status, res.body),
+            content_type=JSON,
+            headers=headers,
+        )
+
     async def _forward(
         self,
         snap: Snapshot,
@@ -352,6 +413,7 @@ class Router:
         ladder: tuple[str, ...],
         body: bytes,
         deadline: float,
+        pinned: bool = False,
     ) -> Served | Unserved:
         """Walk the ladder until a worker answers ok or with a 4xx."""
         s = self.settings
@@ -379,7 +441,9 @@ class Router:
                 if i > 0:
                     self.metrics.retries.labels(ns, pool).inc()
                 used.add(ep)
-                res = await self._attempt(ns, pool, ep, body, min(s.attempt_timeout_s, remaining))
+                res = await self._attempt(
+                    ns, pool, ep, body, min(s.attempt_timeout_s, remaining), pinned
+                )
                 tried.append(Tried(pool, ep, res.outcome))
                 if res.outcome is Attempt.OK or res.outcome is Attempt.CLIENT_ERROR:
                     return Served(pool, res, self._clock() - t0)
@@ -411,7 +475,7 @@ class Router:
         )
 
     async def _attempt(
-        self, ns: str, pool: str, ep: str, body: bytes, timeout_s: float
+        self, ns: str, pool: str, ep: str, body: bytes, timeout_s: float, pinned: bool = False
     ) -> AttemptResult:
         self._outstanding[ep] = self._outstanding.get(ep, 0) + 1
         t0 = self._clock()
@@ -430,6 +494,8 @@ class Router:
             del self._ejected_until[ep]
         if res.outcome is not Attempt.OK and res.outcome is not Attempt.CLIENT_ERROR:
             log.info("attempt %s %s: %s %s", pool, ep, res.outcome, res.error)
+        if pinned:  # the replay's renders must not count as the canary's traffic
+            return res
         self.metrics.attempted(ns, pool, res.outcome.value, t1 - t0, res.service_s, res.batch_size)
         self.stats.record(
             ns, pool, res.outcome, t1 - t0, t1, res.service_s, res.batch_size, res.text
