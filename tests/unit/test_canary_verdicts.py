@@ -16,6 +16,7 @@ import pytest
 from modelfleet.api.canary import CanarySpec, CanaryStatus, MetricResult, MetricSpec
 from modelfleet.api.common import format_time
 from modelfleet.canary import (
+    EmitEvent,
     MetricObservation,
     Observations,
     PoolReadiness,
@@ -382,3 +383,37 @@ def test_last_step_is_judged_against_the_reference(median: float, phase: str) ->
     if phase == "RolledBack":
         assert "service-time: median (matched by stratum)" in d.next_status.message
         assert "one-sided p" in d.next_status.message
+
+
+async def test_controller_observes_ready_replicas() -> None:
+    """The shell fills PoolReadiness.ready_replicas from the pools' status, which the
+    latency load match divides by."""
+    from controller_fakes import FakeObjects, FakeTraffic, canary, pool
+    from modelfleet.controllers.canary import CanaryController
+
+    objects = FakeObjects()
+    objects.put("modelpools", pool("ns", "stable", replicas=3))
+    objects.put("modelpools", pool("ns", "cand", ready=False))
+    objects.put("canaries", canary("ns", "c"))
+    controller = CanaryController(FakeTraffic(), objects=objects)
+    stable = await controller._pool_readiness("ns", "stable")
+    cand = await controller._pool_readiness("ns", "cand")
+    missing = await controller._pool_readiness("ns", "nope")
+    assert (stable.ready, stable.ready_replicas) == (True, 3)
+    assert (cand.ready, cand.ready_replicas) == (False, 0)
+    assert missing.ready_replicas is None
+
+
+def test_rollback_event_explains_the_test() -> None:
+    s = spec(failureLimit=1)
+    st = status_at_last_step(0, 30)
+    now = T0 + timedelta(seconds=40)
+    plan = plan_analysis(s, st, now)
+    assert plan is not None
+    a = asyncio.run(collect_analysis(WindowedProvider(0.060), plan, s, "ns"))
+    ready = PoolReadiness(True, ready_replicas=1)
+    d = decide(s, st, Observations(ready, ready, generation=1, analysis=a), now)
+    [event] = [e for e in d.actions if isinstance(e, EmitEvent) and e.reason == "RolledBack"]
+    for part in ("Mann-Whitney U within strata", "n 60 candidate / 140 stable", "one-sided p"):
+        assert part in event.message, event.message
+    assert "P(candidate higher)" in event.message
