@@ -1,7 +1,9 @@
-"""`make demo`: the local cluster with GPU nodes and CRDs, the operator, three
-tiny-model pools backed by real local workers, the router, and real requests
-routed by intent. Finishes on its own and leaves everything running;
-`modelfleet dev down` stops all of it."""
+"""`make demo`: the local cluster with GPU nodes and CRDs, the operator, intent pools
+backed by real local workers (tiny diffusion models; the typography pools draw text),
+the router, real requests routed by intent, and canaries: a healthy candidate promoted,
+an erroring one rolled back, and a typography candidate with bad lettering rolled back
+on the text its renders were read as (with the kubectl plugin's side-by-side report).
+Finishes on its own and leaves everything running; `modelfleet dev down` stops all of it."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from modelfleet import GROUP, VERSION
-from modelfleet_dev import bootstrap, story
+from modelfleet_dev import bootstrap, story, typography
 from modelfleet_dev.cluster import Cluster
 
 NAMESPACE = "modelfleet-demo"
@@ -30,14 +32,15 @@ def say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-# name -> worker env: three intent pools, plus two candidates for the canary story.
+# Tiny-model pools, name -> worker env: two intent pools, plus two candidates for the
+# canary story. The typography pools (typography.py) draw the text they are asked for.
 POOLS: dict[str, dict[str, str]] = {
-    "typography": {},
     "preview": {},
     "production": {},
     "production-v2": {},
     "production-bad": {"MODELFLEET_WORKER_FAULT_ERROR_RATE": "0.5"},
 }
+TEXT_POOLS = (typography.STABLE, typography.CANDIDATE)
 
 POLICY = {
     "apiVersion": "modelfleet.io/v1alpha1",
@@ -74,9 +77,9 @@ def _wait(check: Any, timeout: float, what: str) -> Any:
 
 
 def _post(
-    prompt: str, tier: str | None = None, policy: str | None = None
+    prompt: str, tier: str | None = None, policy: str | None = None, size: str = "64x64"
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
-    body: dict[str, Any] = {"prompt": prompt, "size": "64x64", "steps": 2, "seed": 7}
+    body: dict[str, Any] = {"prompt": prompt, "size": size, "steps": 2, "seed": 7}
     if tier:
         body["tier"] = tier
     headers = {"Content-Type": "application/json"}
@@ -145,8 +148,16 @@ def main() -> int:
         story.create_or_update(
             api, NAMESPACE, "modelpools", story.pool_manifest(name, str(model_dir), env)
         )
+    for name in TEXT_POOLS:
+        story.create_or_update(
+            api, NAMESPACE, "modelpools", typography.pool_manifest(name, str(model_dir))
+        )
     story.create_or_update(api, NAMESPACE, "routingpolicies", POLICY)
-    say("created ModelPools " + ", ".join(POOLS) + " and RoutingPolicy images")
+    say(
+        "created ModelPools " + ", ".join([*POOLS, *TEXT_POOLS]) + " and RoutingPolicy images"
+        f" ({', '.join(TEXT_POOLS)}: the text-drawing backend, the second mangling "
+        f"{typography.CORRUPTION[typography.CANDIDATE]:.0%} of its lettering)"
+    )
 
     custom = k8s.CustomObjectsApi(api)
 
@@ -155,7 +166,8 @@ def main() -> int:
         phases = {
             p["metadata"]["name"]: (p.get("status") or {}).get("phase") for p in pools["items"]
         }
-        return len(phases) == len(POOLS) and all(v == "Ready" for v in phases.values())
+        want = len(POOLS) + len(TEXT_POOLS)
+        return len(phases) == want and all(v == "Ready" for v in phases.values())
 
     _wait(all_ready, 300, "pools Ready (real tiny-model workers loading)")
     say("all pools Ready: each worker pod is a real local process serving at its pod IP")
@@ -169,28 +181,37 @@ def main() -> int:
 
     _wait(router_ready, 60, "router ready")
     say(f"router listening on http://127.0.0.1:{ROUTER_PORT} (OpenAI Images API)")
-    for prompt, tier in (
-        ('a poster with the exact text "SALE NOW"', None),
-        ("a quick sketch of a lighthouse", "preview"),
-        ("a photoreal mountain lake at dawn", "production"),
+    for prompt, tier, size in (
+        ('a poster with the exact text "SALE NOW"', None, typography.SIZE),
+        ("a quick sketch of a lighthouse", "preview", "64x64"),
+        ("a photoreal mountain lake at dawn", "production", "64x64"),
     ):
         status, headers, body = _wait(
-            lambda p=prompt, t=tier: _ok(_post(p, t, policy="images")), 120, "a routed image"
+            lambda p=prompt, t=tier, z=size: _ok(_post(p, t, policy="images", size=z)),
+            120,
+            "a routed image",
         )
         png = base64.b64decode(body["data"][0]["b64_json"])
+        check = body["data"][0].get("modelfleet")
+        read = f" read={check.get('read')!r} {check.get('status')}" if check else ""
         say(
             f"{status} route={headers.get('X-ModelFleet-Route')} pool={headers.get('X-ModelFleet-Pool')} "
-            f"fallback={headers.get('X-ModelFleet-Fallback')} png={len(png)}B  <- {prompt!r}"
+            f"fallback={headers.get('X-ModelFleet-Fallback')} png={len(png)}B{read}  <- {prompt!r}"
         )
     outcomes = _canary_story(api)
+    outcomes.append(_typography_story(api, cluster))
     say("summary:")
     for o in outcomes:
         detail = o.message if o.phase != "Succeeded" else "route now points at the candidate"
         say(f"  canary {o.name}: {o.phase} in {o.seconds:.0f}s; {detail}")
-    expected = {"swap-good": "Succeeded", "swap-bad": "RolledBack"}
+    expected = {"swap-good": "Succeeded", "swap-bad": "RolledBack", TYPO: "RolledBack"}
     off_script = [o for o in outcomes if expected.get(o.name) != o.phase]
     for o in off_script:
         say(f"  NOT AS EXPECTED: canary {o.name} should end {expected.get(o.name)}, got {o.phase}")
+    typo = next(o for o in outcomes if o.name == TYPO)
+    if typo.phase == "RolledBack" and "text-accuracy" not in typo.message:
+        off_script.append(typo)
+        say(f"  NOT AS EXPECTED: canary {TYPO} should be rolled back for text-accuracy")
     say(f"done in {time.monotonic() - t0:.0f}s; everything keeps running. Look around:")
     print(f"""
   eval "$({sys.executable} -m modelfleet.cli dev env)"
@@ -199,6 +220,8 @@ def main() -> int:
   kubectl -n {NAMESPACE} get events --field-selector involvedObject.kind=ModelPool
   kubectl -n {NAMESPACE} get canaries -o wide
   kubectl -n {NAMESPACE} get canary swap-bad -o jsonpath='{{.status.metrics}}'
+  kubectl modelfleet -n {NAMESPACE} status {TYPO}
+  xdg-open {cluster.paths.root / (TYPO + ".html")}   # the side-by-side report
   kubectl -n {NAMESPACE} get events --field-selector involvedObject.kind=Canary
   curl -s localhost:{ROUTER_PORT}/v1/images/generations -d '{{"prompt":"logo \\"ACME\\"","size":"64x64","steps":2}}' | head -c 200
   {sys.executable} -m modelfleet.cli dev down     # stop everything
@@ -234,6 +257,45 @@ def _canary_story(api: k8s.ApiClient) -> list[story.Outcome]:
             story.create_or_update(api, NAMESPACE, "canaries", manifest)
             outcomes.append(story.watch_canary(api, NAMESPACE, name, say=say, timeout=300))
     return outcomes
+
+
+TYPO = "typo-bad"
+
+
+def _typography_story(api: k8s.ApiClient, cluster: Cluster) -> story.Outcome:
+    """A candidate that mangles 60% of its lettering, under banner traffic: rolled back
+    on text-accuracy against the stable's, then the report shows both side by side."""
+    custom = k8s.CustomObjectsApi(api)
+    with contextlib.suppress(ApiException):
+        custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "canaries", TYPO)
+    story.create_or_update(
+        api, NAMESPACE, "routingpolicies", story.single_route_policy(TYPO, typography.STABLE)
+    )
+    manifest = typography.canary_manifest(TYPO, TYPO, _base_metrics())
+    say(
+        f"canary {TYPO}: {typography.STABLE} -> {typography.CANDIDATE}, steps 25/50/100, "
+        "interval 10s, under banner traffic; judged by text-accuracy (>= 0.9 x stable) "
+        "and text-pass-rate (>= 0.8) as well"
+    )
+    with typography.TextLoad(f"http://127.0.0.1:{ROUTER_PORT}", TYPO):
+        _wait(
+            lambda: _ok(_post('a sign "HAPPY MARKET"', policy=TYPO, size=typography.SIZE)),
+            60,
+            f"router knows policy {TYPO}",
+        )
+        story.create_or_update(api, NAMESPACE, "canaries", manifest)
+        outcome = story.watch_canary(api, NAMESPACE, TYPO, say=say, timeout=300)
+    say(f"{TYPO}: {outcome.phase}; {typography.text_scores(outcome.metrics)}")
+    out = cluster.paths.root / f"{TYPO}.html"
+    typography.run_report(cluster.paths.kubeconfig, NAMESPACE, TYPO, out, say)
+    return outcome
+
+
+def _base_metrics() -> list[dict[str, Any]]:
+    """The checks every demo canary has besides its own."""
+    return list(
+        story.canary_manifest("x", "x", "x", "x", "5s", [100])["spec"]["analysis"]["metrics"]
+    )
 
 
 def _post_policy(policy: str) -> tuple[int, dict[str, str], dict[str, Any]]:

@@ -1,0 +1,146 @@
+"""The demo's typography story: two pools of the text-drawing backend (stable letters
+every banner right, the candidate mangles 60% of them), a canary judged by the text the
+workers' OCR read, and the kubectl plugin's report of the same prompts and seeds on both.
+
+The pools run `modelfleet_dev.textrender` behind real ModelPools: the local pod runner
+starts it for the dev image `modelfleet.dev/textrender` in place of the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from modelfleet_dev import story
+
+TEXTRENDER_IMAGE = "modelfleet.dev/textrender"
+STABLE, CANDIDATE = "typography", "typography-v2"
+CORRUPTION = {STABLE: 0.0, CANDIDATE: 0.6}
+SIZE = "384x128"  # a banner: OCR reads it in ~40 ms on one core
+# Two-word banners without letters the corruption turns into look-alikes the OCR forgives
+# either way (O/0, I/1): a mangled banner scores 0.5.
+BANNERS = ("HAPPY MARKET", "FRESH BREAD", "SUMMER SALE", "GRAND PARADE", "CRAFT BEER")
+REPORT_PROMPTS = (
+    f'a shop banner with the text "{BANNERS[0]}"',
+    f'a bakery sign that says "{BANNERS[1]}"',
+)
+
+
+def pool_manifest(name: str, model_dir: str) -> dict[str, Any]:
+    """A ModelPool of the text-drawing backend with this pool's corruption rate."""
+    doc = story.pool_manifest(
+        name, model_dir, {"MODELFLEET_TEXTRENDER_CORRUPTION_RATE": str(CORRUPTION[name])}
+    )
+    doc["spec"]["image"] = TEXTRENDER_IMAGE
+    doc["spec"]["limits"]["maxResolution"] = 512
+    doc["spec"]["tags"] = ["typography"]
+    return doc
+
+
+def banner_prompt(rng: random.Random) -> str:
+    return f'a poster with the text "{rng.choice(BANNERS)}"'
+
+
+class TextLoad:
+    """Open-loop banner requests through the router for one policy, about `rate` per
+    second (a fixed rate keeps the OCR's CPU share predictable on a small machine)."""
+
+    def __init__(self, router_url: str, policy: str, rate: float = 8.0, clients: int = 3) -> None:
+        self.url = router_url + "/v1/images/generations"
+        self.policy = policy
+        self.period = clients / rate
+        self.stop_flag = threading.Event()
+        self.ok = 0
+        self.failed: list[int] = []
+        self.threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)
+        ]
+
+    def _run(self, n: int) -> None:
+        rng = random.Random(n)
+        while not self.stop_flag.is_set():
+            t0 = time.monotonic()
+            body = {"prompt": banner_prompt(rng), "size": SIZE, "seed": rng.randrange(1 << 30)}
+            req = urllib.request.Request(
+                self.url,
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json", "X-ModelFleet-Policy": self.policy},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    resp.read()
+                    self.ok += 1
+            except urllib.error.HTTPError as err:
+                self.failed.append(err.code)
+            except OSError:
+                self.failed.append(0)
+            self.stop_flag.wait(max(0.0, self.period - (time.monotonic() - t0)))
+
+    def __enter__(self) -> TextLoad:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+
+def canary_manifest(
+    name: str, policy: str, base_metrics: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """typography -> typography-v2, judged by the base checks plus the text the workers
+    read: mean word accuracy against the stable's and the pass rate."""
+    doc = story.canary_manifest(name, policy, STABLE, CANDIDATE, "10s", [25, 50, 100])
+    analysis = doc["spec"]["analysis"]
+    analysis["minVerified"] = 10
+    analysis["metrics"] = [
+        *base_metrics,
+        {"name": "text-accuracy", "builtin": "text-accuracy", "minRatioToStable": 0.9},
+        {"name": "text-pass-rate", "builtin": "text-pass-rate", "min": 0.8},
+    ]
+    return doc
+
+
+def text_scores(metrics: Sequence[dict[str, Any]]) -> str:
+    """'text-accuracy candidate 0.7 vs stable 1' from a canary's status.metrics."""
+    for m in metrics:
+        if m.get("name") == "text-accuracy":
+            return (
+                f"text-accuracy candidate {_num(m.get('value'))} vs stable "
+                f"{_num(m.get('stableValue'))} ({m.get('result')}, "
+                f"{m.get('samples') or 0} verified candidate renders)"
+            )
+    return "text-accuracy: not measured"
+
+
+def _num(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, int | float) else "n/a"
+
+
+def run_report(
+    kubeconfig: Path, namespace: str, canary: str, out: Path, say: Callable[[str], None]
+) -> int:
+    """`kubectl modelfleet report CANARY --html OUT --from-pools`, as a user would run it;
+    its lines (what each pool's render was read as) are narrated."""
+    script = Path(sys.executable).parent / "kubectl-modelfleet"
+    argv = [str(script), "--kubeconfig", str(kubeconfig), "-n", namespace, "report", canary]
+    argv += ["--html", str(out), "--from-pools", "--size", SIZE, "--seed", "11", "--seed", "12"]
+    for p in REPORT_PROMPTS:
+        argv += ["--prompt", p]
+    say("$ kubectl modelfleet " + shlex.join(argv[1:]))
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    for line in (res.stdout + res.stderr).splitlines():
+        say("  " + line)
+    return res.returncode
