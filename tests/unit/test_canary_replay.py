@@ -369,3 +369,77 @@ def test_gate_inconclusive_holds_and_retries_until_the_deadline() -> None:
     retry = gate(spec, judged, ReplayRunning((STARTED, 2), STARTED), at(50), at(600))
     assert retry.status is not None and retry.status.attempts == 2
     assert retry.status.result is None
+
+
+# --- decide() with a replay ---------------------------------------------------------------------
+
+
+def _decide(spec: CanarySpec, status: CanaryStatus, replay: Any, now: float) -> Any:
+    from modelfleet.canary import Observations, PoolReadiness, decide
+
+    ready = PoolReadiness(True)
+    return decide(spec, status, Observations(ready, ready, 1, replay=replay), at(now))
+
+
+def _weights(decision: Any) -> list[int]:
+    from modelfleet.canary import SetWeight
+
+    return [a.weight for a in decision.actions if isinstance(a, SetWeight)]
+
+
+def _progressing_reason(status: CanaryStatus) -> str:
+    return next(c.reason for c in status.conditions if c.type == "Progressing")
+
+
+def test_decide_holds_at_pending_with_weight_0_until_the_replay_passes() -> None:
+    spec = cspec()
+    d = _decide(spec, CanaryStatus(), None, 0)
+    st = d.next_status
+    assert (st.phase, _weights(d), _progressing_reason(st)) == ("Pending", [0], REPLAY_RUNNING)
+    assert st.message.startswith("pre-flight replay: waiting to start; weight 0%")
+    aid = attempt_id(st)
+    d = _decide(spec, st, ReplayRunning(aid, format_time(at(1))), 1)
+    st = d.next_status
+    assert st.phase == "Pending" and _weights(d) == [0]
+    assert st.replay is not None and st.replay.result is None
+    done = ReplayRun(aid, format_time(at(1)), run([(ok(1.0), ok(1.0))]).cases, None, 1)
+    d = _decide(spec, st, done, 5)
+    st = d.next_status
+    assert (st.phase, st.canary_weight, _weights(d)) == ("Progressing", 10, [10])
+    assert st.replay is not None and st.replay.result == "pass"
+    assert "pools ready; pre-flight replay passed; step 1/4" in st.message
+
+
+def test_decide_rolls_back_a_candidate_that_fails_replay_before_any_traffic() -> None:
+    from modelfleet.canary import EmitEvent, RollBack
+
+    spec = cspec()
+    st = _decide(spec, CanaryStatus(), None, 0).next_status
+    aid = attempt_id(st)
+    bad = ReplayRun(aid, STARTED, run([(ok(0.97), ok(0.41))] * 12).cases, None, 12)
+    d = _decide(spec, st, bad, 3)
+    st = d.next_status
+    assert (st.phase, st.canary_weight, _weights(d)) == ("RolledBack", 0, [0])
+    assert _progressing_reason(st) == REPLAY_FAILED
+    assert "candidate word accuracy 0.41 < 0.9 x stable 0.97 (12 renders each)" in st.message
+    reasons = [a.reason for a in d.actions if isinstance(a, EmitEvent)]
+    assert reasons == [REPLAY_FAILED, "RolledBack"]
+    assert [a.reason for a in d.actions if isinstance(a, RollBack)] == [REPLAY_FAILED]
+    # A retry starts a new run: the replay is forgotten and runs again.
+    d = _decide(spec, st.model_copy(update={"last_action": None}), None, 10)
+    assert d.next_status.phase == "RolledBack"  # terminal without an action
+
+
+def test_retry_forgets_the_replay() -> None:
+    from modelfleet.canary import Observations, PoolReadiness, decide
+
+    spec = cspec()
+    st = _decide(spec, CanaryStatus(), None, 0).next_status
+    bad = ReplayRun(attempt_id(st), STARTED, run([(ok(1.0), ok(0.0))]).cases, None, 1)
+    st = _decide(spec, st, bad, 1).next_status
+    assert st.phase == "RolledBack"
+    ready = PoolReadiness(True)
+    d = decide(spec, st, Observations(ready, ready, 1, action="retry:1"), at(20))
+    assert d.next_status.phase == "Pending" and d.next_status.replay is None
+    assert attempt_id(d.next_status) == (format_time(at(20)), 1)
+    assert replay_due(spec, d.next_status, at(20))

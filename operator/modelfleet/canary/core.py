@@ -33,6 +33,7 @@ from modelfleet.api.canary import (
 from modelfleet.api.common import format_time, parse_duration, parse_time
 from modelfleet.api.conditions import ConditionStatus, get_condition, set_condition
 from modelfleet.canary import reasons as R
+from modelfleet.canary import replay
 from modelfleet.canary.analysis import judge_metric, overall, summarize
 from modelfleet.canary.manual import (
     ACTION_ANNOTATION,
@@ -224,6 +225,7 @@ class _Tick:
         st.failed_checks = 0
         st.inconclusive_checks = 0
         st.metrics = []
+        st.replay = None  # a new run replays again
         self.reason = R.POOLS_NOT_READY
 
     def _deadline(self) -> datetime:
@@ -344,7 +346,7 @@ class _Tick:
             if not r.ready
         ]
         if not missing:
-            self._enter_step(0, "pools ready")
+            self._replay_gate()
             return
         deadline = self._deadline()
         waiting = "; ".join(missing)
@@ -364,6 +366,23 @@ class _Tick:
             f"waiting for pools: {waiting}; progressDeadline {self.spec.progress_deadline} "
             f"expires at {format_time(deadline)}"
         )
+
+    def _replay_gate(self) -> None:
+        """Pools ready: with spec.replay, step 1 waits for the pre-flight replay to pass."""
+        st = self.st
+        g = replay.gate(self.spec, st, self.obs.replay, self.now, self._deadline())
+        st.replay = g.status
+        for type_, reason, message in g.events:
+            self._event(type_, reason, message)
+        if g.verdict == "proceed":
+            self._enter_step(0, "pools ready" + ("; pre-flight replay passed" if g.status else ""))
+        elif g.verdict == "rollback":
+            self._rollback(g.reason, g.message)
+        elif g.verdict == "fail":
+            self._terminate("Failed", R.PROGRESS_DEADLINE_EXCEEDED, g.message)
+            self._event("Warning", R.PROGRESS_DEADLINE_EXCEEDED, g.message)
+        else:
+            self.reason, st.message = g.reason, g.message
 
     def _pending_requeue(self) -> float:
         left = (self._deadline() - self.now).total_seconds()

@@ -15,6 +15,7 @@ from modelfleet.api.canary import (
     StepRecord,
 )
 from modelfleet.canary.ports import Measurement
+from modelfleet.canary.replay import ReplayObservation
 
 # --- observations -------------------------------------------------------------------------
 
@@ -97,6 +98,7 @@ class Observations:
 
     action: raw value of the `modelfleet.io/action` annotation (see canary.manual).
     generation: metadata.generation of the Canary.
+    replay: the pre-flight replay's state (canary.replay), when spec.replay is set.
     """
 
     stable: PoolReadiness
@@ -104,6 +106,7 @@ class Observations:
     generation: int | None = None
     analysis: AnalysisObservation | None = None
     action: str | None = None
+    replay: ReplayObservation | None = None
 
 
 # --- actions ------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from modelfleet.canary import (
     plan_analysis,
 )
 from modelfleet.controllers import kube
+from modelfleet.controllers.replay import ReplayRunner
 from modelfleet.providers import provider_for
 
 log = logging.getLogger("modelfleet.canary")
@@ -142,8 +143,11 @@ class CanaryController:
         events: kube.Events | None = None,
         providers: ProviderFactory = provider_for,
         clock: Callable[[], dt.datetime] = _now,
+        replays: ReplayRunner | None = None,
     ) -> None:
         self.traffic = traffic
+        # Pre-flight replays (spec.replay), each in a task beside its canary's driver.
+        self.replays = replays or ReplayRunner(router_urls, lambda: None, clock=clock)
         self.router_urls = tuple(router_urls)
         self.objects: kube.Objects = objects or kube.KubeObjects()
         self.events: kube.Events = events or kube.KopfEvents()
@@ -195,12 +199,14 @@ class CanaryController:
             provider = self._provider(driver, canary.spec.analysis.provider)
             analysis = await collect_analysis(provider, plan, canary.spec, ns)
             now = self.clock()
+        ready = stable.ready and candidate.ready
         observations = Observations(
             stable=stable,
             candidate=candidate,
             generation=body["metadata"].get("generation"),
             analysis=analysis,
             action=(body["metadata"].get("annotations") or {}).get(ACTION_ANNOTATION),
+            replay=self.replays.poll(key, canary.spec, status, ready, driver.wake.set),
         )
         return Observed(key, body, canary, status, observations, now)
 
@@ -289,6 +295,7 @@ class CanaryController:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         driver = self.drivers.get(key)
         if event["type"] == "DELETED":
+            self.replays.forget(key)
             if driver is not None:
                 driver.task.cancel()
                 await asyncio.wait({driver.task})  # its last tick must not outlive the release
@@ -325,6 +332,8 @@ class CanaryController:
         self.stopped = True
         for driver in self.drivers.values():
             driver.task.cancel()
+        for key in list(self.replays.jobs):
+            self.replays.forget(key)
 
     async def close(self) -> None:
         self.stop()
@@ -332,3 +341,4 @@ class CanaryController:
             if driver.provider is not None:
                 await driver.provider.close()
         self.drivers.clear()
+        await self.replays.close()

@@ -99,7 +99,7 @@ async def _run_operator(args: argparse.Namespace) -> int:
     while True:
         await elector.acquire()
         # Everything the controllers remember belongs to this term alone.
-        term = Term.new(settings, args.router_url or [], namespaces)
+        term = Term.new(settings, args.router_url or [], namespaces, args.operator_token_file)
         registry = term.registry()
         _framework(registry, args)
         await term.prime()
@@ -205,6 +205,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=[u for u in os.environ.get("MODELFLEET_ROUTER_URLS", "").split(",") if u],
         help="router base URL the canary `router` metrics provider reads /v1/stats from "
         "(repeatable; default: $MODELFLEET_ROUTER_URLS, comma-separated)",
+    )
+    op.add_argument(
+        "--operator-token-file",
+        metavar="FILE",
+        default=os.environ.get("MODELFLEET_OPERATOR_TOKEN_FILE") or None,
+        help="the credential the routers accept for pool pins (a mounted Secret key; the "
+        "canary's pre-flight replay renders on a chosen pool with it), read on each replay "
+        "[env MODELFLEET_OPERATOR_TOKEN_FILE]",
     )
     op.add_argument(
         "--metrics-port", type=int, default=0, help="serve operator metrics on this port (0: off)"

@@ -17,6 +17,7 @@ import kopf
 from modelfleet.builders.modelpool import BuildSettings
 from modelfleet.controllers.canary import CanaryController
 from modelfleet.controllers.modelpool import ModelPoolController
+from modelfleet.controllers.replay import ReplayRunner, credential_file
 from modelfleet.controllers.routingpolicy import RoutingPolicyController
 
 
@@ -29,14 +30,18 @@ class Term:
 
     @staticmethod
     def new(
-        settings: BuildSettings, router_urls: Sequence[str], namespaces: Sequence[str] = ()
+        settings: BuildSettings,
+        router_urls: Sequence[str],
+        namespaces: Sequence[str] = (),
+        operator_token_file: str | None = None,
     ) -> Term:
         policies = RoutingPolicyController()
+        replays = ReplayRunner(router_urls, credential_file(operator_token_file))
         return Term(
             pools=ModelPoolController(settings),
             policies=policies,
             # The RoutingPolicy side is the canary's traffic router.
-            canaries=CanaryController(traffic=policies, router_urls=router_urls),
+            canaries=CanaryController(traffic=policies, router_urls=router_urls, replays=replays),
             namespaces=tuple(namespaces),
         )
 
