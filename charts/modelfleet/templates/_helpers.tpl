@@ -20,6 +20,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ .Values.workerImage.repository }}:{{ .Values.workerImage.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{/* The pool-pin credential of the pre-flight replay: a Secret both the operator and the
+router mount (nobody else's RBAC grants it; neither ServiceAccount may read Secrets). */}}
+{{- define "modelfleet.credentialSecret" -}}
+{{- .Values.canaryReplay.existingSecret | default (printf "%s-operator-credential" (include "modelfleet.fullname" .)) -}}
+{{- end -}}
+{{- define "modelfleet.credentialPath" -}}/var/run/secrets/modelfleet/operator-credential/token{{- end -}}
+{{- define "modelfleet.credentialVolume" -}}
+- name: operator-credential
+  secret:
+    secretName: {{ include "modelfleet.credentialSecret" . }}
+    defaultMode: 0440
+    items:
+      - {key: {{ .Values.canaryReplay.credentialKey | quote }}, path: token}
+{{- end -}}
+
 {{/* The restricted Pod Security Standard, for every container of the chart. */}}
 {{- define "modelfleet.containerSecurity" -}}
 allowPrivilegeEscalation: false
