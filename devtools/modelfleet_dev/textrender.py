@@ -154,7 +154,13 @@ def _background(style: Style, width: int, height: int, rng: random.Random) -> Im
         for x in range(-height, width, step * 2):
             d.polygon([(x, 0), (x + step, 0), (x + step + height, height), (x + height, height)], b)
     elif style.background == "noise":
-        small = Image.effect_noise((max(1, width // 16), max(1, height // 16)), 40)
+        # Seeded noise (Image.effect_noise is not): the same seed draws the same image.
+        size = (max(1, width // 16), max(1, height // 16))
+        small = Image.frombytes(
+            "L",
+            size,
+            bytes(min(255, max(0, round(rng.gauss(128, 40)))) for _ in range(size[0] * size[1])),
+        )
         tint = Image.new("RGB", small.size, b)
         img = Image.composite(tint, Image.new("RGB", small.size, a), small).resize(
             (width, height), Image.Resampling.BICUBIC

@@ -8,9 +8,14 @@ from typing import Any
 
 import pytest
 
+from modelfleet.canary.replay import GoldenPrompt
 from modelfleet.kubectl import main, report
+from modelfleet.kubectl.client import PluginError
 from modelfleet.kubectl.renders import (
+    MAX_GOLDEN_PAIRS,
     ReportPrompt,
+    Target,
+    golden_report_prompts,
     parse_response,
     ready_endpoint_url,
     request_body,
@@ -23,6 +28,7 @@ from modelfleet.kubectl.report_pairs import (
     expected_of,
     mean_accuracy,
     pairs_html,
+    replay_html,
     text_verdict,
 )
 
@@ -186,6 +192,8 @@ def test_fixed_prompts_include_one_with_expected_text() -> None:
         (ReportPrompt("p", 3), "64x64", 2, {"size": "64x64", "steps": 2}),
         (ReportPrompt("p", 3), None, None, {}),
         (ReportPrompt("p", 3, ("SALE",)), None, 4, {"steps": 4, "text": ["SALE"]}),
+        # A golden prompt's own size wins over the report's.
+        (ReportPrompt("p", 3, size="512x256"), "64x64", None, {"size": "512x256"}),
     ],
 )
 def test_request_body(
@@ -257,4 +265,103 @@ def test_report_flags() -> None:
     a = main.build_parser().parse_args(
         ["report", "c", "--html", "o.html", "--from-pools", "--prompt", "x", "--seed", "3"]
     )
-    assert (a.out, a.from_pools, a.prompt, a.seed, a.size) == ("o.html", True, ["x"], [3], "64x64")
+    assert (a.out, a.from_pools, a.prompt, a.seed, a.size) == ("o.html", True, ["x"], [3], None)
+
+
+G1 = GoldenPrompt(1, 'a banner "A B"', ("A B",), "512x256")
+G3 = GoldenPrompt(3, "shop", ("C D",))
+
+
+@pytest.mark.parametrize(
+    ("recorded", "want"),
+    [
+        # Nothing recorded yet: every prompt with every seed, in ConfigMap order.
+        (
+            [],
+            [
+                ReportPrompt(G1.prompt, 1, ("A B",), "512x256", 1),
+                ReportPrompt(G1.prompt, 2, ("A B",), "512x256", 1),
+                ReportPrompt("shop", 1, ("C D",), None, 3),
+                ReportPrompt("shop", 2, ("C D",), None, 3),
+            ],
+        ),
+        # The replay's recorded pairs (its worst), by line; unknown lines are skipped.
+        (
+            [{"line": 3, "seed": 2}, {"line": 9, "seed": 1}, {"line": "1", "seed": 1}],
+            [ReportPrompt("shop", 2, ("C D",), None, 3)],
+        ),
+    ],
+)
+def test_golden_report_prompts(recorded: list[dict[str, Any]], want: list[ReportPrompt]) -> None:
+    assert golden_report_prompts([G1, G3], [1, 2], recorded) == want
+
+
+def test_golden_report_prompts_are_capped() -> None:
+    many = [GoldenPrompt(n, f"p{n}", ("X",)) for n in range(1, 20)]
+    assert len(golden_report_prompts(many, [1, 2], [])) == MAX_GOLDEN_PAIRS
+
+
+def test_pinned_target_headers() -> None:
+    t = Target.pinned("typography-v2", "http://router", "ns/images", "tok")
+    assert dict(t.headers) == {
+        "X-ModelFleet-Policy": "ns/images",
+        "X-ModelFleet-Pool": "typography-v2",
+        "X-ModelFleet-Operator-Token": "tok",
+    }
+
+
+REPLAY: dict[str, Any] = {
+    "result": "fail",
+    "message": "candidate <0.5> < 0.9 x stable 1",
+    "stable": {"pool": "typography", "renders": 2, "verified": 2, "meanWordAccuracy": 1.0},
+    "candidate": {"pool": "typography-v2", "renders": 2, "verified": 2, "meanWordAccuracy": 0.5},
+    "renders": [
+        {
+            "line": 1,
+            "seed": 7,
+            "prompt": "p",
+            "stable": {"status": "passed", "wordAccuracy": 1.0, "read": "SALE NOW"},
+            "candidate": {"status": "failed", "wordAccuracy": 0.5, "read": "SL<AE> NOW"},
+        }
+    ],
+}
+
+
+def test_replay_section_and_recorded_reads_under_each_render() -> None:
+    section = replay_html(REPLAY)
+    assert "fail" in section and "candidate &lt;0.5&gt;" in section
+    assert "typography-v2" in section and "0.5" in section
+    assert replay_html(None) == ""
+    pair = RenderPair("p", 7, PoolRender("s", b"1", PASSED), PoolRender("c", b"2", FAILED), line=1)
+    page = pairs_html([pair], "s", "c", "pinned", REPLAY["renders"])
+    assert "replay recorded: passed, read “SALE NOW”, word accuracy 1" in page
+    assert "replay recorded: failed, read “SL&lt;AE&gt; NOW”, word accuracy 0.5" in page
+    # Another seed of the same line has no record.
+    other = RenderPair("p", 8, pair.stable, pair.candidate, line=1)
+    assert "replay recorded" not in pairs_html([other], "s", "c", "x", REPLAY["renders"])
+
+
+def test_render_report_shows_the_replay() -> None:
+    canary = {"metadata": {"name": "c"}, "spec": {}, "status": {"replay": REPLAY}}
+    assert "Pre-flight replay" in report.render_report(canary, generated_at="T")
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        ([], None),
+        (["--from-pools"], None),
+        (["--router-url", "u", "--operator-token-file", "f"], None),
+        (["--stable-url", "a"], "--stable-url and --candidate-url go together"),
+        (["--router-url", "u"], "--router-url and --operator-token-file go together"),
+        (["--from-pools", "--stable-url", "a", "--candidate-url", "b"], "choose one"),
+        (["--from-pools", "--router-url", "u", "--operator-token-file", "f"], "choose one"),
+    ],
+)
+def test_check_sources(argv: list[str], error: str | None) -> None:
+    args = main.build_parser().parse_args(["report", "c", "--out", "o", *argv])
+    if error is None:
+        report.check_sources(args)
+    else:
+        with pytest.raises(PluginError, match=error):
+            report.check_sources(args)

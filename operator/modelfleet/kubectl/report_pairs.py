@@ -36,6 +36,7 @@ class RenderPair:
     stable: PoolRender
     candidate: PoolRender
     expected: tuple[str, ...] = field(default=())
+    line: int | None = None  # a golden prompt's line in its ConfigMap key
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,34 @@ def data_uri(image: bytes, media_type: str = "image/png") -> str:
     return f"data:{media_type};base64,{base64.b64encode(image).decode('ascii')}"
 
 
-def _render_cell(render: PoolRender) -> str:
+def recorded_for(
+    recorded: Sequence[Mapping[str, Any]], pair: RenderPair
+) -> Mapping[str, Any] | None:
+    """The replay's record (status.replay.renders) of this golden (prompt, seed)."""
+    if pair.line is None:
+        return None
+    for r in recorded:
+        if r.get("line") == pair.line and r.get("seed") == pair.seed:
+            return r
+    return None
+
+
+def _recorded_line(rec: Mapping[str, Any] | None) -> str:
+    """What the operator's replay recorded for one pool's render of this pair."""
+    if not rec:
+        return ""
+    esc = html.escape
+    text = f"replay recorded: {rec.get('status', '?')}"
+    if rec.get("read"):
+        text += f", read “{rec['read']}”"
+    if isinstance(rec.get("wordAccuracy"), int | float):
+        text += f", word accuracy {fmt_number(rec['wordAccuracy'])}"
+    if rec.get("detail"):
+        text += f" ({rec['detail']})"
+    return f'<div class="muted">{esc(text)}</div>'
+
+
+def _render_cell(render: PoolRender, recorded: Mapping[str, Any] | None = None) -> str:
     esc = html.escape
     v = text_verdict(render)
     out = []
@@ -95,7 +123,7 @@ def _render_cell(render: PoolRender) -> str:
             f'src="{esc(data_uri(render.image, render.media_type))}">'
         )
     if v.status == "error":
-        out.append(f'<div class="err">{esc(v.detail)}</div>')
+        out.append(f'<div class="err">{esc(v.detail)}</div>' + _recorded_line(recorded))
         return "".join(out)
     cls = {"passed": "ok", "failed": "err"}.get(v.status, "muted")
     lines = [f'<div class="{cls}">{esc(v.status)}</div>']
@@ -107,6 +135,7 @@ def _render_cell(render: PoolRender) -> str:
         lines.append(f"<div>passed: {'yes' if v.passed else 'no'}</div>")
     if v.detail:
         lines.append(f'<div class="muted">{esc(v.detail)}</div>')
+    lines.append(_recorded_line(recorded))
     out.append('<div class="verdict">' + "".join(lines) + "</div>")
     return "".join(out)
 
@@ -124,18 +153,26 @@ def mean_accuracy(renders: Sequence[PoolRender]) -> float | None:
 
 
 def pairs_html(
-    pairs: Sequence[RenderPair], stable_pool: str, candidate_pool: str, source: str
+    pairs: Sequence[RenderPair],
+    stable_pool: str,
+    candidate_pool: str,
+    source: str,
+    recorded: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """The section: one row per (prompt, seed), stable left, candidate right."""
+    """The section: one row per (prompt, seed), stable left, candidate right; with the
+    replay's records (status.replay.renders), what it recorded under each render."""
     esc = html.escape
     rows = []
     for p in pairs:
         expected = expected_of(p)
         shown = " / ".join(expected) if expected else "(none)"
+        rec = recorded_for(recorded, p) or {}
+        where = f"<br>golden line {p.line}" if p.line is not None else ""
         rows.append(
-            f'<tr><td>{esc(p.prompt)}<br>seed {p.seed}<br>expected: <q class="read">'
+            f'<tr><td>{esc(p.prompt)}<br>seed {p.seed}{where}<br>expected: <q class="read">'
             f"{esc(shown)}</q></td>"
-            f"<td>{_render_cell(p.stable)}</td><td>{_render_cell(p.candidate)}</td></tr>"
+            f"<td>{_render_cell(p.stable, rec.get('stable'))}</td>"
+            f"<td>{_render_cell(p.candidate, rec.get('candidate'))}</td></tr>"
         )
     s_acc = mean_accuracy([p.stable for p in pairs])
     c_acc = mean_accuracy([p.candidate for p in pairs])
@@ -153,4 +190,44 @@ def pairs_html(
         + '<table class="pairs"><thead><tr><th>prompt</th>'
         f"<th>stable ({esc(stable_pool)})</th><th>candidate ({esc(candidate_pool)})</th>"
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def replay_html(replay: Mapping[str, Any] | None) -> str:
+    """The pre-flight replay's outcome (status.replay): result, message, both scores."""
+    if not replay:
+        return ""
+    esc = html.escape
+    rows = []
+    for side in ("stable", "candidate"):
+        sc = replay.get(side) or {}
+        if not sc:
+            continue
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{esc(str(c))}</td>"
+                for c in (
+                    f"{side} ({sc.get('pool', '')})",
+                    sc.get("renders", "-"),
+                    sc.get("verified", "-"),
+                    fmt_number(sc.get("meanWordAccuracy")),
+                    fmt_number(sc.get("passRate")),
+                    sc.get("unreadable", "-"),
+                    sc.get("failures", "-"),
+                )
+            )
+            + "</tr>"
+        )
+    table = (
+        "<table><thead><tr><th>pool</th><th>renders</th><th>verified</th>"
+        "<th>mean word accuracy</th><th>pass rate</th><th>unreadable</th><th>failures</th>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        if rows
+        else ""
+    )
+    return (
+        "<h2>Pre-flight replay</h2>"
+        f"<p>Result: <b>{esc(str(replay.get('result') or 'running'))}</b>; "
+        f"{esc(str(replay.get('message') or '-'))}</p>" + table
     )

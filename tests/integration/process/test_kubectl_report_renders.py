@@ -12,14 +12,25 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from modelfleet.canary.replay import parse_golden
 from modelfleet.kubectl import report
-from modelfleet.kubectl.renders import ReportPrompt, pairs_from_workers
+from modelfleet.kubectl.renders import (
+    ReportPrompt,
+    Target,
+    golden_report_prompts,
+    pairs_from,
+    pairs_from_workers,
+)
 from modelfleet.kubectl.report_pairs import text_verdict
+from modelfleet_dev.routerproc import RouterProcess, policy, write_config
 from worker_fixtures import Worker, start_text_worker
 
 pytestmark = pytest.mark.timeout(180)
 
 PLAIN = "HAPPY MARKET"  # no letters the corruption could swap for a look-alike (O/0, I/1)
+
+
+TOKEN = "report-test-operator-token-51c0"
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +87,60 @@ def test_report_shows_both_renders_and_what_each_was_read_as(
     assert f'read: <q class="read">{c.read}</q>' in page
     assert "passed: yes" in page and "passed: no" in page
     assert "word accuracy 0.5" in page
+
+
+@pytest.fixture(scope="module")
+def pin_router(
+    tmp_path_factory: pytest.TempPathFactory, pools: tuple[Worker, Worker]
+) -> Iterator[RouterProcess]:
+    tmp = tmp_path_factory.mktemp("report-router")
+    (tmp / "token").write_text(TOKEN + "\n")
+    # The route sends everything to `clean`: only a pin reaches `bad`.
+    cfg = write_config(
+        tmp / "router.yaml",
+        [policy([{"name": "all", "pool": "clean"}])],
+        {"clean": [pools[0].url], "bad": [pools[1].url]},
+    )
+    r = RouterProcess(cfg, ["--operator-token-file", str(tmp / "token")])
+    try:
+        yield r.start()
+    finally:
+        r.__exit__()
+
+
+def test_golden_prompts_through_the_router_with_the_pool_pinned(
+    pools: tuple[Worker, Worker], pin_router: RouterProcess
+) -> None:
+    golden = parse_golden(
+        f'{{"prompt": "a banner \\"{PLAIN}\\"", "size": "512x256"}}\n', "ConfigMap g key k"
+    )
+    prompts = golden_report_prompts(golden, [21, 22], [])
+    assert [(p.seed, p.size, p.line) for p in prompts] == [(21, "512x256", 1), (22, "512x256", 1)]
+    pinned = pairs_from(
+        Target.pinned("clean", pin_router.url, "main", TOKEN),
+        Target.pinned("bad", pin_router.url, "main", TOKEN),
+        prompts,
+        size=None,
+        steps=None,
+    )
+    direct = pairs_from_workers(
+        ("clean", pools[0].url), ("bad", pools[1].url), prompts, size=None, steps=None
+    )
+    for via_router, via_worker in zip(pinned, direct, strict=True):
+        # Reproducible from (prompt, seed, pool): the pinned render is the worker's own.
+        assert via_router.stable.image == via_worker.stable.image
+        assert via_router.candidate.image == via_worker.candidate.image
+        assert text_verdict(via_router.stable).status == "passed"
+        assert text_verdict(via_router.candidate).status == "failed"
+
+    wrong = pairs_from(
+        Target.pinned("clean", pin_router.url, "main", "not-the-token"),
+        Target("bad", pin_router.url),
+        prompts[:1],
+        size=None,
+        steps=None,
+    )[0]
+    assert wrong.stable.error is not None and "HTTP 403" in wrong.stable.error
+    assert "not-the-token" not in wrong.stable.error
+    # Without a pin the router's route decides: the stable drew it, whatever was asked.
+    assert text_verdict(wrong.candidate).status == "passed"
