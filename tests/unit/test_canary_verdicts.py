@@ -276,6 +276,18 @@ def test_latency_ratio_without_ready_replicas_is_inconclusive() -> None:
     assert r.result == "inconclusive" and "ready replicas unknown" in r.message
 
 
+def test_latency_rank_test_also_needs_matched_load() -> None:
+    """Should a provider give latency distributions, the rank test waits for equal load too."""
+    cand = service({"": draws(60, 0.9, 1)})
+    stable = service({"": draws(40, 0.5, 2)})
+    r = judge(P95, cand, stable, candidate_replicas=1, stable_replicas=1)
+    assert (r.result, r.method) == ("inconclusive", "mann-whitney")
+    assert "loads differ" in r.message
+    cand = service({"": draws(50, 0.9, 1)})
+    stable = service({"": draws(50, 0.5, 2)})
+    assert judge(P95, cand, stable, candidate_replicas=1, stable_replicas=1).result == "fail"
+
+
 def test_latency_absolute_max_needs_no_load_match() -> None:
     metric = MetricSpec(name="p95", builtin="latency-p95", max=0.8)
     assert judge(metric, Measurement(0.9, 60), None).result == "fail"

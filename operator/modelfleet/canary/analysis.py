@@ -155,7 +155,17 @@ def judge_metric(
 
     verdict: Verdict | None = None
     if method != "value":
-        verdict = compare(metric, observed, method, gate.least)
+        # End-to-end latency is compared only at matched load, whatever the test.
+        mismatch = load_mismatch(
+            metric, observed, load_match_tolerance, candidate_replicas, stable_replicas
+        )
+        if mismatch is None:
+            verdict = compare(metric, observed, method, gate.least)
+        else:
+            n_s = observed.stable.samples if observed.stable is not None else None
+            verdict = Verdict(
+                "inconclusive", mismatch, method, observed.candidate.samples or 0, n_s or 0
+            )
     value_checks = metric.max is not None or metric.min is not None or verdict is None
     why = _missing(observed.candidate, "candidate", gate)
     if why is not None and value_checks:
