@@ -106,6 +106,7 @@ def test_slower_candidate_fails_with_evidence(seed: int) -> None:
     # The status entry carries what the message says.
     assert r.value is not None and r.stable_value is not None
     assert r.value / r.stable_value == pytest.approx(r.ratio)
+    assert r.threshold == pytest.approx(1.2 * r.stable_value)  # the median the limit allows
 
 
 def test_small_samples_are_inconclusive_never_failed() -> None:

@@ -5,16 +5,21 @@ Rules (docs/canary.md has the user-facing version):
 - Missing data is never a failure and never a pass: a provider error, a query that
   matched no series, fewer than minRequests candidate samples or no value at all make
   the check inconclusive.
-- `max` is absolute: fail when candidate > max.
-- `maxRatioToStable` is relative: fail when candidate > ratio * max(stable, floor).
-  The floor (1% error rate, 5 ms latency; 0 for custom queries) keeps a near-zero
-  stable value from turning noise into a rollback. The stable value must come from at
-  least minRequests stable samples in the same window; otherwise the stable value of the
-  previous analysis is used (at 100% the stable pool gets no traffic), and without one
-  the check is inconclusive.
-- `min` / `minRatioToStable` are the higher-is-better twins (text-accuracy,
-  text-pass-rate): fail when candidate < min, or < ratio * stable (no floor: a near-zero
-  stable value only makes the check easier to pass).
+- `max` is absolute: fail when candidate > max; `min` its higher-is-better twin.
+- Relative limits (maxRatioToStable, minRatioToStable, maxWorseProbability) are judged
+  by the metric's method (canary.verdicts.method_for):
+  - mann-whitney (both pools carry binned samples, e.g. service time by batch size) and
+    proportion (error-rate / text-pass-rate with counts): canary.statistics; fail only
+    when an effect limit is exceeded and p < alpha, inconclusive below minSamples; the
+    stable is measured over its reference window (AnalysisPlan.stable_window_seconds).
+  - value: fail when candidate > ratio * max(stable, floor) (< ratio * stable for min).
+    The floor (1% error rate, 5 ms latency; 0 for custom queries) keeps a near-zero
+    stable value from turning noise into a rollback. The stable value must come from at
+    least minRequests stable samples in the same window; otherwise the stable value of
+    the previous analysis is used, and without one the check is inconclusive.
+- End-to-end latency (latency-p95/p99) ratios are judged only when the pools' requests
+  per ready replica match within loadMatchTolerance, and never fall back to an earlier
+  window: queueing makes latency depend on load.
 - Text metrics are counted over verified renders: their sample count is the verified
   renders in the window, gated by minVerified instead of minRequests.
 - A metric fails when any threshold it can evaluate fails, even if another threshold is
@@ -36,7 +41,7 @@ from modelfleet.api.canary import (
 from modelfleet.canary.ports import Measurement
 from modelfleet.canary.statistics import Verdict
 from modelfleet.canary.types import MetricObservation
-from modelfleet.canary.verdicts import compare, load_mismatch, method_for
+from modelfleet.canary.verdicts import PROPORTION_FLOORS, compare, load_mismatch, method_for
 
 NO_SERIES = "query returned no series (misconfigured?)"
 NOT_ENOUGH_SAMPLES = "not enough samples"
@@ -127,6 +132,8 @@ def judge_metric(
             if verdict.candidate is not None and metric.max is None and metric.min is None:
                 value = verdict.candidate
             stable = verdict.stable if verdict.stable is not None else stable
+            if threshold is None and verdict.stable is not None:
+                threshold = _ratio_limit(metric, verdict.stable)
         elif stable is not None and value is not None and stable > 0:
             ratio = value / stable
         return MetricResult(
@@ -227,6 +234,16 @@ def judge_metric(
     limit_text = f" {sign} {_fmt(threshold)}" if threshold is not None else ""
     text = f"{_fmt(value or 0.0)}{limit_text}{where}{tail}"
     return result("pass", text, value, baseline, threshold, verdict)
+
+
+def _ratio_limit(metric: MetricSpec, stable: float) -> float | None:
+    """The median (rate) a test's ratio limit allows, for status' threshold."""
+    if metric.max_ratio_to_stable is not None:
+        floor = PROPORTION_FLOORS.get(metric.builtin or "", 0.0)
+        return metric.max_ratio_to_stable * max(stable, floor)
+    if metric.min_ratio_to_stable is not None:
+        return metric.min_ratio_to_stable * stable
+    return None
 
 
 def _absolute(metric: MetricSpec, value: float, fails: list[str], limits: list[float]) -> None:
