@@ -14,6 +14,9 @@ import pytest
 
 from polling import wait_for as wait_for  # re-exported: tests import it from here too
 
+# Stand-in workers, HTTP client and router subprocess fixtures (the router process tests).
+pytest_plugins = ["router_fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -1,5 +1,5 @@
-"""Fixtures shared by the process-tier router tests: in-process stand-in workers, an HTTP
-client and real router subprocesses on a static config."""
+"""Fixtures for the process-tier router tests, loaded by tests/conftest.py as a plugin:
+in-process stand-in workers, an HTTP client and real router subprocesses on a static config."""
 
 from __future__ import annotations
 
