@@ -10,8 +10,13 @@ samples: the real analysis pauses for lack of data; 2 do not).
 
     flock /tmp/modelfleet-cluster.lock .venv/bin/python bench/canary_verdicts.py --runs 2
 
-Prints the false-rollback rate, the detection rate and, per run, the time from the
-candidate's first traffic to its verdict (Succeeded, or weight 0 again on a rollback).
+The operator judges every canary with the example's own analysis (its service-time rank
+test, error rate and absolute p95), so the rates are the operator's real verdicts. Prints
+the false-rollback rate, the detection rate, the analyses each verdict took and, per run,
+the time from the candidate's first traffic to its verdict (Succeeded, or weight 0 again
+on a rollback). `--errors N` adds N candidates whose every request fails (the
+MODELFLEET_WORKER_FAULT_ERROR_RATE drill): their first traffic to weight 0 is the
+error-rate detection time.
 
 Shadow verdicts: after every analysis the bench reads the routers' service time per image
 by batch size over that analysis' window (`/v1/stats?window=W&offset=S`) and judges it
@@ -29,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import queue
 import statistics
@@ -44,10 +48,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from canary_verdicts_shadow import (
+    Shadow,
+    Strata,
+    Window,
+    report_shadow,
+    service_strata,
+    shadow_judge,
+)
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from modelfleet.canary.statistics import Comparison, Histogram, Verdict, compare_strata
+from modelfleet.canary.statistics import Comparison
 from modelfleet_dev import bootstrap, story
 from modelfleet_dev.cluster import Cluster
 from modelfleet_dev.routerproc import free_port
@@ -56,40 +68,29 @@ NS = "bench-verdicts"
 REPO = Path(__file__).resolve().parents[1]
 
 
-Strata = dict[str, Histogram]
-
-
-@dataclass
-class Window:
-    """One analysis window as the routers saw it: service time by batch size per side."""
-
-    step: int
-    weight: int
-    result: str
-    candidate: Strata
-    stable: Strata
-    # The stable's samples from `lookback` seconds before the canary began until this
-    # window's end: a reference that also has the batch sizes the stable runs rarely now.
-    reference: Strata
-
-
-@dataclass
-class Shadow:
-    """The statistics' verdicts on a run's windows, and where they would have ended it."""
-
-    verdicts: list[Verdict]
-    rolled_back_at: int | None  # window index, None when it never rolled back
+KINDS = ("identical", "slower", "erroring")
+CANDIDATE_PREFIX = {"identical": "same", "slower": "slow", "erroring": "errs"}
 
 
 @dataclass
 class Run:
-    kind: str  # "identical" or "slower"
+    kind: str  # one of KINDS
     index: int
     slot: int
     outcome: story.Outcome | None = None
     error: str = ""
     windows: list[Window] = field(default_factory=list)
     shadow: dict[str, Shadow] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)  # status.history at the end
+
+    @property
+    def analyses(self) -> int:
+        return len(self.history)
+
+    def failed_checks(self) -> list[dict[str, Any]]:
+        """The checks of the final analysis that failed (why it was rolled back)."""
+        last = self.history[-1]["metrics"] if self.history else []
+        return [m for m in last if m.get("result") == "fail"]
 
     @property
     def name(self) -> str:
@@ -164,62 +165,12 @@ def analysis_of(example: Path, min_requests: int, shadow: bool) -> dict[str, Any
 def latency_ratio(example: Path) -> float:
     """The example's relative latency limit: the effect limit of the shadow verdicts."""
     doc = yaml.safe_load(example.read_text())
-    for m in doc["spec"]["analysis"]["metrics"]:
-        if m.get("maxRatioToStable") and str(m.get("builtin", "")).startswith("latency"):
-            return float(m["maxRatioToStable"])
+    relative = [m for m in doc["spec"]["analysis"]["metrics"] if m.get("maxRatioToStable")]
+    for builtin in ("service-time", "latency-p95", "latency-p99"):
+        for m in relative:
+            if m.get("builtin") == builtin:
+                return float(m["maxRatioToStable"])
     return 1.2
-
-
-def service_strata(doc: dict[str, Any], pool: str) -> Strata:
-    for p in doc.get("pools", []):
-        if p["namespace"] == NS and p["pool"] == pool:
-            return {
-                s["batch_size"]: Histogram.from_cumulative(
-                    [(math.inf if b == "+Inf" else float(b), float(c)) for b, c in s["buckets"]]
-                )
-                for s in p.get("service_time", [])
-            }
-    return {}
-
-
-def shadow_judge(
-    windows: list[Window], c: Comparison, failure_limit: int, pooled: bool, reference: bool
-) -> Shadow:
-    """Judge each window against the stable's same window (at 100%, with no stable
-    traffic, its previous one) or, with `reference`, against the stable's reference."""
-    verdicts: list[Verdict] = []
-    streak = 0
-    previous: Strata = {}
-    for i, w in enumerate(windows):
-        stable = w.stable if sum(h.total for h in w.stable.values()) > 0 else previous
-        previous = stable
-        if reference:
-            stable = w.reference
-        cand = _pool_strata(w.candidate) if pooled else w.candidate
-        ref = _pool_strata(stable) if pooled else stable
-        names = sorted(set(cand) | set(ref))
-        empty = Histogram.from_cumulative([(math.inf, 0.0)])
-        strata = []
-        for n in names:
-            a, b = cand.get(n), ref.get(n)
-            like = a or b
-            assert like is not None
-            zero = Histogram(like.bounds, (0.0,) * len(like.counts))
-            strata.append((n, a or zero, b or zero))
-        v = compare_strata(strata or [("", empty, empty)], c)
-        verdicts.append(v)
-        streak = streak + 1 if v.result == "fail" else (0 if v.result == "pass" else streak)
-        if streak >= failure_limit:
-            return Shadow(verdicts, i)
-    return Shadow(verdicts, None)
-
-
-def _pool_strata(strata: Strata) -> Strata:
-    hs = list(strata.values())
-    if not hs:
-        return {}
-    counts = [math.fsum(col) for col in zip(*(h.counts for h in hs), strict=True)]
-    return {"all": Histogram(hs[0].bounds, tuple(counts))}
 
 
 def canary(run: Run, args: argparse.Namespace, analysis: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +208,13 @@ def drive(
         api, NS, "routingpolicies", story.single_route_policy(run.name, f"stable-{run.slot}")
     )
     _wait(lambda: _routes(url, run.name), 60, f"router knows policy {run.name}")
+    if args.warmup:
+        # The stable serves its own light traffic before the canary (as in production):
+        # its reference then holds images run alone, as the candidate runs them at 10%.
+        # Under all the clients the stable only batches, so a 10% step compared within
+        # batch sizes would share no stratum with it.
+        with story.Load(url, run.name, clients=1) as warm:
+            _wait(lambda: warm.ok >= args.warmup, 120, f"{run.name}: warm-up requests")
     stop = threading.Event()
     collector = threading.Thread(
         target=collect_windows,
@@ -269,6 +227,8 @@ def drive(
             collector.start()
             say = (lambda m: print(f"  [{run.name}] {m}", flush=True)) if args.verbose else None
             run.outcome = story.watch_canary(api, NS, run.name, say=say, timeout=600)
+            obj = custom.get_namespaced_custom_object(story.G, story.V, NS, "canaries", run.name)
+            run.history = list((obj.get("status") or {}).get("history") or [])
     finally:
         stop.set()
         if collector.is_alive():
@@ -317,9 +277,9 @@ def collect_windows(
                     rec["step"],
                     rec["weight"],
                     rec["result"],
-                    service_strata(doc, candidate_of(run)),
-                    service_strata(doc, stable),
-                    service_strata(ref, stable),
+                    service_strata(doc, NS, candidate_of(run)),
+                    service_strata(doc, NS, stable),
+                    service_strata(ref, NS, stable),
                 )
             )
         seen = len(history)
@@ -339,7 +299,7 @@ def _stats(url: str, window: int, offset: int) -> dict[str, Any]:
 
 
 def candidate_of(run: Run) -> str:
-    return f"{'same' if run.kind == 'identical' else 'slow'}-{run.slot}"
+    return f"{CANDIDATE_PREFIX[run.kind]}-{run.slot}"
 
 
 def _dumped(r: Run) -> dict[str, Any]:
@@ -369,76 +329,75 @@ def _dumped(r: Run) -> dict[str, Any]:
     }
 
 
+def _verdict_text(r: Run) -> str:
+    """Why it ended: the failed checks' verdicts (method, ratio, p) or the message."""
+    failed = r.failed_checks()
+    if not failed:
+        return r.outcome.message if r.outcome else r.error
+    parts = []
+    for m in failed:
+        facts = [m["name"]]
+        if m.get("method"):
+            facts.append(str(m["method"]))
+        if m.get("ratio") is not None:
+            facts.append(f"ratio {m['ratio']:.3g}")
+        if m.get("pValue") is not None:
+            facts.append(f"p {m['pValue']:.2g}")
+        if m.get("value") is not None and m.get("ratio") is None:
+            facts.append(f"value {m['value']:.3g}")
+        parts.append(" ".join(facts))
+    return "; ".join(parts)
+
+
 def report(runs: list[Run], interval_s: float) -> None:
-    print("\n| run | candidate | phase | to verdict | message |")
-    print("|---|---|---|---:|---|")
+    print("\n| run | candidate | phase | analyses | to verdict | why |")
+    print("|---|---|---|---:|---:|---|")
     for r in runs:
         o = r.outcome
         t = r.to_verdict
         shown = f"{t:.1f} s" if t is not None else "-"
-        text = (o.message if o else r.error).replace("|", "/")
-        print(f"| {r.name} | {r.kind} | {o.phase if o else 'error'} | {shown} | {text} |")
-    print("\n| candidate | runs | rolled back | succeeded | other | verdict median / max |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for kind in ("identical", "slower"):
+        text = _verdict_text(r).replace("|", "/")
+        phase = o.phase if o else "error"
+        print(f"| {r.name} | {r.kind} | {phase} | {r.analyses} | {shown} | {text} |")
+    print(
+        "\n| candidate | runs | rolled back | succeeded | other | analyses to verdict "
+        "| to verdict median / max |"
+    )
+    print("|---|---:|---:|---:|---:|---|---:|")
+    for kind in KINDS:
         rs = [r for r in runs if r.kind == kind]
+        if not rs:
+            continue
         phases = [r.outcome.phase if r.outcome else "error" for r in rs]
         times = [t for r in rs if (t := r.to_verdict) is not None]
         rb, ok = phases.count("RolledBack"), phases.count("Succeeded")
         span = f"{statistics.median(times):.1f} / {max(times):.1f} s" if times else "-"
-        print(f"| {kind} | {len(rs)} | {rb} | {ok} | {len(rs) - rb - ok} | {span} |")
+        counts = statistics.median([r.analyses for r in rs]) if rs else 0
+        spread = f"median {counts:g} ({min(r.analyses for r in rs)}-{max(r.analyses for r in rs)})"
+        print(f"| {kind} | {len(rs)} | {rb} | {ok} | {len(rs) - rb - ok} | {spread} | {span} |")
     same = [r for r in runs if r.kind == "identical"]
     slow = [r for r in runs if r.kind == "slower"]
+    errs = [r for r in runs if r.kind == "erroring"]
     false_rb = sum(1 for r in same if r.outcome and r.outcome.phase == "RolledBack")
     caught = [r for r in slow if r.outcome and r.outcome.phase == "RolledBack"]
+    on_service = sum(1 for r in caught if "service-time" in {m["name"] for m in r.failed_checks()})
     in_two = sum(1 for r in caught if (t := r.to_verdict) is not None and t <= 2 * interval_s + 2)
     print(
         f"\nfalse rollback rate: {false_rb}/{len(same)} (goal 0 of 20); "
-        f"detection rate: {len(caught)}/{len(slow)} (goal >= 19 of 20), "
-        f"{in_two} of them within two intervals (+2 s) of first traffic"
+        f"detection rate: {len(caught)}/{len(slow)} (goal >= 19 of 20), {on_service} on "
+        f"service-time, {in_two} within two intervals (+2 s) of first traffic; analyses to "
+        f"rollback: {sorted(r.analyses for r in caught)}"
     )
-    report_shadow(runs, interval_s)
-
-
-def report_shadow(runs: list[Run], interval_s: float) -> None:
-    kinds = sorted({k for r in runs for k in r.shadow})
-    if not kinds:
-        return
-    print("\nShadow verdicts on service time per image (p pass, F fail, i inconclusive):\n")
-    print("| run | candidate | weights | " + " | ".join(kinds) + " |")
-    print("|---|---|---|" + "---|" * len(kinds))
-    for r in runs:
-        cells = []
-        for k in kinds:
-            sh = r.shadow.get(k)
-            if sh is None:
-                cells.append("-")
-                continue
-            marks = "".join({"pass": "p", "fail": "F"}.get(v.result, "i") for v in sh.verdicts)
-            end = f" RB@{sh.rolled_back_at + 1}" if sh.rolled_back_at is not None else ""
-            cells.append(marks + end)
-        weights = ",".join(str(w.weight) for w in r.windows)
-        print(f"| {r.name} | {r.kind} | {weights} | " + " | ".join(cells) + " |")
-    for k in kinds:
-        same = [r for r in runs if r.kind == "identical" and k in r.shadow]
-        slow = [r for r in runs if r.kind == "slower" and k in r.shadow]
-        fr = sum(1 for r in same if r.shadow[k].rolled_back_at is not None)
-        at = [x + 1 for r in slow if (x := r.shadow[k].rolled_back_at) is not None]
-        within = sum(1 for a in at if a <= 2)
+    if errs:
+        zero = sorted(t for r in errs if r.outcome and (t := r.outcome.weight_zero_after))
+        rolled = sum(1 for r in errs if r.outcome and r.outcome.phase == "RolledBack")
+        shown = ", ".join(f"{t:.1f}" for t in zero)
         print(
-            f"\nshadow {k}: false rollbacks {fr}/{len(same)}; detected {len(at)}/{len(slow)}, "
-            f"{within} within two intervals (analyses to verdict: {sorted(at)}; "
-            f"about {interval_s:g} s each)"
+            f"error-rate: {rolled}/{len(errs)} erroring candidates rolled back; first traffic "
+            f"to weight 0: {shown} s"
+            + (f" (median {statistics.median(zero):.1f} s)" if zero else "")
         )
-    examples = [
-        (r, v)
-        for r in runs
-        for k in kinds[:1]
-        for v in (r.shadow[k].verdicts if k in r.shadow else [])
-    ]
-    for kind in ("identical", "slower"):
-        for r, v in [e for e in examples if e[0].kind == kind][:3]:
-            print(f"  e.g. {r.name}: {v.result}: {v.message}")
+    report_shadow(runs, interval_s)
 
 
 def main() -> int:
@@ -446,11 +405,20 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--runs", type=int, default=20, help="canaries of each kind")
+    p.add_argument(
+        "--errors", type=int, default=5, help="erroring candidates (error-rate detection time)"
+    )
     p.add_argument("--slots", type=int, default=2, help="canaries at once (3 pools each)")
     p.add_argument("--interval", default="10s")
     p.add_argument("--steps", default="10,30,60,100")
     p.add_argument("--min-requests", type=int, default=8)
     p.add_argument("--clients", type=int, default=6, help="closed-loop clients per canary")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=30,
+        help="requests one client sends to the stable alone just before each canary (0: none)",
+    )
     p.add_argument(
         "--slow-channels", type=int, default=44, help="UNet width of the slower model (32: same)"
     )
@@ -496,10 +464,15 @@ def main() -> int:
     pools: dict[str, Path] = {}
     for s in range(args.slots):
         pools |= {f"stable-{s}": base, f"same-{s}": base, f"slow-{s}": wide}
+        if args.errors:
+            pools[f"errs-{s}"] = base
     # Every worker here shares this machine's cores: wall time would measure neighbours.
     clock = {"MODELFLEET_WORKER_SERVICE_CLOCK": args.service_clock}
     for name, model in pools.items():
-        manifest = story.pool_manifest(name, str(model), clock)
+        env = dict(clock)
+        if name.startswith("errs-"):
+            env["MODELFLEET_WORKER_FAULT_ERROR_RATE"] = "1.0"
+        manifest = story.pool_manifest(name, str(model), env)
         story.create_or_update(api, NS, "modelpools", manifest)
 
     env = {**os.environ, "KUBECONFIG": str(cluster.paths.kubeconfig)}
@@ -529,9 +502,12 @@ def main() -> int:
         print(f"{len(pools)} pools Ready after {time.monotonic() - started:.0f} s", flush=True)
         # Alternate the kinds so both see the same machine conditions.
         todo: queue.Queue[tuple[str, int]] = queue.Queue()
-        for i in range(args.runs):
-            todo.put(("identical", i))
-            todo.put(("slower", i))
+        for i in range(max(args.runs, args.errors)):
+            if i < args.runs:
+                todo.put(("identical", i))
+                todo.put(("slower", i))
+            if i < args.errors:
+                todo.put(("erroring", i))
 
         def slot_worker(slot: int) -> None:
             while True:
