@@ -238,7 +238,9 @@ class TextRenderModel:
             rng = random.Random(it.seed)
             lines: list[str] = list(getattr(it, "text", ()))
             if lines and corrupts(it.seed, self.corruption_rate):
-                lines = corrupt(lines, rng)
+                # Its own generator: the style and background stay those of the same seed
+                # on a pool that does not corrupt, so side by side only the letters differ.
+                lines = corrupt(lines, random.Random(it.seed ^ 0xC0FFEE))
             out.append(draw_text(lines, width, height, random_style(rng), rng))
         return out
 
