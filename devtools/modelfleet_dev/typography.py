@@ -97,16 +97,14 @@ class TextLoad:
             t.join(timeout=60)
 
 
-def canary_manifest(
-    name: str, policy: str, base_metrics: Sequence[dict[str, Any]]
-) -> dict[str, Any]:
-    """typography -> typography-v2, judged by the base checks plus the text the workers
-    read: mean word accuracy against the stable's and the pass rate."""
+def canary_manifest(name: str, policy: str) -> dict[str, Any]:
+    """typography -> typography-v2, judged by the story's checks plus the text the
+    workers read: mean word accuracy against the stable's, and the pass rate."""
     doc = story.canary_manifest(name, policy, STABLE, CANDIDATE, "10s", [25, 50, 100])
     analysis = doc["spec"]["analysis"]
     analysis["minVerified"] = 10
     analysis["metrics"] = [
-        *base_metrics,
+        *analysis["metrics"],
         {"name": "text-accuracy", "builtin": "text-accuracy", "minRatioToStable": 0.9},
         {"name": "text-pass-rate", "builtin": "text-pass-rate", "min": 0.8},
     ]
