@@ -41,9 +41,13 @@ def ensure_tiny_model(cluster_root: Path, say: Callable[[str], None] | None = No
 def pool_manifest(
     name: str, model_dir: str, env: dict[str, str] | None = None, replicas: int = 1
 ) -> dict[str, Any]:
-    """A ModelPool of real tiny-model workers run by the local pod runner."""
-    worker_env = [{"name": "MODELFLEET_WORKER_CPU_THREADS", "value": "1"}]
-    worker_env += [{"name": k, "value": v} for k, v in (env or {}).items()]
+    """A ModelPool of real tiny-model workers run by the local pod runner.
+
+    The local pods share this machine's cores, so service time is the inference thread's
+    CPU time (wall time would carry the neighbours' load; docs/canary.md). `env` adds to
+    or overrides these settings."""
+    settings = {"MODELFLEET_WORKER_CPU_THREADS": "1", "MODELFLEET_WORKER_SERVICE_CLOCK": "cpu"}
+    worker_env = [{"name": k, "value": v} for k, v in {**settings, **(env or {})}.items()]
     return {
         "apiVersion": f"{G}/{V}",
         "kind": "ModelPool",
