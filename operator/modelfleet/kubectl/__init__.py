@@ -10,11 +10,12 @@ which phase is stated once, in modelfleet.canary.manual, and read here for the h
     kubectl modelfleet promote|abort|retry CANARY           actions.py
     kubectl modelfleet pause|resume CANARY                  pause.py
     kubectl modelfleet pools [-A]                           pools.py
-    kubectl modelfleet report CANARY --out FILE.html \\      report.py
-        [--stable-url URL --candidate-url URL]
+    kubectl modelfleet report CANARY --html FILE.html \\     report.py
+        [--from-pools | --stable-url URL --candidate-url URL |
+         --router-url URL --operator-token-file FILE]        renders.py, report_pairs.py
 
 formatting.py holds the shared table and number formatting, client.py the Kubernetes
-connection and the workers' HTTP image client, main.py the argument parser.
+connection, main.py the argument parser.
 """
 
 from __future__ import annotations

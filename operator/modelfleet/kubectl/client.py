@@ -1,5 +1,5 @@
 """The plugin's I/O: the Kubernetes API (connection, Canary get/patch, ModelPool list)
-and a worker's images endpoint (for the report's side-by-side images).
+and ImageResult, the report's older image input (renders.py fetches the images now).
 
 The kubernetes client is imported inside the functions: `--help` and the pure views
 stay fast to load.
@@ -7,11 +7,7 @@ stay fast to load.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,7 +169,7 @@ def list_pools(kube: Kube, all_namespaces: bool) -> list[dict[str, Any]]:
     return pools
 
 
-# --- a worker's images endpoint -------------------------------------------------------
+# --- the report's older image input ---------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -182,33 +178,3 @@ class ImageResult:
     seed: int
     png_b64: str | None = None
     error: str | None = None
-
-
-def generate_image(
-    base_url: str, prompt: str, seed: int, *, size: str, steps: int, timeout: float = 120.0
-) -> ImageResult:
-    """One image from a worker's /v1/images/generations; errors become ImageResult.error."""
-    url = base_url.rstrip("/") + "/v1/images/generations"
-    body = json.dumps(
-        {
-            "prompt": prompt,
-            "seed": seed,
-            "size": size,
-            "steps": steps,
-            "response_format": "b64_json",
-        }
-    ).encode()
-    req = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            data = json.loads(resp.read())
-        png = data["data"][0]["b64_json"]
-        base64.b64decode(png, validate=True)
-        return ImageResult(prompt, seed, png_b64=str(png))
-    except urllib.error.HTTPError as exc:
-        detail = exc.read()[:300].decode("utf-8", "replace")
-        return ImageResult(prompt, seed, error=f"{url}: HTTP {exc.code}: {detail}")
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-        return ImageResult(prompt, seed, error=f"{url}: {exc}")
