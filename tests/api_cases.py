@@ -22,6 +22,11 @@ def example_files() -> list[Path]:
     return sorted(EXAMPLES.glob("*.yaml"))
 
 
+def example_docs(path: Path) -> list[dict[str, Any]]:
+    """Every document of an example file (a Canary's golden ConfigMap may sit beside it)."""
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
 @dataclass(frozen=True)
 class Invalid:
     id: str

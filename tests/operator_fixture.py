@@ -73,6 +73,9 @@ class OperatorManager:
     log_dir: Path
     main: OperatorProcess | None = None
     counter: int = 0
+    # Extra arguments of every 'main' started from now on (opt-in, empty by default): the
+    # e2e fleet sets its operator credential here, so a restarted main keeps it.
+    main_args: list[str] = field(default_factory=list)
 
     def spawn(
         self, identity: str | None = None, extra_args: list[str] | None = None
@@ -83,7 +86,7 @@ class OperatorManager:
 
     def ensure_running(self) -> OperatorProcess:
         if self.main is None or not self.main.alive:
-            self.main = self.spawn()
+            self.main = self.spawn(extra_args=list(self.main_args))
         return self.main
 
     def stop_all(self) -> None:

@@ -11,8 +11,11 @@ whose pools of the same names run tiny-model workers under the local pod runner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +32,7 @@ from conftest import REPO, LocalCluster
 from fixtures import Case, Given, scenario
 from modelfleet_dev.story import create_or_update, pool_manifest
 from polling import wait_for, wait_for_async
+from text_world import TEXT_IMAGE, text_pool
 from worker_fixtures import tiny_model_dir
 from world import PROBE_BODY, Fleet, PrometheusProcess, load_manifests, start_fleet
 
@@ -493,3 +497,96 @@ def test_canary_prometheus(given: Given, fleet: Fleet, tmp_path: Path) -> None:
     # the custom PromQL check ran against the candidate workers' own series
     assert (oom["value"], oom["result"], oom["threshold"]) == (0, "pass", 0.01), oom
     then.when().deleted("canaries", name)
+
+
+# ---- The typography canary: a pre-flight replay before any traffic moves ---------------
+
+
+def _serves_text(fleet: Fleet, pool: str) -> bool:
+    """Every ready endpoint of `pool` is a text-drawing worker (none it replaced is left)."""
+    pods = fleet.core.list_namespaced_pod(NS, label_selector=f"modelfleet.io/pool={pool}").items
+    text = {
+        p.status.pod_ip
+        for p in pods
+        if p.spec.containers[0].image.startswith(TEXT_IMAGE) and not p.metadata.deletion_timestamp
+    }
+    slices = k8s.DiscoveryV1Api(fleet.cluster.api).list_namespaced_endpoint_slice(
+        NS, label_selector=f"kubernetes.io/service-name={pool}"
+    )
+    ready = {
+        a for s in slices.items for ep in s.endpoints or [] if ep.conditions.ready
+        for a in ep.addresses
+    }  # fmt: skip
+    return bool(ready) and ready <= text
+
+
+@covers("canary-typography.yaml")
+def test_canary_typography(given: Given, fleet: Fleet) -> None:
+    """A candidate that mangles its lettering never receives a request: applied verbatim
+    (the golden ConfigMap and the Canary) with `typography` and `typography-v2` drawing the
+    text they are asked for (modelfleet_dev.textrender: the stable right, the candidate with
+    a word mangled in every render), the replay renders 4 prompts x 2 seeds on each pool,
+    the OCR reads them, and the canary goes from Pending to RolledBack (ReplayFailed), both
+    scores in its message, its weight 0 in its status and in the compiled route throughout."""
+    golden, canary = example("canary-typography.yaml")
+    name, spec = canary["metadata"]["name"], canary["spec"]
+    stable, candidate, model = spec["stablePool"], spec["candidatePool"], str(tiny_model_dir())
+    pinned_before = fleet.router_counter(
+        "modelfleet_router_pinned_requests_total", namespace=NS, pool=candidate
+    )
+    weights: set[int] = set()
+
+    def rolled_back(status: dict[str, Any]) -> bool:
+        weights.add(status.get("canaryWeight") or 0)
+        routes = fleet.policy(spec["routingPolicy"])["status"]["routes"]
+        [route] = [r for r in routes if r["name"] == spec["route"]]
+        weights.update(p["weight"] for p in route["pools"] if p["pool"] == candidate)
+        return status.get("phase") == "RolledBack"
+
+    try:
+        fleet.apply(text_pool(stable, model, 0.0))  # the tiny-model pool, now drawing text
+        fleet.apply(text_pool(candidate, model, 1.0))
+        for pool in (stable, candidate):
+            serves = functools.partial(_serves_text, fleet, pool)
+            wait_for(serves, timeout=60, interval=0.5, what=f"{pool} served by text workers")
+        fleet.core.create_namespaced_config_map(NS, golden)
+        then = (
+            given.manifest(canary).when().deleted("canaries", name).apply()
+            .wait_for_status(name, rolled_back, "RolledBack by the replay", timeout=90,
+                             interval=0.2)
+            .then().never_saw(name, {"Progressing", "Paused", "Succeeded"})
+            .event_seen("Canary", name, "ReplayFailed", "Warning")
+        )  # fmt: skip
+        status = then.status(name)
+    finally:
+        fleet.delete("canaries", name)
+        fleet.delete("modelpools", candidate)
+        with contextlib.suppress(ApiException):  # absent if the test failed before it
+            fleet.core.delete_namespaced_config_map(golden["metadata"]["name"], NS)
+        restore = pool_manifest(stable, model)
+        restore["spec"]["image"] = None  # a merge patch: back to the tiny model, not awaited
+        fleet.apply(restore)
+    assert weights == {0}, f"{name}: the candidate got weight {weights}"
+    assert not status.get("history") and status.get("currentStep") is None, status
+    [progressing] = [c for c in status["conditions"] if c["type"] == "Progressing"]
+    assert progressing["reason"] == "ReplayFailed", progressing
+    r = status["replay"]
+    assert (r["result"], r["attempts"], r["golden"]["prompts"]) == ("fail", 1, 4), r
+    s, c = r["stable"], r["candidate"]
+    assert (s["renders"], s["verified"], s["passRate"]) == (8, 8, 1.0), s
+    assert (c["renders"], c["verified"], c["passRate"]) == (8, 8, 0.0), c
+    assert s["meanWordAccuracy"] == 1.0 and c["meanWordAccuracy"] < 0.9, r
+    found = re.search(
+        r"replay: candidate word accuracy ([0-9.]+) < 0\.9 x stable ([0-9.]+) \(8 renders each\)",
+        status["message"],
+    )
+    assert found, status["message"]
+    assert float(found.group(1)) == pytest.approx(c["meanWordAccuracy"], abs=0.005), r
+    assert float(found.group(2)) == pytest.approx(s["meanWordAccuracy"], abs=0.005), r
+    # The candidate's renders were the replay's, pinned: 8, and nothing of the route's.
+    pinned = fleet.router_counter(
+        "modelfleet_router_pinned_requests_total", namespace=NS, pool=candidate
+    )
+    assert pinned - pinned_before == 8
+    assert fleet.operator_token_file is not None
+    assert fleet.operator_token_file.read_text().strip() not in json.dumps(status)

@@ -6,8 +6,11 @@ the clock that times the router's switch to new weights)."""
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -53,6 +56,9 @@ class Fleet:
     namespace: str
     router: RouterProcess
     operator: Any  # operator_fixture.OperatorManager
+    # The credential file both the operator and the router were given
+    # (--operator-token-file): the operator's pool pins, for canary replays.
+    operator_token_file: Path | None = None
 
     @property
     def custom(self) -> k8s.CustomObjectsApi:
@@ -176,22 +182,39 @@ def start_fleet(
 ) -> Iterator[Fleet]:
     """A fresh namespace with `pools` Ready, the operator pointed at a new router
     (`--kube --namespace`), and that router up (it turns ready once it knows a policy:
-    `ready_policy`). The namespace is deleted afterwards."""
+    `ready_policy`). Both share one operator credential (--operator-token-file), as the
+    chart mounts one Secret in both, so a canary's pre-flight replay can pin its pools.
+    The namespace and the credential are deleted afterwards."""
     recreate_namespace(cluster, namespace)
     custom = k8s.CustomObjectsApi(cluster.api)
     for doc in pools:
         custom.create_namespaced_custom_object(G, V, namespace, "modelpools", doc)
     port = free_port()
     os.environ["MODELFLEET_ROUTER_URLS"] = f"http://127.0.0.1:{port}"
-    # The operator reads the router URL at start: restart it with the variable set.
+    secret_dir = Path(tempfile.mkdtemp(prefix="modelfleet-e2e-credential-"))
+    token_file = secret_dir / "operator-token"
+    token_file.write_text(secrets.token_hex(16))
+    token_file.chmod(0o600)
+    # The operator reads the router URL and its credential at start: restart it with both
+    # (main_args: an operator the scenarios restart keeps the credential).
+    main_args = operator.main_args
+    operator.main_args = [*main_args, "--operator-token-file", str(token_file)]
     operator.main.kill(signal.SIGTERM)
     started = operator.ensure_running()
     router = RouterProcess(
         None,
-        ["--kube", "--namespace", namespace, "--kubeconfig", str(cluster.kubeconfig)],
+        [
+            "--kube",
+            "--namespace",
+            namespace,
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--operator-token-file",
+            str(token_file),
+        ],
         port=port,
     )
-    fleet = Fleet(cluster, namespace, router, operator)
+    fleet = Fleet(cluster, namespace, router, operator, token_file)
     assert started.alive, started.log()
     names = [p["metadata"]["name"] for p in pools]
     wait_for(
@@ -206,6 +229,8 @@ def start_fleet(
             yield fleet
     finally:
         os.environ.pop("MODELFLEET_ROUTER_URLS", None)
+        operator.main_args = main_args
+        shutil.rmtree(secret_dir, ignore_errors=True)
         k8s.CoreV1Api(cluster.api).delete_namespace(namespace)
 
 

@@ -8,15 +8,24 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from api_cases import INVALID, Invalid, example_files
+from api_cases import INVALID, Invalid, example_docs, example_files
 from modelfleet.api import Canary, ModelPool, parse
 from modelfleet.api.common import parse_duration
+from modelfleet.canary.replay import parse_golden
 
 
 @pytest.mark.parametrize("path", example_files(), ids=lambda p: p.name)
 def test_examples_are_valid(path: Path) -> None:
-    obj = parse(yaml.safe_load(path.read_text()))
-    assert obj.metadata.name
+    docs = example_docs(path)
+    configmaps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    for doc in docs:
+        if doc["kind"] == "ConfigMap":
+            continue
+        obj = parse(doc)
+        assert obj.metadata.name
+        replay = getattr(obj.spec, "replay", None)
+        if replay is not None:  # its golden prompts ship in the same file, and parse
+            assert parse_golden(configmaps[replay.config_map][replay.key], path.name)
 
 
 @pytest.mark.parametrize("case", INVALID, ids=lambda c: c.id)
