@@ -337,7 +337,7 @@ def _verdict_text(r: Run) -> str:
     parts = []
     for m in failed:
         facts = [m["name"]]
-        if m.get("method"):
+        if m.get("method") and m["method"] != "value":
             facts.append(str(m["method"]))
         if m.get("ratio") is not None:
             facts.append(f"ratio {m['ratio']:.3g}")
