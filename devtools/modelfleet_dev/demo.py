@@ -107,33 +107,28 @@ def main() -> int:
     api = bootstrap.api_client(cluster.paths.kubeconfig)
     env = {**os.environ, "KUBECONFIG": str(cluster.paths.kubeconfig)}
 
-    if "router" not in cluster.running():
-        cluster.start_extra(
-            "router",
-            [
-                sys.executable,
-                "-m",
-                "modelfleet.cli",
-                "router",
-                "--kube",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ROUTER_PORT),
-            ],
-            env,
-        )
-    # (Re)start the operator so it reads canary metrics from this router.
-    cluster.stop_extra("operator")
+    # The operator's pool-pin credential (the chart keeps it in a Secret): the router
+    # accepts pins made with it, the operator's pre-flight replay renders with it.
+    token = typography.operator_token(cluster.paths.root)
+    # (Re)start the router and the operator: this router must know the credential, and
+    # the operator reads canary metrics from it.
+    for name in ("router", "operator"):
+        cluster.stop_extra(name)
+    cluster.start_extra(
+        "router",
+        [
+            *(sys.executable, "-m", "modelfleet.cli", "router", "--kube"),
+            *("--host", "127.0.0.1", "--port", str(ROUTER_PORT)),
+            *("--operator-token-file", str(token)),
+        ],
+        env,
+    )
     cluster.start_extra(
         "operator",
         [
-            sys.executable,
-            "-m",
-            "modelfleet.cli",
-            "operator",
-            "--router-url",
-            f"http://127.0.0.1:{ROUTER_PORT}",
+            *(sys.executable, "-m", "modelfleet.cli", "operator"),
+            *("--router-url", f"http://127.0.0.1:{ROUTER_PORT}"),
+            *("--operator-token-file", str(token)),
         ],
         env,
     )
@@ -202,11 +197,17 @@ def main() -> int:
         )
     outcomes = _canary_story(api)
     outcomes.append(_typography_story(api, cluster))
+    outcomes.append(_replay_story(api, cluster, token))
     say("summary:")
     for o in outcomes:
         detail = o.message if o.phase != "Succeeded" else "route now points at the candidate"
         say(f"  canary {o.name}: {o.phase} in {o.seconds:.0f}s; {detail}")
-    expected = {"swap-good": "Succeeded", "swap-bad": "RolledBack", TYPO: "RolledBack"}
+    expected = {
+        "swap-good": "Succeeded",
+        "swap-bad": "RolledBack",
+        TYPO: "RolledBack",
+        typography.REPLAY: "RolledBack",
+    }
     off_script = [o for o in outcomes if expected.get(o.name) != o.phase]
     for o in off_script:
         say(f"  NOT AS EXPECTED: canary {o.name} should end {expected.get(o.name)}, got {o.phase}")
@@ -214,6 +215,10 @@ def main() -> int:
     if typo.phase == "RolledBack" and "text-accuracy" not in typo.message:
         off_script.append(typo)
         say(f"  NOT AS EXPECTED: canary {TYPO} should be rolled back for text-accuracy")
+    replayed = next(o for o in outcomes if o.name == typography.REPLAY)
+    if replayed.phase == "RolledBack" and "before any traffic moved" not in replayed.message:
+        off_script.append(replayed)
+        say(f"  NOT AS EXPECTED: canary {typography.REPLAY} should fail its pre-flight replay")
     say(f"done in {time.monotonic() - t0:.0f}s; everything keeps running. Look around:")
     print(f"""
   eval "$({sys.executable} -m modelfleet.cli dev env)"
@@ -223,7 +228,9 @@ def main() -> int:
   kubectl -n {NAMESPACE} get canaries -o wide
   kubectl -n {NAMESPACE} get canary swap-bad -o jsonpath='{{.status.metrics}}'
   kubectl modelfleet -n {NAMESPACE} status {TYPO}
-  xdg-open {cluster.paths.root / (TYPO + ".html")}   # the side-by-side report
+  kubectl -n {NAMESPACE} get canary {typography.REPLAY} -o jsonpath='{{.status.replay}}'
+  # the side-by-side reports (open in a browser):
+  {cluster.paths.root / (TYPO + ".html")}  {cluster.paths.root / (typography.REPLAY + ".html")}
   kubectl -n {NAMESPACE} get events --field-selector involvedObject.kind=Canary
   curl -s localhost:{ROUTER_PORT}/v1/images/generations -d '{{"prompt":"logo \\"ACME\\"","size":"64x64","steps":2}}' | head -c 200
   {sys.executable} -m modelfleet.cli dev down     # stop everything
@@ -295,6 +302,42 @@ def _typography_story(api: k8s.ApiClient, cluster: Cluster) -> story.Outcome:
     say(f"{TYPO}: {outcome.phase}; {typography.text_scores(outcome.metrics)}")
     out = cluster.paths.root / f"{TYPO}.html"
     typography.run_report(cluster.paths.kubeconfig, NAMESPACE, TYPO, out, say)
+    return outcome
+
+
+def _replay_story(api: k8s.ApiClient, cluster: Cluster, token: Path) -> story.Outcome:
+    """The same candidate, checked before any traffic moves: the operator renders the
+    golden banners on both pools through the router (pool pinned), the replay fails,
+    and the report shows those renders again through the same pin."""
+    name = typography.REPLAY
+    custom = k8s.CustomObjectsApi(api)
+    with contextlib.suppress(ApiException):
+        custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "canaries", name)
+    typography.apply_golden(api, NAMESPACE)
+    story.create_or_update(
+        api, NAMESPACE, "routingpolicies", story.single_route_policy(name, typography.STABLE)
+    )
+    manifest = with_example_analysis(typography.replay_canary_manifest(name), example_analysis())
+    say(
+        f"canary {name}: {typography.STABLE} -> {typography.CANDIDATE} with a pre-flight "
+        f"replay of ConfigMap {typography.GOLDEN} ({len(typography.GOLDEN_PROMPTS)} golden "
+        f"banners x seeds {typography.REPLAY_SEEDS}, candidate word accuracy >= 0.9 x stable) "
+        "before any traffic moves"
+    )
+    story.create_or_update(api, NAMESPACE, "canaries", manifest)
+    outcome = story.watch_canary(api, NAMESPACE, name, say=say, timeout=300)
+    status = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "canaries", name)
+    replay = (status.get("status") or {}).get("replay") or {}
+    say(f"{name}: {outcome.phase}; {replay.get('message') or 'no replay result'}")
+    out = cluster.paths.root / f"{name}.html"
+    typography.run_report(
+        cluster.paths.kubeconfig,
+        NAMESPACE,
+        name,
+        out,
+        say,
+        ["--router-url", f"http://127.0.0.1:{ROUTER_PORT}", "--operator-token-file", str(token)],
+    )
     return outcome
 
 

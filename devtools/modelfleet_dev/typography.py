@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import shlex
 import subprocess
 import sys
@@ -34,6 +35,15 @@ REPORT_PROMPTS = (
     f'a shop banner with the text "{BANNERS[0]}"',
     f'a bakery sign that says "{BANNERS[1]}"',
 )
+# The pre-flight replay's golden set: a ConfigMap of JSON lines (canary.md, "Pre-flight
+# replay"); both seeds are ones the candidate corrupts, so the replay's verdict is stable.
+REPLAY = "typo-replay"
+GOLDEN = "typography-golden"
+GOLDEN_PROMPTS = (
+    {"prompt": f'a shop banner with the text "{BANNERS[0]}"', "size": SIZE},
+    {"prompt": "a bakery sign", "text": [BANNERS[1]], "size": SIZE},
+)
+REPLAY_SEEDS = [11, 12]
 
 
 def pool_manifest(name: str, model_dir: str) -> dict[str, Any]:
@@ -111,6 +121,43 @@ def canary_manifest(name: str, policy: str) -> dict[str, Any]:
     return doc
 
 
+def operator_token(root: Path) -> Path:
+    """The local cluster's operator credential for pool pins, made once (owner-only)."""
+    path = root / "operator-token"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(24))
+    return path
+
+
+def apply_golden(api: Any, namespace: str) -> None:
+    """The golden prompts' ConfigMap, created or replaced."""
+    from kubernetes import client as k8s
+    from kubernetes.client.rest import ApiException
+
+    core = k8s.CoreV1Api(api)
+    data = {"prompts.jsonl": "".join(json.dumps(g) + "\n" for g in GOLDEN_PROMPTS)}
+    body = {"metadata": {"name": GOLDEN}, "data": data}
+    try:
+        core.create_namespaced_config_map(namespace, body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        core.replace_namespaced_config_map(GOLDEN, namespace, body)
+
+
+def replay_canary_manifest(name: str) -> dict[str, Any]:
+    """The typography canary with a pre-flight replay of the golden banners."""
+    doc = canary_manifest(name, name)
+    doc["spec"]["replay"] = {
+        "configMap": GOLDEN,
+        "seeds": REPLAY_SEEDS,
+        "minRatioToStable": 0.9,
+        "timeout": "2m",
+    }
+    return doc
+
+
 def text_scores(metrics: Sequence[dict[str, Any]]) -> str:
     """'text-accuracy candidate 0.7 vs stable 1' from a canary's status.metrics."""
     for m in metrics:
@@ -128,15 +175,26 @@ def _num(v: Any) -> str:
 
 
 def run_report(
-    kubeconfig: Path, namespace: str, canary: str, out: Path, say: Callable[[str], None]
+    kubeconfig: Path,
+    namespace: str,
+    canary: str,
+    out: Path,
+    say: Callable[[str], None],
+    source: Sequence[str] = (),
 ) -> int:
-    """`kubectl modelfleet report CANARY --html OUT --from-pools`, as a user would run it;
-    its lines (what each pool's render was read as) are narrated."""
+    """`kubectl modelfleet report CANARY --html OUT ...`, as a user would run it; its
+    lines (what each pool's render was read as) are narrated. Without `source` flags:
+    the report's prompts on a ready worker of each pool (--from-pools); with them (the
+    router and the operator credential), the canary's golden prompts, pinned."""
     script = Path(sys.executable).parent / "kubectl-modelfleet"
     argv = [str(script), "--kubeconfig", str(kubeconfig), "-n", namespace, "report", canary]
-    argv += ["--html", str(out), "--from-pools", "--size", SIZE, "--seed", "11", "--seed", "12"]
-    for p in REPORT_PROMPTS:
-        argv += ["--prompt", p]
+    argv += ["--html", str(out)]
+    if source:
+        argv += list(source)
+    else:
+        argv += ["--from-pools", "--size", SIZE, "--seed", "11", "--seed", "12"]
+        for p in REPORT_PROMPTS:
+            argv += ["--prompt", p]
     say("$ kubectl modelfleet " + shlex.join(argv[1:]))
     res = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     for line in (res.stdout + res.stderr).splitlines():
