@@ -28,6 +28,7 @@ from modelfleet.canary import (
 from modelfleet.canary.ports import Measurement, MetricQuery
 from modelfleet.canary.statistics import Histogram
 from modelfleet.canary.types import uses_reference
+from modelfleet.canary.verdicts import REFERENCE, SAME_WINDOW
 from modelfleet.routing.stats import SERVICE_TIME_BUCKETS
 
 SERVICE = MetricSpec(
@@ -385,14 +386,16 @@ def test_last_step_is_judged_against_the_reference(median: float, phase: str) ->
     assert plan is not None
     provider = WindowedProvider(median)
     a = asyncio.run(collect_analysis(provider, plan, s, "ns"))
-    windows = {q.pool: q.window_seconds for q in provider.queries}
-    assert windows == {"cand": 10, "stable": 100}
+    windows = {(q.pool, q.window_seconds) for q in provider.queries}
+    # the stable over its reference, and over the candidate's window (empty here)
+    assert windows == {("cand", 10), ("stable", 100), ("stable", 10)}
     ready = PoolReadiness(True, ready_replicas=1)
     d = decide(s, st, Observations(ready, ready, generation=1, analysis=a), now)
     assert d.next_status.phase == phase, d.next_status.message
     [result] = d.next_status.history[-1].metrics
     assert result.method == "mann-whitney" and result.stable_samples == 140
     assert result.p_value is not None and result.worse_probability is not None
+    assert result.message.endswith(REFERENCE), result.message
     if phase == "RolledBack":
         assert "service-time: median (matched by stratum)" in d.next_status.message
         assert "one-sided p" in d.next_status.message
@@ -430,3 +433,63 @@ def test_rollback_event_explains_the_test() -> None:
     for part in ("Mann-Whitney U within strata", "n 60 candidate / 140 stable", "one-sided p"):
         assert part in event.message, event.message
     assert "P(candidate higher)" in event.message
+
+
+# The stable's baseline: its same window when that holds enough, the reference otherwise.
+def windows(same: dict[str, Sequence[float]], reference: dict[str, Sequence[float]]) -> Any:
+    return lambda cand: MetricObservation(
+        candidate=service(cand), stable=service(reference), stable_same_window=service(same)
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "cand", "same", "reference", "result", "note"),
+    [
+        # A slowdown of the whole machine: the stable's own window is as slow as the
+        # candidate, its reference (quieter minutes before) 20% faster. Same window: pass.
+        ("drift", {"2": draws(60, 0.060, 1)}, {"2": draws(60, 0.060, 2)},
+         {"2": draws(600, 0.050, 3)}, "pass", SAME_WINDOW),
+        # The same candidate against the reference alone would fail (this is the false
+        # rollback the same window prevents).
+        ("drift, reference only", {"2": draws(60, 0.060, 1)}, {},
+         {"2": draws(600, 0.050, 3)}, "fail", REFERENCE),
+        # 10%: the candidate runs alone (batch 1), the stable batched in this window.
+        ("no shared stratum", {"1": draws(20, 0.090, 4)}, {"4": draws(90, 0.040, 5)},
+         {"1": draws(80, 0.060, 6), "4": draws(500, 0.040, 7)}, "fail", REFERENCE),
+        # Too few stable samples in the shared stratum of the same window.
+        ("thin same window", {"1": draws(20, 0.060, 8)}, {"1": draws(5, 0.060, 9)},
+         {"1": draws(80, 0.060, 10)}, "pass", REFERENCE),
+        # A truly slower candidate fails against its same window too.
+        ("slower", {"2": draws(60, 0.090, 11)}, {"2": draws(60, 0.060, 12)},
+         {"2": draws(600, 0.060, 13)}, "fail", SAME_WINDOW),
+    ],
+)  # fmt: skip
+def test_stable_baseline_prefers_the_same_window(
+    case: str,
+    cand: dict[str, Sequence[float]],
+    same: dict[str, Sequence[float]],
+    reference: dict[str, Sequence[float]],
+    result: str,
+    note: str,
+) -> None:
+    observed = windows(same, reference)(cand)
+    r = judge_metric(SERVICE, observed, min_requests=8)
+    assert (r.result, r.method) == (result, "mann-whitney"), (case, r.message)
+    assert r.message.endswith(note), (case, r.message)
+
+
+def test_rates_prefer_the_same_window_too() -> None:
+    er = MetricSpec(name="e", builtin="error-rate", max_ratio_to_stable=2.0, min_samples=50)
+    # The stable erred as often as the candidate in this window (an upstream outage),
+    # though rarely before: the same window keeps the candidate.
+    observed = MetricObservation(
+        candidate=rate(10, 100), stable=rate(10, 1000), stable_same_window=rate(9, 100)
+    )
+    r = judge_metric(er, observed, min_requests=50)
+    assert (r.result, r.method) == ("pass", "proportion"), r.message
+    assert r.message.endswith(SAME_WINDOW)
+    thin = MetricObservation(
+        candidate=rate(10, 100), stable=rate(10, 1000), stable_same_window=rate(1, 20)
+    )
+    r = judge_metric(er, thin, min_requests=50)
+    assert (r.result, r.message.endswith(REFERENCE)) == ("fail", True), r.message

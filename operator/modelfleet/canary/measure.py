@@ -23,15 +23,17 @@ async def collect_analysis(
     the core judges inconclusive.
     """
 
-    def q(pool: str, metric_index: int) -> MetricQuery:
+    def q(pool: str, metric_index: int, window: int | None = None) -> MetricQuery:
         metric = plan.metrics[metric_index]
         stable = pool == spec.stable_pool
+        if window is None:
+            # The stable's reference window for rank and proportion tests (both end now).
+            window = plan.stable_window_seconds(metric) if stable else plan.window_seconds
         return MetricQuery(
             namespace=namespace,
             pool=pool,
             metric=metric,
-            # The stable's reference window for rank and proportion tests (both end now).
-            window_seconds=plan.stable_window_seconds(metric) if stable else plan.window_seconds,
+            window_seconds=window,
             stable_pool=spec.stable_pool,
             candidate_pool=spec.candidate_pool,
         )
@@ -45,6 +47,15 @@ async def collect_analysis(
     async def one(i: int) -> MetricObservation:
         metric = plan.metrics[i]
         if plan.needs_stable(metric):
+            if plan.stable_window_seconds(metric) > plan.window_seconds:
+                # The reference and, for the tests to prefer when it holds enough, the
+                # stable over the candidate's own window.
+                cand, stable, same = await asyncio.gather(
+                    safe(q(spec.candidate_pool, i)),
+                    safe(q(spec.stable_pool, i)),
+                    safe(q(spec.stable_pool, i, plan.window_seconds)),
+                )
+                return MetricObservation(candidate=cand, stable=stable, stable_same_window=same)
             cand, stable = await asyncio.gather(
                 safe(q(spec.candidate_pool, i)), safe(q(spec.stable_pool, i))
             )

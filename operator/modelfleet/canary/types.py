@@ -78,10 +78,16 @@ class AnalysisPlan:
 
 @dataclass(frozen=True)
 class MetricObservation:
-    """One metric measured on both pools over the same window."""
+    """One metric measured on both pools.
+
+    stable: over the candidate's window, or over the stable's reference window for rank
+    and proportion tests (AnalysisPlan.stable_window_seconds); stable_same_window: the
+    stable over the candidate's own window too, when `stable` is that longer reference
+    (the tests prefer it when it holds enough samples: both pools measured at once)."""
 
     candidate: Measurement
     stable: Measurement | None = None
+    stable_same_window: Measurement | None = None
 
 
 @dataclass(frozen=True)

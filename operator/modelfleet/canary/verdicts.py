@@ -13,6 +13,7 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 from modelfleet.api.canary import HIGHER_IS_BETTER, LATENCY_METRICS, RATE_METRICS, MetricSpec
@@ -106,7 +107,8 @@ def compare(
 ) -> Verdict:
     """Judge the relative limits of `metric` by `method` (mann-whitney or proportion).
     Missing or unfit data is inconclusive, never a failure; the message says why."""
-    cand, stable = observed.candidate, observed.stable
+    cand = observed.candidate
+    stable, note = _baseline(observed, method, metric, min_samples)
     for m, who in ((cand, "candidate"), (stable, "stable")):
         why = _unusable(m, who)
         if why is not None:
@@ -125,7 +127,7 @@ def compare(
                     cand,
                     stable,
                 )
-            return compare_strata(_pair_strata(cand.strata, stable.strata), c)
+            return _noted(compare_strata(_pair_strata(cand.strata, stable.strata), c), note)
         if (
             cand.hits is None
             or stable.hits is None
@@ -139,9 +141,50 @@ def compare(
                 cand,
                 stable,
             )
-        return compare_proportions(cand.hits, cand.samples, stable.hits, stable.samples, c)
+        verdict = compare_proportions(cand.hits, cand.samples, stable.hits, stable.samples, c)
+        return _noted(verdict, note)
     except ValueError as e:  # limits that do not fit the metric, mismatched buckets
         return _inconclusive(method, f"cannot compare with stable: {e}", cand, stable)
+
+
+SAME_WINDOW = "stable sample: the same window"
+REFERENCE = "stable sample: its reference since before the canary (too few in the same window)"
+
+
+def _baseline(
+    observed: MetricObservation, method: Method, metric: MetricSpec, min_samples: int
+) -> tuple[Measurement | None, str]:
+    """The stable measurement to compare with, and a note saying which. The same window
+    comes first: both pools ran at once, so a slowdown of the whole machine (or cluster)
+    is seen on both sides, while the longer reference may come from a quieter time. The
+    reference serves where the same window is too thin: batch sizes the stable did not
+    run at a low weight, and the 100% step."""
+    same, reference = observed.stable_same_window, observed.stable
+    if same is None:
+        return reference, ""
+    least = max(1, metric.min_samples if metric.min_samples is not None else min_samples)
+    if _unusable(same, "stable") is None and _enough(observed.candidate, same, method, least):
+        return same, SAME_WINDOW
+    return reference, REFERENCE
+
+
+def _enough(cand: Measurement, stable: Measurement, method: Method, least: int) -> bool:
+    """Whether both sides hold `least` samples where they can be compared (strata both
+    have, for the rank test)."""
+    if method == "mann-whitney":
+        if cand.strata is None or stable.strata is None:
+            return False
+        s = dict(stable.strata)
+        shared = [(h, s[n]) for n, h in cand.strata if n in s and h.total > 0 and s[n].total > 0]
+        return (
+            sum(hc.total for hc, _ in shared) >= least
+            and sum(hs.total for _, hs in shared) >= least
+        )
+    return stable.hits is not None and stable.samples is not None and stable.samples >= least
+
+
+def _noted(verdict: Verdict, note: str) -> Verdict:
+    return replace(verdict, message=f"{verdict.message}; {note}") if note else verdict
 
 
 def _pair_strata(
