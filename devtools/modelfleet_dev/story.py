@@ -85,22 +85,30 @@ def single_route_policy(name: str, pool: str, fallbacks: list[str] | None = None
 
 
 class Load:
-    """Closed-loop clients sending image requests through the router for one policy."""
+    """Clients sending image requests through the router for one policy: closed-loop, or
+    paced to one request per `period` seconds per client. Subclasses choose the body."""
 
-    def __init__(self, router_url: str, policy: str, clients: int = 3) -> None:
+    def __init__(self, router_url: str, policy: str, clients: int = 3, period: float = 0.0) -> None:
         self.url = router_url + "/v1/images/generations"
         self.policy = policy
+        self.period = period
         self.stop_flag = threading.Event()
         self.ok = 0
         self.failed: list[int] = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        self.threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)
+        ]
 
-    def _run(self) -> None:
-        body = b'{"prompt": "a lighthouse", "size": "64x64", "steps": 2}'
+    def body(self, client: int) -> bytes:
+        """The next request's JSON body from client number `client`."""
+        return b'{"prompt": "a lighthouse", "size": "64x64", "steps": 2}'
+
+    def _run(self, client: int) -> None:
         while not self.stop_flag.is_set():
+            t0 = time.monotonic()
             req = urllib.request.Request(
                 self.url,
-                data=body,
+                data=self.body(client),
                 headers={"Content-Type": "application/json", "X-ModelFleet-Policy": self.policy},
             )
             try:
@@ -111,6 +119,8 @@ class Load:
                 self.failed.append(err.code)
             except OSError:
                 self.failed.append(0)
+            if self.period:
+                self.stop_flag.wait(max(0.0, self.period - (time.monotonic() - t0)))
 
     def __enter__(self) -> Load:
         for t in self.threads:

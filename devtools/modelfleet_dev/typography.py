@@ -14,10 +14,6 @@ import secrets
 import shlex
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,50 +57,18 @@ def banner_prompt(rng: random.Random) -> str:
     return f'a poster with the text "{rng.choice(BANNERS)}"'
 
 
-class TextLoad:
+class TextLoad(story.Load):
     """Open-loop banner requests through the router for one policy, about `rate` per
     second (a fixed rate keeps the OCR's CPU share predictable on a small machine)."""
 
     def __init__(self, router_url: str, policy: str, rate: float = 8.0, clients: int = 3) -> None:
-        self.url = router_url + "/v1/images/generations"
-        self.policy = policy
-        self.period = clients / rate
-        self.stop_flag = threading.Event()
-        self.ok = 0
-        self.failed: list[int] = []
-        self.threads = [
-            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)
-        ]
+        super().__init__(router_url, policy, clients, period=clients / rate)
+        self.rngs = [random.Random(n) for n in range(clients)]
 
-    def _run(self, n: int) -> None:
-        rng = random.Random(n)
-        while not self.stop_flag.is_set():
-            t0 = time.monotonic()
-            body = {"prompt": banner_prompt(rng), "size": SIZE, "seed": rng.randrange(1 << 30)}
-            req = urllib.request.Request(
-                self.url,
-                data=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json", "X-ModelFleet-Policy": self.policy},
-            )
-            try:
-                with urllib.request.urlopen(req, timeout=30) as resp:
-                    resp.read()
-                    self.ok += 1
-            except urllib.error.HTTPError as err:
-                self.failed.append(err.code)
-            except OSError:
-                self.failed.append(0)
-            self.stop_flag.wait(max(0.0, self.period - (time.monotonic() - t0)))
-
-    def __enter__(self) -> TextLoad:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_flag.set()
-        for t in self.threads:
-            t.join(timeout=60)
+    def body(self, client: int) -> bytes:
+        rng = self.rngs[client]
+        doc = {"prompt": banner_prompt(rng), "size": SIZE, "seed": rng.randrange(1 << 30)}
+        return json.dumps(doc).encode()
 
 
 def canary_manifest(name: str, policy: str) -> dict[str, Any]:

@@ -83,21 +83,8 @@ class TextLoad(Load):
         self.size = size
         self.seeds = itertools.count(first_seed)
 
-    def _run(self) -> None:
-        while not self.stop_flag.is_set():
-            req = urllib.request.Request(
-                self.url,
-                data=sign_body(next(self.seeds), self.size),
-                headers={"Content-Type": "application/json", "X-ModelFleet-Policy": self.policy},
-            )
-            try:
-                with urllib.request.urlopen(req, timeout=30) as resp:
-                    resp.read()
-                    self.ok += 1
-            except urllib.error.HTTPError as err:
-                self.failed.append(err.code)
-            except OSError:
-                self.failed.append(0)
+    def body(self, client: int) -> bytes:
+        return sign_body(next(self.seeds), self.size)
 
 
 @dataclass(frozen=True)
