@@ -19,6 +19,7 @@ from modelfleet.canary.statistics import (
     PROPORTIONS,
     Comparison,
     Histogram,
+    binomial_tail,
     compare_histograms,
     compare_proportions,
     compare_strata,
@@ -427,3 +428,20 @@ def test_false_failure_and_detection_rates() -> None:
         detected += compare_histograms(slow, stable, LATENCY).result == "fail"
     assert false_fail == 0
     assert detected >= 297
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "p", "expected"),
+    [
+        (0, 5, 0.3, 1.0),
+        (6, 5, 0.3, 0.0),
+        (2, 2, 0.02, 0.0004),
+        (1, 3, 0.02, 1 - 0.98**3),
+        (5, 10, 0.5, 0.623046875),  # 638/1024
+    ],
+)
+def test_binomial_tail(k: int, n: int, p: float, expected: float) -> None:
+    from scipy.stats import binom
+
+    assert binomial_tail(k, n, p) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert binomial_tail(k, n, p) == pytest.approx(float(binom.sf(k - 1, n, p)), abs=1e-12)

@@ -493,3 +493,41 @@ def test_rates_prefer_the_same_window_too() -> None:
     )
     r = judge_metric(er, thin, min_requests=50)
     assert (r.result, r.message.endswith(REFERENCE)) == ("fail", True), r.message
+
+
+# Before minRequests, errors alone can prove an error rate above max (exact binomial).
+ERR_MAX = MetricSpec(name="errors", builtin="error-rate", max=0.02)
+
+
+@pytest.mark.parametrize(
+    ("hits", "n", "result"),
+    [
+        (2, 2, "fail"),  # P(2 of 2 | 2%) = 4e-4
+        (3, 4, "fail"),
+        (1, 3, "inconclusive"),  # P(>=1 of 3 | 2%) = 0.059: could be bad luck
+        (1, 7, "inconclusive"),
+        (0, 7, "inconclusive"),  # no errors: still too few requests to pass
+        (2, 7, "fail"),  # P(>=2 of 7 | 2%) = 0.0079
+    ],
+)
+def test_errors_alone_fail_before_min_requests(hits: int, n: int, result: str) -> None:
+    r = judge_metric(ERR_MAX, MetricObservation(candidate=rate(hits, n)), min_requests=8)
+    assert r.result == result, r.message
+    if result == "fail":
+        assert f"{hits} of {n} requests failed" in r.message and "binomial" in r.message
+        assert r.threshold == 0.02
+    else:
+        assert "not enough samples" in r.message
+
+
+def test_errors_proof_needs_counts_and_a_max_below_one() -> None:
+    no_hits = Measurement(value=1.0, samples=3)
+    assert judge_metric(ERR_MAX, MetricObservation(candidate=no_hits), 8).result == ("inconclusive")
+    loose = MetricSpec(name="errors", builtin="error-rate", max=1.0)
+    assert judge_metric(loose, MetricObservation(candidate=rate(3, 3)), 8).result == (
+        "inconclusive"
+    )
+    strict = MetricSpec(name="errors", builtin="error-rate", max=0.02, alpha=0.0001)
+    assert judge_metric(strict, MetricObservation(candidate=rate(2, 2)), 8).result == (
+        "inconclusive"
+    )

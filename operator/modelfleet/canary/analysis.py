@@ -39,7 +39,7 @@ from modelfleet.api.canary import (
     MetricSpec,
 )
 from modelfleet.canary.ports import Measurement
-from modelfleet.canary.statistics import Verdict
+from modelfleet.canary.statistics import Verdict, binomial_tail
 from modelfleet.canary.types import MetricObservation
 from modelfleet.canary.verdicts import PROPORTION_FLOORS, compare, load_mismatch, method_for
 
@@ -92,6 +92,27 @@ def _missing(m: Measurement, who: str, gate: SampleGate | int) -> str | None:
     if m.usable_value is None:
         return f"{NO_DATA}: the provider returned no {who} value"
     return None
+
+
+def errors_prove_max(metric: MetricSpec, candidate: Measurement) -> str | None:
+    """Before minRequests, the errors alone may prove an error rate above `max`: when k
+    errors in n requests would happen with probability below `alpha` at a true rate of
+    `max` (exact binomial tail), the check fails now. A candidate whose every request
+    fails is rolled back after a few requests, not after minRequests; a few errors among
+    many successes never prove it. Returns the reason, or None."""
+    if metric.builtin != "error-rate" or metric.max is None or metric.max >= 1.0:
+        return None
+    n, k = candidate.samples, candidate.hits
+    if n is None or k is None or n <= 0 or candidate.error is not None:
+        return None
+    p = binomial_tail(k, n, metric.max)
+    if p >= metric.alpha:
+        return None
+    return (
+        f"{_fmt(k)} of {n} requests failed: the error rate is above max {_fmt(metric.max)} "
+        f"with one-sided p {p:.2g} < alpha {_fmt(metric.alpha)} (exact binomial test; "
+        "judged before minRequests because the errors alone prove it)"
+    )
 
 
 def judge_metric(
@@ -176,6 +197,10 @@ def judge_metric(
     value_checks = metric.max is not None or metric.min is not None or verdict is None
     why = _missing(observed.candidate, "candidate", gate)
     if why is not None and value_checks:
+        proof = errors_prove_max(metric, observed.candidate)
+        if proof is not None:
+            value = observed.candidate.usable_value
+            return result("fail", proof, value=value, threshold=metric.max, verdict=verdict)
         if verdict is None or verdict.result != "fail":
             text = why if verdict is None else f"{why}; {verdict.message}"
             return result(

@@ -182,6 +182,20 @@ def mann_whitney_strata(
     )
 
 
+def binomial_tail(k: float, n: float, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), exact: how likely `k` or more events in `n`
+    trials are when the true rate is `p`. Counts are rounded (Prometheus' increase()
+    extrapolates)."""
+    kk, nn = round(k), round(n)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"binomial_tail: rate {p} not within 0..1")
+    if kk <= 0:
+        return 1.0
+    if kk > nn:
+        return 0.0
+    return math.fsum(math.comb(nn, i) * p**i * (1.0 - p) ** (nn - i) for i in range(kk, nn + 1))
+
+
 def mann_whitney(x: Sequence[float], y: Sequence[float], continuity: bool = True) -> UTest:
     """U test on two count vectors over the same buckets (ascending), ties within a bucket."""
     return mann_whitney_strata([(x, y)], continuity)
