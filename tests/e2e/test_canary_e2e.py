@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from conftest import LocalCluster
-from fixtures import Given, scenario
+from fixtures import DEFAULT_CANARY, Given, scenario
 from modelfleet_dev.story import pool_manifest, single_route_policy
 from worker_fixtures import tiny_model_dir
 from world import Fleet, PrometheusProcess, start_fleet
@@ -92,8 +92,13 @@ def test_erroring_candidate_rolls_back_fast(given: Given) -> None:
 
 
 def test_slow_candidate_rolls_back_on_latency_relative_to_stable(given: Given) -> None:
+    """End-to-end latency (the drill adds 600 ms per request) against the stable's, judged
+    only where one replica each carries the same share: at 50% (the tolerance allows for
+    a 4 s window's split of a few dozen requests)."""
+    analysis = {**DEFAULT_CANARY["analysis"], "loadMatchTolerance": 1.0}
     (
-        given.policy("slowc", "stable").canary("slowc", "stable", "slow")
+        given.policy("slowc", "stable")
+        .canary("slowc", "stable", "slow", steps=[50, 100], analysis=analysis)
         .when().load_runs("slowc").apply()
         .wait_for_phase("slowc", "RolledBack", timeout=90, interval=0.2)
         .load_stops()

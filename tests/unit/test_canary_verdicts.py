@@ -23,6 +23,7 @@ from modelfleet.canary import (
     collect_analysis,
     decide,
     judge_metric,
+    overall,
     plan_analysis,
 )
 from modelfleet.canary.ports import Measurement, MetricQuery
@@ -250,6 +251,31 @@ def test_latency_ratio_at_unequal_load_is_inconclusive_with_both_loads() -> None
     assert r.result == "inconclusive"
     assert "candidate 60 vs stable 40 requests per ready replica" in r.message
     assert "loadMatchTolerance 0.25" in r.message
+    # Said, but it does not hold the step: the other checks decide this window.
+    assert r.informational is True and "not judged in this window" in r.message
+    errors = MetricResult(name="errors", result="pass")
+    assert overall([r, errors]) == "pass"
+
+
+def test_latency_ratio_at_100_percent_does_not_stall_the_canary() -> None:
+    # The stable gets no traffic at 100%: never judged there, never holding the last step.
+    r = judge(
+        P95, Measurement(0.9, 60), Measurement(None, 0), candidate_replicas=1, stable_replicas=1
+    )
+    assert (r.result, r.informational) == ("inconclusive", True), r.message
+
+
+def test_latency_with_max_and_ratio_at_unequal_load_judges_the_max() -> None:
+    both = MetricSpec(name="p95", builtin="latency-p95", max=0.8, max_ratio_to_stable=1.2)
+    ok = judge(
+        both, Measurement(0.7, 60), Measurement(0.3, 40), candidate_replicas=1, stable_replicas=1
+    )
+    assert (ok.result, ok.informational) == ("pass", None), ok.message
+    assert "ratio to stable not judged in this window: loads differ" in ok.message
+    bad = judge(
+        both, Measurement(0.9, 60), Measurement(0.3, 40), candidate_replicas=1, stable_replicas=1
+    )
+    assert bad.result == "fail" and "0.9 > max 0.8" in bad.message
 
 
 def test_latency_ratio_at_matched_load_is_judged() -> None:

@@ -182,18 +182,22 @@ def judge_metric(
         ).model_copy(update={"informational": True})
 
     verdict: Verdict | None = None
-    if method != "value":
-        # End-to-end latency is compared only at matched load, whatever the test.
-        mismatch = load_mismatch(
-            metric, observed, load_match_tolerance, candidate_replicas, stable_replicas
-        )
-        if mismatch is None:
-            verdict = compare(metric, observed, method, gate.least)
-        else:
-            n_s = observed.stable.samples if observed.stable is not None else None
-            verdict = Verdict(
-                "inconclusive", mismatch, method, observed.candidate.samples or 0, n_s or 0
-            )
+    # End-to-end latency is compared only at matched load, whatever the test.
+    mismatch = load_mismatch(
+        metric, observed, load_match_tolerance, candidate_replicas, stable_replicas
+    )
+    if mismatch is not None and _only_relative(metric):
+        # Not judgeable in this window (unequal load per replica, or the stable idle at
+        # 100%): said in status, but the step does not hold for it, so a canary with a
+        # latency ratio can still finish; it is judged in the windows where loads match.
+        return result(
+            "inconclusive",
+            f"not judged in this window: {mismatch}; decided on the other checks",
+            value=observed.candidate.usable_value,
+        ).model_copy(update={"informational": True})
+    # With an absolute limit too, that limit is judged and the ratio left out (and said).
+    if method != "value" and mismatch is None:
+        verdict = compare(metric, observed, method, gate.least)
     value_checks = metric.max is not None or metric.min is not None or verdict is None
     why = _missing(observed.candidate, "candidate", gate)
     if why is not None and value_checks:
@@ -216,7 +220,7 @@ def judge_metric(
     if value_checks:
         assert value is not None  # _missing() checked it
         _absolute(metric, value, fails, limits)
-        if verdict is None and metric.compares_with_stable:
+        if verdict is None and metric.compares_with_stable and mismatch is None:
             baseline = _relative(
                 metric,
                 observed,
@@ -236,6 +240,8 @@ def judge_metric(
     samples = observed.candidate.samples
     where = f" ({samples} {gate.unit})" if samples is not None else ""
     tail = f"; {verdict.message}" if verdict is not None else ""
+    if mismatch is not None:
+        tail += f"; ratio to stable not judged in this window: {mismatch}"
     if verdict is not None and verdict.result == "fail":
         text = "; ".join(fails) + where + tail if fails else verdict.message
         return result("fail", text, value, baseline, threshold, verdict)
@@ -259,6 +265,11 @@ def judge_metric(
     limit_text = f" {sign} {_fmt(threshold)}" if threshold is not None else ""
     text = f"{_fmt(value or 0.0)}{limit_text}{where}{tail}"
     return result("pass", text, value, baseline, threshold, verdict)
+
+
+def _only_relative(metric: MetricSpec) -> bool:
+    """The metric has only limits relative to the stable (no absolute max or min)."""
+    return metric.max is None and metric.min is None
 
 
 def _ratio_limit(metric: MetricSpec, stable: float) -> float | None:
