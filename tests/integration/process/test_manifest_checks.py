@@ -5,7 +5,6 @@ chart and on the operator's generated worker manifests, actionlint on the workfl
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import json
 import os
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from api_cases import example, example_files
+from api_cases import example_docs, example_files
 from conftest import REPO
 from modelfleet.api.modelpool import ModelPool
 from modelfleet.builders import modelpool as build
@@ -171,8 +170,7 @@ def worker_manifests() -> str:
     """What the operator applies for every example pool, as the chart configures it."""
     settings = build.BuildSettings(worker_network_policy=True, router_namespace="modelfleet")
     docs: list[dict[str, Any]] = []
-    for path in example_files():
-        doc = copy.deepcopy(example(path.name))
+    for doc in (d for path in example_files() for d in example_docs(path)):
         if doc["kind"] != "ModelPool":
             continue
         doc["metadata"].update({"namespace": "team-a", "uid": "uid"})
