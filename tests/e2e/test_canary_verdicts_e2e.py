@@ -153,8 +153,9 @@ def test_slower_model_rolls_back_on_service_time(given: Given) -> None:
     m = service_time(then, "slow")
     print(f"slow: service-time {m['result']}: {m['message']}")
     assert m["result"] == "fail", m
-    # 1.52x per image; the medians of the buckets it lands in are near that.
-    assert 1.3 <= m["ratio"] <= 1.8, f"slower model's ratio: {m}"
+    # 1.52x per image alone; medians read from x1.25-wide buckets, within strata of a few
+    # dozen samples, land between about 1.2 and 2 (bench/canary_verdicts.py: 1.22-1.98).
+    assert limit < m["ratio"] <= 2.5, f"slower model's ratio: {m}"
     assert m["pValue"] < alpha, m
     assert f"> max {limit:g}" in m["message"] and f"< alpha {alpha:g}" in m["message"], m
     # Rolled back by failureLimit consecutive service-time failures, not by a stray one.
