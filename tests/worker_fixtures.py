@@ -184,6 +184,21 @@ def start_text_worker(log_dir: Path, pool: str, corruption_rate: float) -> Worke
 
 
 @contextmanager
+def running_text_workers(
+    log_dir: Path, corruption_rates: dict[str, float]
+) -> Iterator[dict[str, Worker]]:
+    """Text-drawing workers by pool name (start_text_worker), all ready; stopped on exit."""
+    workers = {pool: start_text_worker(log_dir, pool, r) for pool, r in corruption_rates.items()}
+    try:
+        for w in workers.values():
+            w.wait_ready()
+        yield workers
+    finally:
+        for w in workers.values():
+            w.stop()
+
+
+@contextmanager
 def running_worker(model: Path, **settings: Any) -> Iterator[Worker]:
     w = start_worker(model, **settings)
     try:

@@ -23,7 +23,7 @@ from modelfleet.kubectl.renders import (
 )
 from modelfleet.kubectl.report_pairs import text_verdict
 from modelfleet_dev.routerproc import RouterProcess, policy, write_config
-from worker_fixtures import Worker, start_text_worker
+from worker_fixtures import Worker, running_text_workers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,14 +36,8 @@ TOKEN = "report-test-operator-token-51c0"
 @pytest.fixture(scope="module")
 def pools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, Worker]]:
     tmp = tmp_path_factory.mktemp("report")
-    stable, candidate = start_text_worker(tmp, "clean", 0.0), start_text_worker(tmp, "bad", 1.0)
-    try:
-        stable.wait_ready()
-        candidate.wait_ready()
-        yield stable, candidate
-    finally:
-        stable.stop()
-        candidate.stop()
+    with running_text_workers(tmp, {"clean": 0.0, "bad": 1.0}) as ws:
+        yield ws["clean"], ws["bad"]
 
 
 def test_report_shows_both_renders_and_what_each_was_read_as(

@@ -18,7 +18,7 @@ from modelfleet.api.replay import ReplaySpec
 from modelfleet.canary.replay import judge
 from modelfleet.controllers.replay import Renderer, Target, credential_file, replay
 from modelfleet_dev.routerproc import RouterProcess, policy, write_config
-from worker_fixtures import Worker, start_text_worker
+from worker_fixtures import Worker, running_text_workers
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -35,16 +35,8 @@ GOLDEN = "\n".join(
 @pytest.fixture(scope="module")
 def text_pools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
     tmp = tmp_path_factory.mktemp("replay-pools")
-    ws = {"clean": start_text_worker(tmp, "clean", 0.0)}
-    ws["mangled"] = start_text_worker(tmp, "mangled", 1.0)
-    ws["clean2"] = start_text_worker(tmp, "clean2", 0.0)
-    try:
-        for w in ws.values():
-            w.wait_ready()
+    with running_text_workers(tmp, {"clean": 0.0, "mangled": 1.0, "clean2": 0.0}) as ws:
         yield ws
-    finally:
-        for w in ws.values():
-            w.stop()
 
 
 def _router(tmp: Path, pools: dict[str, Worker], *args: str) -> RouterProcess:

@@ -17,7 +17,7 @@ from modelfleet.api.canary import MetricSpec
 from modelfleet.canary.ports import MetricQuery
 from modelfleet.providers.router_stats import RouterStatsProvider
 from modelfleet_dev.routerproc import RouterProcess, policy, write_config
-from worker_fixtures import Worker, start_text_worker
+from worker_fixtures import Worker, running_text_workers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,17 +29,8 @@ PASS = MetricSpec(name="pass", builtin="text-pass-rate", min=0.8)
 @pytest.fixture(scope="module")
 def pools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
     tmp = tmp_path_factory.mktemp("textstats")
-    ws = {
-        "mangled": start_text_worker(tmp, "mangled", 1.0),
-        "clean": start_text_worker(tmp, "clean", 0.0),
-    }
-    try:
-        for w in ws.values():
-            w.wait_ready()
+    with running_text_workers(tmp, {"mangled": 1.0, "clean": 0.0}) as ws:
         yield ws
-    finally:
-        for w in ws.values():
-            w.stop()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from modelfleet_dev.textrender import corrupts
 from polling import wait_for_async
 from router_client import metric as sample_sum
 from router_client import metrics, post
-from worker_fixtures import Worker, decode_png, start_text_worker
+from worker_fixtures import Worker, decode_png, running_text_workers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -273,17 +273,8 @@ PLAIN = "HAPPY MARKET"  # no letters the corruption could swap for a look-alike 
 @pytest.fixture(scope="module")
 def text_pools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
     tmp = tmp_path_factory.mktemp("textpools")
-    pools = {
-        "mangled": start_text_worker(tmp, "mangled", 1.0),
-        "clean": start_text_worker(tmp, "clean", 0.0),
-    }
-    try:
-        for w in pools.values():
-            w.wait_ready()
+    with running_text_workers(tmp, {"mangled": 1.0, "clean": 0.0}) as pools:
         yield pools
-    finally:
-        for w in pools.values():
-            w.stop()
 
 
 def _real(route_verify: dict[str, Any]) -> list[dict[str, Any]]:
