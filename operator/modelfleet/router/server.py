@@ -74,6 +74,19 @@ def _error(
     )
 
 
+def _relay(res: AttemptResult, headers: Mapping[str, str]) -> web.Response:
+    """The worker's answer to the client: its body when it succeeded, its 4xx in the
+    OpenAI error shape otherwise."""
+    if res.outcome is Attempt.OK:
+        return web.Response(status=200, body=res.body, content_type=JSON, headers=headers)
+    return web.Response(
+        status=res.status,
+        body=client_error_body(res.status, res.body),
+        content_type=JSON,
+        headers=headers,
+    )
+
+
 def _rejected(code: str, message: str, headers: Mapping[str, str]) -> web.Response:
     # Retry-After is whole seconds (RFC 9110); retry-after-ms is the OpenAI-style hint.
     return _error(
@@ -358,16 +371,8 @@ class Router:
                 message = f"request deadline of {self.settings.request_timeout_s:g}s passed"
             self.metrics.pinned(ns, pool, code)
             return _error(status, code, message, headers=headers)
-        res = got.res
-        self.metrics.pinned(ns, pool, res.outcome.value)
-        if res.outcome is Attempt.OK:
-            return web.Response(status=200, body=res.body, content_type=JSON, headers=headers)
-        return web.Response(
-            status=res.status,
-            body=client_error_body(res.status, res.body),
-            content_type=JSON,
-            headers=headers,
-        )
+        self.metrics.pinned(ns, pool, got.res.outcome.value)
+        return _relay(got.res, headers)
 
     async def _forward(
         self,
@@ -392,18 +397,11 @@ class Router:
             "X-ModelFleet-Pool": pool,
             "X-ModelFleet-Fallback": "true" if pool != chosen else "false",
         }
-        if res.outcome is Attempt.OK:
-            if gate is not None:
-                return await self._gated(snap, ns, pname, route, gate, got, start, out_headers)
-            self._finish(ns, pname, route.name, pool, Outcome.OK, start)
-            return web.Response(status=200, body=res.body, content_type=JSON, headers=out_headers)
-        self._finish(ns, pname, route.name, pool, Outcome.CLIENT_ERROR, start)
-        return web.Response(
-            status=res.status,
-            body=client_error_body(res.status, res.body),
-            content_type=JSON,
-            headers=out_headers,
-        )
+        ok = res.outcome is Attempt.OK
+        if ok and gate is not None:
+            return await self._gated(snap, ns, pname, route, gate, got, start, out_headers)
+        self._finish(ns, pname, route.name, pool, Outcome.OK if ok else Outcome.CLIENT_ERROR, start)
+        return _relay(res, out_headers)
 
     async def _serve(
         self,
