@@ -65,6 +65,14 @@ class RouterProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
+    @staticmethod
+    def kube(
+        namespace: str, kubeconfig: Path, *args: str, port: int | None = None
+    ) -> RouterProcess:
+        """A router (not yet started) that reads `namespace`'s policies from the API server."""
+        source = ["--kube", "--namespace", namespace, "--kubeconfig", str(kubeconfig)]
+        return RouterProcess(None, [*source, *args], port=port)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

@@ -201,18 +201,8 @@ def start_fleet(
     operator.main_args = [*main_args, "--operator-token-file", str(token_file)]
     operator.main.kill(signal.SIGTERM)
     started = operator.ensure_running()
-    router = RouterProcess(
-        None,
-        [
-            "--kube",
-            "--namespace",
-            namespace,
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "--operator-token-file",
-            str(token_file),
-        ],
-        port=port,
+    router = RouterProcess.kube(
+        namespace, cluster.kubeconfig, "--operator-token-file", str(token_file), port=port
     )
     fleet = Fleet(cluster, namespace, router, operator, token_file)
     assert started.alive, started.log()

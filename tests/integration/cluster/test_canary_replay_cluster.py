@@ -110,18 +110,8 @@ def replay_world(
             G, V, namespace, "routingpolicies", single_route_policy(name, "stable")
         )
     port = free_port()
-    router = RouterProcess(
-        None,
-        [
-            "--kube",
-            "--namespace",
-            namespace,
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "--operator-token-file",
-            str(token),
-        ],
-        port=port,
+    router = RouterProcess.kube(
+        namespace, cluster.kubeconfig, "--operator-token-file", str(token), port=port
     )
     # The session operator steps aside for one that knows this router and the credential.
     operator.main.kill(signal.SIGTERM)
