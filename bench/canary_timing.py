@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from kubernetes import client as k8s
@@ -41,15 +40,6 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _wait(check: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.5)
-    raise TimeoutError(what)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -69,7 +59,7 @@ def main() -> int:
     custom = k8s.CustomObjectsApi(api)
     try:
         core.delete_namespace(NS)
-        _wait(lambda: _gone(core), 180, "old namespace gone")
+        story.wait_until(lambda: story.namespace_gone(core, NS), 180, "old namespace gone")
     except ApiException as exc:
         if exc.status != 404:
             raise
@@ -128,13 +118,13 @@ def main() -> int:
                 (p.get("status") or {}).get("phase") == "Ready" for p in items
             )
 
-        _wait(ready, 300, "pools Ready")
+        story.wait_until(ready, 300, "pools Ready")
         rows = []
         for name, candidate in (("rollback", "bad"), ("healthy", "good")):
             story.create_or_update(
                 api, NS, "routingpolicies", story.single_route_policy(name, "stable")
             )
-            _wait(lambda n=name: _routes(url, n), 30, f"router knows {name}")
+            story.wait_until(lambda n=name: story.router_serves(url, n), 30, f"router knows {name}")
             with story.Load(url, name, clients=4):
                 spec = story.canary_manifest(
                     name, name, "stable", candidate, "10s", [10, 30, 60, 100]
@@ -184,27 +174,6 @@ def main() -> int:
         f"(phases: {phases}) | - |"
     )
     return 0
-
-
-def _gone(core: k8s.CoreV1Api) -> bool:
-    try:
-        core.read_namespace(NS)
-    except ApiException as exc:
-        return exc.status == 404
-    return False
-
-
-def _routes(url: str, policy: str) -> bool:
-    req = urllib.request.Request(
-        url + "/v1/images/generations",
-        data=b'{"prompt": "x", "size": "64x64", "steps": 2}',
-        headers={"Content-Type": "application/json", "X-ModelFleet-Policy": policy},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

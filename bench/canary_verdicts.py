@@ -108,36 +108,6 @@ class Run:
         return o.seconds
 
 
-def _wait(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)  # poll interval
-    raise TimeoutError(what)
-
-
-def _gone(core: k8s.CoreV1Api) -> bool:
-    try:
-        core.read_namespace(NS)
-    except ApiException as exc:
-        return bool(exc.status == 404)
-    return False
-
-
-def _routes(url: str, policy: str) -> bool:
-    req = urllib.request.Request(
-        url + "/v1/images/generations",
-        data=b'{"prompt": "x", "size": "64x64", "steps": 2}',
-        headers={"Content-Type": "application/json", "X-ModelFleet-Policy": policy},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
 def tiny_model(root: Path, channels: int) -> Path:
     """A tiny pipeline with a UNet of base width `channels` (32 is the demo's model)."""
     if channels == 32:
@@ -207,14 +177,16 @@ def drive(
     story.create_or_update(
         api, NS, "routingpolicies", story.single_route_policy(run.name, f"stable-{run.slot}")
     )
-    _wait(lambda: _routes(url, run.name), 60, f"router knows policy {run.name}")
+    story.wait_until(
+        lambda: story.router_serves(url, run.name), 60, f"router knows policy {run.name}"
+    )
     if args.warmup:
         # The stable serves its own light traffic before the canary (as in production):
         # its reference then holds images run alone, as the candidate runs them at 10%.
         # Under all the clients the stable only batches, so a 10% step compared within
         # batch sizes would share no stratum with it.
         with story.Load(url, run.name, clients=1) as warm:
-            _wait(lambda: warm.ok >= args.warmup, 120, f"{run.name}: warm-up requests")
+            story.wait_until(lambda: warm.ok >= args.warmup, 120, f"{run.name}: warm-up requests")
     stop = threading.Event()
     collector = threading.Thread(
         target=collect_windows,
@@ -452,7 +424,7 @@ def main() -> int:
     custom = k8s.CustomObjectsApi(api)
     try:
         core.delete_namespace(NS)
-        _wait(lambda: _gone(core), 180, "old namespace gone")
+        story.wait_until(lambda: story.namespace_gone(core, NS), 180, "old namespace gone")
     except ApiException as exc:
         if exc.status != 404:
             raise
@@ -498,7 +470,7 @@ def main() -> int:
                 (x.get("status") or {}).get("phase") == "Ready" for x in items["items"]
             )
 
-        _wait(ready, 600, "pools Ready")
+        story.wait_until(ready, 600, "pools Ready")
         print(f"{len(pools)} pools Ready after {time.monotonic() - started:.0f} s", flush=True)
         # Alternate the kinds so both see the same machine conditions.
         todo: queue.Queue[tuple[str, int]] = queue.Queue()

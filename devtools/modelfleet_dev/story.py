@@ -84,6 +84,38 @@ def single_route_policy(name: str, pool: str, fallbacks: list[str] | None = None
     }
 
 
+def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll `check` twice a second until it is truthy; TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)  # poll interval
+    raise TimeoutError(what)
+
+
+def namespace_gone(core: k8s.CoreV1Api, namespace: str) -> bool:
+    try:
+        core.read_namespace(namespace)
+    except ApiException as exc:
+        return bool(exc.status == 404)
+    return False
+
+
+def router_serves(router_url: str, policy: str) -> bool:
+    """One tiny request for `policy` through the router came back 200."""
+    req = urllib.request.Request(
+        router_url + "/v1/images/generations",
+        data=b'{"prompt": "x", "size": "64x64", "steps": 2}',
+        headers={"Content-Type": "application/json", "X-ModelFleet-Policy": policy},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
 class Load:
     """Clients sending image requests through the router for one policy: closed-loop, or
     paced to one request per `period` seconds per client. Subclasses choose the body."""
