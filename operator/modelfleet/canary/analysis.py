@@ -230,8 +230,6 @@ def judge_metric(
                 fails,
                 holds,
                 limits,
-                load_match_tolerance,
-                (candidate_replicas, stable_replicas),
             )
     higher = metric.min is not None or metric.min_ratio_to_stable is not None
     lower = metric.max is not None or metric.max_ratio_to_stable is not None
@@ -302,8 +300,6 @@ def _relative(
     fails: list[str],
     holds: list[str],
     limits: list[float],
-    tolerance: float,
-    replicas: tuple[int | None, int | None],
 ) -> float | None:
     """Method value: the candidate's value against ratio x the stable's. Returns the
     stable value used (None when it could not be judged; `holds` says why)."""
@@ -315,11 +311,8 @@ def _relative(
     if metric.min_ratio_to_stable is None and metric.max_ratio_to_stable is None:
         return None
     if metric.builtin in LATENCY_METRICS:
-        mismatch = load_mismatch(metric, observed, tolerance, *replicas)
-        if mismatch is not None:
-            holds.append(mismatch)
-            return None
-        # Matched loads in this window: no fallback to an earlier, differently loaded one.
+        # Called only at matched loads (judge_metric checks): never fall back to an
+        # earlier, differently loaded window.
         previous = None
     baseline, note = _stable_baseline(observed.stable, gate, previous)
     if baseline is None:
