@@ -323,6 +323,21 @@ class When:
             return not any(ep.conditions.ready for s in slices for ep in (s.endpoints or []))
 
         wait_for(none_ready, timeout=timeout, what=f"{pool} pool has no ready endpoints")
+        return self.wait_for_router_endpoints(pool, 0, timeout)
+
+    def wait_for_router_endpoints(self, pool: str, n: int, timeout: float = 30) -> When:
+        """The router's own view, which trails the EndpointSlice by one watch event: a
+        request sent before it catches up still goes by the old endpoints."""
+        wait_for(
+            lambda: (
+                self.fleet.router_counter(
+                    "modelfleet_router_endpoints", namespace=self.fleet.namespace, pool=pool
+                )
+                == n
+            ),
+            timeout=timeout,
+            what=f"router sends pool {pool} to {n} endpoints",
+        )
         return self
 
     def pools_serving(self, *pools: str, replicas: int = 1, timeout: float = 180) -> When:
@@ -331,6 +346,7 @@ class When:
             self.pool_scaled(pool, replicas)
         for pool in pools:
             self.wait_for_pool(pool, ready_replicas=replicas, timeout=timeout)
+            self.wait_for_router_endpoints(pool, replicas)
         return self
 
     def wait_for_policy_ready(self, policy: str, timeout: float = 60) -> When:

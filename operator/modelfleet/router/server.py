@@ -94,11 +94,18 @@ def _rejected(code: str, message: str, headers: Mapping[str, str]) -> web.Respon
     )
 
 
-class _GateCollector(Collector):
-    """in_flight and queue_depth are read off the gates at scrape time: nothing on the hot path."""
+class _LiveCollector(Collector):
+    """Gauges read at scrape time, so nothing is counted on the hot path: in_flight and
+    queue_depth off the admission gates, endpoints off the current snapshot (the router's
+    own view of each pool, which can lag the EndpointSlices by a watch event)."""
 
-    def __init__(self, gates: Callable[[], Iterable[tuple[str, str, AdmissionGate]]]) -> None:
+    def __init__(
+        self,
+        gates: Callable[[], Iterable[tuple[str, str, AdmissionGate]]],
+        snapshot: Callable[[], Snapshot | None],
+    ) -> None:
         self._gates = gates
+        self._snapshot = snapshot
 
     def collect(self) -> Iterable[Metric]:
         in_flight = GaugeMetricFamily(
@@ -114,8 +121,17 @@ class _GateCollector(Collector):
         for ns, name, gate in self._gates():
             in_flight.add_metric([ns, name], gate.in_flight)
             depth.add_metric([ns, name], gate.queued)
+        endpoints = GaugeMetricFamily(
+            "modelfleet_router_endpoints",
+            "Ready workers the router currently sends each pool's requests to.",
+            labels=["namespace", "pool"],
+        )
+        snap = self._snapshot()
+        for (ns, pool), urls in sorted((snap.endpoints if snap else {}).items()):
+            endpoints.add_metric([ns, pool], len(urls))
         yield in_flight
         yield depth
+        yield endpoints
 
 
 class Router:
@@ -146,7 +162,10 @@ class Router:
             max_connections=self.settings.max_connections,
         )
         self.metrics.registry.register(
-            _GateCollector(lambda: [(p.namespace, p.name, g) for p, g in self._gates.values()])
+            _LiveCollector(
+                lambda: [(p.namespace, p.name, g) for p, g in self._gates.values()],
+                lambda: self.snapshot,
+            )
         )
 
     # -- configuration ---------------------------------------------------------------

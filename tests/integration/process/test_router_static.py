@@ -211,6 +211,8 @@ async def test_saturation_rejects_fast_and_admitted_complete(
     assert metric(m, "modelfleet_router_requests_total", outcome="rejected") == 30
     assert metric(m, "modelfleet_router_requests_total", outcome="ok") == 4
     assert metric(m, "modelfleet_router_in_flight") == 0
+    # The router's own view of the pool: one ready worker.
+    assert metric(m, "modelfleet_router_endpoints", pool="big") == 1
 
 
 async def test_queue_timeout_answers_429(
