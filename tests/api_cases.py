@@ -88,6 +88,27 @@ INVALID: list[Invalid] = [
     ),
     Invalid("pool-unknown-field", POOL, ("spec", "replica"), 3, "replica"),
     Invalid("pool-type", POOL, ("spec", "replicas"), "three", "spec.replicas"),
+    Invalid(
+        "pool-model-name-pattern",
+        POOL,
+        ("spec", "modelNames"),
+        ["sd3.5-medium", "SD_3"],
+        "spec.modelNames[1]",
+    ),
+    Invalid(
+        "pool-model-name-duplicate",
+        POOL,
+        ("spec", "modelNames"),
+        ["sd3.5", "sd3.5"],
+        "spec.modelNames[1]",
+    ),
+    Invalid(
+        "pool-model-names-max",
+        POOL,
+        ("spec", "modelNames"),
+        [f"m{i}" for i in range(17)],
+        "spec.modelNames",
+    ),
     # RoutingPolicy
     Invalid("policy-no-routes", POLICY, ("spec", "routes"), [], "spec.routes"),
     Invalid(

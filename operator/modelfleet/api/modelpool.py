@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -10,6 +10,9 @@ from modelfleet.api.common import ApiModel, Condition, ObjectMeta, cel
 
 ModelFamily = Literal["sd15", "sdxl", "sd3", "flux", "custom"]
 SOURCE_PATTERN = r"^(file|pvc|hf|s3)://.+$"
+# Names clients pass as `model` (sd3.5-medium, gpt-image-1): DNS labels plus dots.
+MODEL_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN, max_length=63)]
 
 # Latent channels per family: a VAE from another latent space fails only at
 # decode time, so the operator refuses the pairing up front.
@@ -140,7 +143,24 @@ class ModelPoolSpec(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Capabilities routing can match on, e.g. typography, photoreal, preview.",
     )
+    model_names: list[ModelName] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description=(
+            "Names clients pass as `model` to reach this pool, e.g. sd3.5-medium or "
+            "gpt-image-1 (lowercase letters, digits, '-' and '.'; at most 16, unique)."
+        ),
+    )
     worker: WorkerSpec = Field(default_factory=WorkerSpec, description="Extra worker settings.")
+
+    @field_validator("model_names")
+    @classmethod
+    def _unique_model_names(cls, v: list[str]) -> list[str]:
+        dupes = sorted({n for n in v if v.count(n) > 1})
+        if dupes:
+            raise ValueError(f"spec.modelNames must be unique; repeated: {', '.join(dupes)}")
+        return v
 
     @model_validator(mode="after")
     def _vae_matches_family(self) -> ModelPoolSpec:
