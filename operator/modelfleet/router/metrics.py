@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from modelfleet.router.admission import AdmissionGate
+from modelfleet.router.config import Snapshot
 from modelfleet.routing.stats import (
     BATCH_STRATA,
     LATENCY_BUCKETS,
@@ -19,7 +24,7 @@ PREFIX = "modelfleet_router_"
 class RouterMetrics:
     """One registry per router instance, so tests can build several in one process.
     modelfleet_router_in_flight and _queue_depth {namespace, policy} are gauges read off
-    the admission gates at scrape time (see server._GateCollector)."""
+    the admission gates at scrape time (LiveCollector below)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -166,3 +171,43 @@ class RouterMetrics:
         """Count `n` on a text-gate counter (labels: namespace, policy, route, pool[, to_pool])."""
         if n:
             self._child(metric, *labels).inc(n)
+
+
+class LiveCollector(Collector):
+    """Gauges read at scrape time, so nothing is counted on the hot path: in_flight and
+    queue_depth off the admission gates, endpoints off the current snapshot (the router's
+    own view of each pool, which can lag the EndpointSlices by a watch event)."""
+
+    def __init__(
+        self,
+        gates: Callable[[], Iterable[tuple[str, str, AdmissionGate]]],
+        snapshot: Callable[[], Snapshot | None],
+    ) -> None:
+        self._gates = gates
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        in_flight = GaugeMetricFamily(
+            "modelfleet_router_in_flight",
+            "Requests holding an admission slot.",
+            labels=["namespace", "policy"],
+        )
+        depth = GaugeMetricFamily(
+            "modelfleet_router_queue_depth",
+            "Requests waiting for an admission slot.",
+            labels=["namespace", "policy"],
+        )
+        for ns, name, gate in self._gates():
+            in_flight.add_metric([ns, name], gate.in_flight)
+            depth.add_metric([ns, name], gate.queued)
+        endpoints = GaugeMetricFamily(
+            "modelfleet_router_endpoints",
+            "Ready workers the router currently sends each pool's requests to.",
+            labels=["namespace", "pool"],
+        )
+        snap = self._snapshot()
+        for (ns, pool), urls in sorted((snap.endpoints if snap else {}).items()):
+            endpoints.add_metric([ns, pool], len(urls))
+        yield in_flight
+        yield depth
+        yield endpoints

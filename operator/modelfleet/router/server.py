@@ -5,133 +5,38 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from modelfleet.router.admission import AdmissionGate, Limits, QueueTimeout, Rejected
 from modelfleet.router.config import Snapshot
-from modelfleet.router.metrics import RouterMetrics
+from modelfleet.router.metrics import LiveCollector, RouterMetrics
+from modelfleet.router.responses import JSON, json_errors, rejected, relay
+from modelfleet.router.responses import error as _error
+from modelfleet.router.serving import Ladder, Settings
 from modelfleet.router.textgate import GateRequest, Served, TextGate, Unserved
-from modelfleet.router.upstream import AttemptResult, UpstreamClient
 from modelfleet.routing.intent import ParsedRequest, RequestError, parse_request
-from modelfleet.routing.ladder import (
-    Attempt,
-    Outcome,
-    Tried,
-    client_error_body,
-    exhausted,
-)
+from modelfleet.routing.ladder import Attempt, Outcome, Tried, exhausted
 from modelfleet.routing.pin import PINNED_HEADER, POOL_HEADER, PinRefused, check_pin
 from modelfleet.routing.stats import HORIZON_S, AttemptStats
 from modelfleet.routing.table import (
     PolicyTable,
     RouteEntry,
-    choose_endpoint,
     choose_pool,
     match_route,
     pool_ladder,
     select_policy,
 )
-from modelfleet_common.errors import error_json
 from modelfleet_common.expected_text import expected_text
 
-log = logging.getLogger("modelfleet.router")
+__all__ = ["Router", "Settings"]
 
 MAX_BODY_BYTES = 1024 * 1024
 POLICY_HEADER = "x-modelfleet-policy"
-JSON = "application/json"
-
-
-@dataclass(frozen=True)
-class Settings:
-    request_timeout_s: float = 120.0  # whole client request, queueing included
-    attempt_timeout_s: float = 60.0  # one upstream attempt
-    connect_timeout_s: float = 2.0
-    body_timeout_s: float = 10.0  # a slow client must send its body within this
-    retries_per_pool: int = 1  # extra endpoints tried in a pool before falling back
-    eject_s: float = 2.0  # how long an endpoint that refused a connection is avoided
-    shadow_max_in_flight: int = 64  # beyond this, shadow copies are dropped
-    max_connections: int = 4096
-
-
-def _error(
-    status: int,
-    code: str,
-    message: str,
-    param: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> web.Response:
-    return web.Response(
-        status=status, body=error_json(code, message, param), content_type=JSON, headers=headers
-    )
-
-
-def _relay(res: AttemptResult, headers: Mapping[str, str]) -> web.Response:
-    """The worker's answer to the client: its body when it succeeded, its 4xx in the
-    OpenAI error shape otherwise."""
-    if res.outcome is Attempt.OK:
-        return web.Response(status=200, body=res.body, content_type=JSON, headers=headers)
-    return web.Response(
-        status=res.status,
-        body=client_error_body(res.status, res.body),
-        content_type=JSON,
-        headers=headers,
-    )
-
-
-def _rejected(code: str, message: str, headers: Mapping[str, str]) -> web.Response:
-    # Retry-After is whole seconds (RFC 9110); retry-after-ms is the OpenAI-style hint.
-    return _error(
-        429, code, message, headers={**headers, "Retry-After": "1", "retry-after-ms": "1000"}
-    )
-
-
-class _LiveCollector(Collector):
-    """Gauges read at scrape time, so nothing is counted on the hot path: in_flight and
-    queue_depth off the admission gates, endpoints off the current snapshot (the router's
-    own view of each pool, which can lag the EndpointSlices by a watch event)."""
-
-    def __init__(
-        self,
-        gates: Callable[[], Iterable[tuple[str, str, AdmissionGate]]],
-        snapshot: Callable[[], Snapshot | None],
-    ) -> None:
-        self._gates = gates
-        self._snapshot = snapshot
-
-    def collect(self) -> Iterable[Metric]:
-        in_flight = GaugeMetricFamily(
-            "modelfleet_router_in_flight",
-            "Requests holding an admission slot.",
-            labels=["namespace", "policy"],
-        )
-        depth = GaugeMetricFamily(
-            "modelfleet_router_queue_depth",
-            "Requests waiting for an admission slot.",
-            labels=["namespace", "policy"],
-        )
-        for ns, name, gate in self._gates():
-            in_flight.add_metric([ns, name], gate.in_flight)
-            depth.add_metric([ns, name], gate.queued)
-        endpoints = GaugeMetricFamily(
-            "modelfleet_router_endpoints",
-            "Ready workers the router currently sends each pool's requests to.",
-            labels=["namespace", "pool"],
-        )
-        snap = self._snapshot()
-        for (ns, pool), urls in sorted((snap.endpoints if snap else {}).items()):
-            endpoints.add_metric([ns, pool], len(urls))
-        yield in_flight
-        yield depth
-        yield endpoints
 
 
 class Router:
@@ -153,16 +58,9 @@ class Router:
         self._rnd = (rng or random.Random()).random
         self._clock = clock
         self._gates: dict[str, tuple[PolicyTable, AdmissionGate]] = {}
-        self._outstanding: dict[str, int] = {}
-        self._ejected_until: dict[str, float] = {}
-        self._shadow_in_flight = 0
-        self._shadow_tasks: set[asyncio.Task[None]] = set()
-        self.upstream = UpstreamClient(
-            connect_timeout_s=self.settings.connect_timeout_s,
-            max_connections=self.settings.max_connections,
-        )
+        self.ladder = Ladder(self.settings, self.metrics, self.stats, self._rnd, clock)
         self.metrics.registry.register(
-            _LiveCollector(
+            LiveCollector(
                 lambda: [(p.namespace, p.name, g) for p, g in self._gates.values()],
                 lambda: self.snapshot,
             )
@@ -184,14 +82,13 @@ class Router:
                 gates[p.key] = (p, AdmissionGate(limits))
         # A removed policy's gate is dropped; its in-flight requests finish on their own ref.
         self._gates = gates
-        live = {u for urls in snapshot.endpoints.values() for u in urls}
-        self._ejected_until = {u: t for u, t in self._ejected_until.items() if u in live}
+        self.ladder.keep_only(u for urls in snapshot.endpoints.values() for u in urls)
         self.snapshot = snapshot
 
     # -- app -------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
         app.router.add_post("/v1/images/generations", self.generations)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -202,12 +99,10 @@ class Router:
         return app
 
     async def _on_startup(self, _app: web.Application) -> None:
-        await self.upstream.start()
+        await self.ladder.start()
 
     async def _on_cleanup(self, _app: web.Application) -> None:
-        for t in list(self._shadow_tasks):
-            t.cancel()
-        await self.upstream.close()
+        await self.ladder.close()
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -314,7 +209,7 @@ class Router:
             await gate.acquire(parsed.intent.tier)
         except Rejected:
             self._finish(ns, pname, route.name, "", Outcome.REJECTED, start)
-            return _rejected(
+            return rejected(
                 "overloaded",
                 f"RoutingPolicy {policy.key} is at capacity "
                 f"({gate.limits.max_in_flight} in flight, {gate.limits.max_queue} queued)",
@@ -322,7 +217,7 @@ class Router:
             )
         except QueueTimeout:
             self._finish(ns, pname, route.name, "", Outcome.REJECTED, start)
-            return _rejected(
+            return rejected(
                 "queue_timeout",
                 f"no slot in RoutingPolicy {policy.key} within "
                 f"{gate.limits.queue_timeout_s * 1000:.0f} ms",
@@ -343,7 +238,7 @@ class Router:
                 )
             chosen = choose_pool(route.pools, self._rnd)
             if route.shadow is not None and self._rnd() * 100 < route.shadow.percent:
-                self._shadow(snap, ns, route.shadow.pool, body)
+                self.ladder.shadow(snap, ns, route.shadow.pool, body)
             return await self._forward(
                 snap, ns, pname, route, chosen, body, start, route_headers, text_gate
             )
@@ -375,11 +270,11 @@ class Router:
             await gate.acquire(parsed.intent.tier)
         except (Rejected, QueueTimeout):
             self.metrics.pinned(ns, pool, Outcome.REJECTED.value)
-            return _rejected("overloaded", f"RoutingPolicy {policy.key} is at capacity", headers)
+            return rejected("overloaded", f"RoutingPolicy {policy.key} is at capacity", headers)
         try:
             body = parsed.forward_raw or json.dumps(parsed.forward, separators=(",", ":")).encode()
             deadline = start + self.settings.request_timeout_s
-            got = await self._serve(snap, ns, "", (pool,), body, deadline, pinned=True)
+            got = await self.ladder.serve(snap, ns, "", (pool,), body, deadline, pinned=True)
         finally:
             gate.release()
         if isinstance(got, Unserved):
@@ -391,7 +286,7 @@ class Router:
             self.metrics.pinned(ns, pool, code)
             return _error(status, code, message, headers=headers)
         self.metrics.pinned(ns, pool, got.res.outcome.value)
-        return _relay(got.res, headers)
+        return relay(got.res, headers)
 
     async def _forward(
         self,
@@ -407,7 +302,7 @@ class Router:
     ) -> web.Response:
         deadline = start + self.settings.request_timeout_s
         ladder = pool_ladder(route, chosen)
-        got = await self._serve(snap, ns, route.name, ladder, body, deadline)
+        got = await self.ladder.serve(snap, ns, route.name, ladder, body, deadline)
         if isinstance(got, Unserved):
             return self._fail(ns, pname, route, ladder, got.tried, start, headers, got.deadline_hit)
         pool, res = got.pool, got.res
@@ -420,51 +315,7 @@ class Router:
         if ok and gate is not None:
             return await self._gated(snap, ns, pname, route, gate, got, start, out_headers)
         self._finish(ns, pname, route.name, pool, Outcome.OK if ok else Outcome.CLIENT_ERROR, start)
-        return _relay(res, out_headers)
-
-    async def _serve(
-        self,
-        snap: Snapshot,
-        ns: str,
-        route_name: str,
-        ladder: tuple[str, ...],
-        body: bytes,
-        deadline: float,
-        pinned: bool = False,
-    ) -> Served | Unserved:
-        """Walk the ladder until a worker answers ok or with a 4xx."""
-        s = self.settings
-        tried: list[Tried] = []
-        prev: str | None = None
-        for pool in ladder:
-            endpoints = snap.endpoints.get((ns, pool), ())
-            if prev is not None and endpoints:
-                self.metrics.fallbacks.labels(ns, route_name, prev, pool).inc()
-            prev = pool
-            if not endpoints:
-                tried.append(Tried(pool, None, None))
-                continue
-            now = self._clock()
-            ejected = {e for e in endpoints if self._ejected_until.get(e, 0.0) > now}
-            used: set[str] = set()
-            for i in range(1 + s.retries_per_pool):
-                t0 = self._clock()
-                remaining = deadline - t0
-                if remaining <= 0:
-                    return Unserved(tried, ladder, True)
-                ep = choose_endpoint(endpoints, self._outstanding, used, ejected, self._rnd)
-                if ep is None:
-                    break
-                if i > 0:
-                    self.metrics.retries.labels(ns, pool).inc()
-                used.add(ep)
-                res = await self._attempt(
-                    ns, pool, ep, body, min(s.attempt_timeout_s, remaining), pinned
-                )
-                tried.append(Tried(pool, ep, res.outcome))
-                if res.outcome is Attempt.OK or res.outcome is Attempt.CLIENT_ERROR:
-                    return Served(pool, res, self._clock() - t0)
-        return Unserved(tried, ladder, False)
+        return relay(res, out_headers)
 
     async def _gated(
         self,
@@ -482,7 +333,7 @@ class Router:
         deadline = start + self.settings.request_timeout_s
 
         async def render_on(pool: str, body: bytes, until: float) -> Served | Unserved:
-            return await self._serve(snap, ns, route.name, (pool,), body, until)
+            return await self.ladder.serve(snap, ns, route.name, (pool,), body, until)
 
         tg = TextGate(self.metrics, self._clock, (ns, pname, route.name))
         ans = await tg.run(gate, first, deadline, render_on, headers)
@@ -490,34 +341,6 @@ class Router:
         return web.Response(
             status=ans.status, body=ans.body, content_type=JSON, headers=ans.headers
         )
-
-    async def _attempt(
-        self, ns: str, pool: str, ep: str, body: bytes, timeout_s: float, pinned: bool = False
-    ) -> AttemptResult:
-        self._outstanding[ep] = self._outstanding.get(ep, 0) + 1
-        t0 = self._clock()
-        try:
-            res = await self.upstream.generate(ep, body, timeout_s)
-        finally:
-            n = self._outstanding[ep] - 1
-            if n:
-                self._outstanding[ep] = n
-            else:
-                del self._outstanding[ep]
-        t1 = self._clock()
-        if res.outcome is Attempt.CONNECT_ERROR:
-            self._ejected_until[ep] = t1 + self.settings.eject_s
-        elif res.outcome is Attempt.OK and ep in self._ejected_until:
-            del self._ejected_until[ep]
-        if res.outcome is not Attempt.OK and res.outcome is not Attempt.CLIENT_ERROR:
-            log.info("attempt %s %s: %s %s", pool, ep, res.outcome, res.error)
-        if pinned:  # the replay's renders must not count as the canary's traffic
-            return res
-        self.metrics.attempted(ns, pool, res.outcome.value, t1 - t0, res.service_s, res.batch_size)
-        self.stats.record(
-            ns, pool, res.outcome, t1 - t0, t1, res.service_s, res.batch_size, res.text
-        )
-        return res
 
     def _fail(
         self,
@@ -541,60 +364,10 @@ class Router:
         self._finish(ns, pname, route.name, "", outcome, start)
         out = {**headers, "X-ModelFleet-Fallback": "false"}
         if status == 429:
-            return _rejected(code, message, out)
+            return rejected(code, message, out)
         return _error(status, code, message, headers=out)
 
     def _finish(
         self, ns: str, pname: str, route: str, pool: str, outcome: Outcome, start: float
     ) -> None:
         self.metrics.finished(ns, pname, route, pool, outcome.value, self._clock() - start)
-
-    # -- shadow ----------------------------------------------------------------------
-
-    def _shadow(self, snap: Snapshot, ns: str, pool: str, body: bytes) -> None:
-        """Fire and forget: the primary never waits on it, and a bounded number run at once."""
-        counter = self.metrics.shadow_requests
-        endpoints = snap.endpoints.get((ns, pool), ())
-        if not endpoints:
-            counter.labels(ns, pool, "no_endpoints").inc()
-            return
-        if self._shadow_in_flight >= self.settings.shadow_max_in_flight:
-            counter.labels(ns, pool, "dropped").inc()
-            return
-        ep = choose_endpoint(endpoints, self._outstanding, set(), set(), self._rnd)
-        if ep is None:
-            counter.labels(ns, pool, "no_endpoints").inc()
-            return
-        self._shadow_in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._shadow_run(ns, pool, ep, body))
-        self._shadow_tasks.add(task)
-        task.add_done_callback(self._shadow_tasks.discard)
-
-    async def _shadow_run(self, ns: str, pool: str, ep: str, body: bytes) -> None:
-        self._outstanding[ep] = self._outstanding.get(ep, 0) + 1
-        try:
-            res = await self.upstream.generate(ep, body, self.settings.attempt_timeout_s)
-            self.metrics.shadow_requests.labels(ns, pool, res.outcome.value).inc()
-        finally:
-            self._shadow_in_flight -= 1
-            n = self._outstanding[ep] - 1
-            if n:
-                self._outstanding[ep] = n
-            else:
-                del self._outstanding[ep]
-
-
-@web.middleware
-async def _json_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """aiohttp's own 404/405/413 answers are text; clients get the error shape everywhere."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
-            exc.status, "http_error"
-        )
-        return _error(exc.status, code, exc.reason or str(exc), headers=None)
