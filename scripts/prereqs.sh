@@ -28,6 +28,8 @@ fi
 debs=()
 command -v prometheus >/dev/null 2>&1 || debs+=(prometheus)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || debs+=(nginx-light)
+# Sticky asset records: the router tests start their own redis-server.
+command -v redis-server >/dev/null 2>&1 || debs+=(redis-server)
 # Text verification: the text-drawing test backend's fonts, and the shared
 # libraries OpenCV (pulled in by rapidocr_onnxruntime) loads.
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ] || debs+=(fonts-dejavu)
@@ -46,7 +48,7 @@ if [ ${#debs[@]} -gt 0 ]; then
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${debs[@]}" >/dev/null
     # The packages start system services; tests run their own instances.
-    for svc in prometheus nginx; do
+    for svc in prometheus nginx redis-server; do
       (command -v systemctl >/dev/null && systemctl stop "$svc") >/dev/null 2>&1 || true
       pkill -x "$svc" >/dev/null 2>&1 || true
     done
