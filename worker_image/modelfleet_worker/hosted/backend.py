@@ -144,6 +144,7 @@ class ProviderBackend(Protocol):
     provider: str  # price table provider key, e.g. "openai"
     model: str  # provider model, e.g. "gpt-image-1"
     capabilities: Capabilities
+    default_endpoint: str  # used when the pool sets no --endpoint
 
     async def generate(self, req: HostedRequest, ctx: ProviderContext) -> ProviderResult: ...
 
