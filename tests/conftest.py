@@ -15,7 +15,7 @@ import pytest
 from polling import wait_for as wait_for  # re-exported: tests import it from here too
 
 # Stand-in workers, HTTP client and router subprocess fixtures (the router process tests).
-pytest_plugins = ["router_fixtures"]
+pytest_plugins = ["router_fixtures", "redis_fixture"]  # redis_fixture: real redis-server
 
 REPO = Path(__file__).resolve().parents[1]
 
