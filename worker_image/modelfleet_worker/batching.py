@@ -23,6 +23,9 @@ class BatchKey:
     # Presence, not text: a batch with some negative prompts and some without
     # is not equivalent for every family (SDXL zeroes an absent negative embedding).
     has_negative: bool
+    # Edits batch only with edits of the same kind and strength (one pipeline call each).
+    mode: str = "generate"  # generate | image2image | inpaint
+    strength: float = 0.0
 
 
 T = TypeVar("T")

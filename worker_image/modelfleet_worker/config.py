@@ -63,6 +63,13 @@ def _rate(value: str) -> float:
     return r
 
 
+def _price(value: str) -> float:
+    p = float(value)
+    if not (p >= 0.0 and p < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
+    return p
+
+
 def default_cache_dir() -> str:
     # /var/cache/modelfleet exists (writable) in the image; elsewhere use tmp.
     path = "/var/cache/modelfleet"
@@ -114,6 +121,18 @@ SETTINGS: tuple[Setting, ...] = (
         "X-ModelFleet-Service-Time clock: wall, or the inference thread's CPU time (cpu: for "
         "workers that share CPU cores, with cpu_threads 1)",
     ),
+    Setting(
+        "gpu_hour_price",
+        _price,
+        0.0,
+        "USD per GPU-hour; each response's cost = its images' service seconds x this / 3600",
+    ),
+    Setting(
+        "max_upload_bytes",
+        _positive_int,
+        25 * 1024 * 1024,
+        "largest multipart body POST /v1/images/edits reads (413 naming the field beyond it)",
+    ),
     Setting("drain_timeout_s", float, 300.0, "longest SIGTERM waits for queued work"),
     Setting("memory_margin_fraction", float, 0.10, "GPU memory kept free as a safety margin"),
     Setting("warmup", parse_bool, True, "run a warm-up generation before ready"),
@@ -155,6 +174,8 @@ class WorkerConfig:
     channels_last: bool = False
     cpu_threads: int = 0
     service_clock: str = "wall"
+    gpu_hour_price: float = 0.0
+    max_upload_bytes: int = 25 * 1024 * 1024
     drain_timeout_s: float = 300.0
     memory_margin_fraction: float = 0.10
     warmup: bool = True

@@ -18,7 +18,7 @@ from .memory import run_with_split
 log = logging.getLogger("modelfleet_worker.engine")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Job:
     """One image to generate."""
 
@@ -26,6 +26,8 @@ class Job:
     negative_prompt: str | None
     seed: int
     text: tuple[str, ...] = ()  # expected text (a text-drawing test backend draws it)
+    image: Any = None  # edits: the input PIL image (at the output size)
+    mask: Any = None  # inpainting: PIL "L", 255 = repaint
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ OUTCOMES = (
     "injected_error",
     "error",
 )
+ENDPOINTS = ("generations", "edits")  # the `endpoint` label; "other" for stray paths
 
 
 class WorkerMetrics:
@@ -36,12 +37,13 @@ class WorkerMetrics:
         r = self.registry = CollectorRegistry()
         self.info = Info(P.rstrip("_"), "Worker identity (pool, model, family)", registry=r)
         self.info.info({"pool": pool, "model": model, "family": family, "version": __version__})
-        self.requests = Counter(P + "requests", "Requests by outcome", ["outcome"], registry=r)
-        for o in OUTCOMES:  # export zeros so rate() works from the first scrape
-            self.requests.labels(outcome=o)
+        self.requests = Counter(
+            P + "requests", "Requests by endpoint and outcome", ["endpoint", "outcome"], registry=r
+        )
         self.request_duration = Histogram(
             P + "request_duration_seconds",
-            "Generation request latency, admission to response",
+            "Request latency by endpoint, admission to response",
+            ["endpoint"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
@@ -59,7 +61,25 @@ class WorkerMetrics:
         )
         self.queue_depth = Gauge(P + "queue_depth", "Images waiting to be batched", registry=r)
         self.in_flight = Gauge(P + "in_flight_images", "Images in the running batch", registry=r)
-        self.images = Counter(P + "images_generated", "Images generated", registry=r)
+        self.images = Counter(
+            P + "images_generated", "Images made, by endpoint", ["endpoint"], registry=r
+        )
+        for e in ENDPOINTS:  # export zeros so rate() works from the first scrape
+            self.images.labels(endpoint=e)
+            self.request_duration.labels(endpoint=e)
+            for o in OUTCOMES:
+                self.requests.labels(endpoint=e, outcome=o)
+        # Same names as the hosted adapter's, so dashboards and canaries read both.
+        self.cost_usd = Counter(
+            P + "cost_usd", "Cost of the images made (USD)", ["pool"], registry=r
+        ).labels(pool=pool)
+        self.cost_per_image = Histogram(
+            P + "cost_per_image_usd",
+            "Cost per image (USD)",
+            ["pool"],
+            buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32),
+            registry=r,
+        ).labels(pool=pool)
         self.oom = Counter(P + "oom", "Out-of-memory errors caught", registry=r)
         self.splits = Counter(P + "batch_splits", "Batches split in half after OOM", registry=r)
         self.gpu_used = Gauge(P + "gpu_memory_used_bytes", "GPU memory used (0 on CPU)", registry=r)

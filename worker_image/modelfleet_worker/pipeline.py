@@ -28,12 +28,14 @@ class InjectedOOMError(torch.cuda.OutOfMemoryError):
     handler that catches the real thing catches this too."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ItemSpec:
     prompt: str
     negative_prompt: str | None
     seed: int
     text: tuple[str, ...] = ()  # expected text; diffusers reads it from the prompt
+    image: Any = None  # edits: input PIL image at the output size
+    mask: Any = None  # inpainting: PIL "L" mask, 255 = repaint
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class LoadedModel:
         self.profile: MemoryProfile | None = None
         self.cpu_memory: CpuMemoryNote | None = None
         self.idle_allocated_bytes = 0
+        self._edit_pipes: dict[bool, Any] = {}  # inpaint? -> pipeline sharing pipe's modules
 
     @property
     def on_cuda(self) -> bool:
@@ -139,6 +142,56 @@ class LoadedModel:
             kwargs["negative_prompt"] = [it.negative_prompt or "" for it in items]
         with torch.inference_mode():
             out = self.pipe(**kwargs)
+        return list(out.images)
+
+    def _edit_pipe(self, inpaint: bool) -> Any:
+        pipe = self._edit_pipes.get(inpaint)
+        if pipe is None:
+            import diffusers
+
+            d: Any = diffusers
+            auto = d.AutoPipelineForInpainting if inpaint else d.AutoPipelineForImage2Image
+            # from_pipe shares the loaded modules: no second copy of the weights.
+            pipe = auto.from_pipe(self.pipe)
+            if hasattr(pipe, "set_progress_bar_config"):
+                pipe.set_progress_bar_config(disable=True)
+            self._edit_pipes[inpaint] = pipe
+        return pipe
+
+    def edit(
+        self,
+        items: Sequence[ItemSpec],
+        width: int,
+        height: int,
+        steps: int,
+        guidance_scale: float,
+        strength: float,
+        inpaint: bool,
+    ) -> list[Any]:
+        """Image-to-image (no mask) or inpainting for a batch of same-size edits."""
+        k = self.cfg.fault_oom_above_batch
+        if k and len(items) > k:
+            raise InjectedOOMError(f"injected OOM: edit batch of {len(items)} is above {k}")
+        pipe = self._edit_pipe(inpaint)
+        generators = [torch.Generator(device="cpu").manual_seed(it.seed) for it in items]
+        kwargs: dict[str, Any] = {
+            "prompt": [it.prompt for it in items],
+            "image": [it.image for it in items],
+            "strength": strength,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance_scale,
+            "generator": generators,
+            "output_type": "pil",
+        }
+        params = inspect.signature(pipe.__call__).parameters
+        if inpaint:
+            kwargs["mask_image"] = [it.mask for it in items]
+        if "height" in params:  # image-to-image pipelines take the input's size
+            kwargs["height"], kwargs["width"] = height, width
+        if self.supports_negative_prompt and any(it.negative_prompt is not None for it in items):
+            kwargs["negative_prompt"] = [it.negative_prompt or "" for it in items]
+        with torch.inference_mode():
+            out = pipe(**kwargs)
         return list(out.images)
 
     def free_memory(self) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""HTTP server: OpenAI Images-compatible generation, health, readiness, metrics."""
+"""HTTP server: OpenAI Images-compatible generations and edits, health, readiness, metrics."""
 
 from __future__ import annotations
 
@@ -26,7 +26,14 @@ from .engine import Engine, Job, JobResult, QueueFullError
 from .faults import FaultInjector, FaultSettings
 from .memory import margin_bytes, memory_batch_cap, scaled_profile
 from .metrics import WorkerMetrics
-from .validation import MAX_BODY_BYTES, GenerationRequest, Limits, RequestError, parse_body
+from .validation import (
+    MAX_BODY_BYTES,
+    OUTPUT_FORMATS,
+    GenerationRequest,
+    Limits,
+    RequestError,
+    parse_body,
+)
 from .verify import FAILED, Verification, VerifyPool
 
 log = logging.getLogger("modelfleet_worker.server")
@@ -58,9 +65,26 @@ def error_response(
 
 
 def encode_png(image: Any) -> str:
+    return encode_image(image, "png", None)
+
+
+def encode_image(image: Any, fmt: str, compression: int | None) -> str:
+    """base64 of the image as OpenAI's output_format; compression 0-100 (jpeg/webp)."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    kwargs: dict[str, Any] = {}
+    if compression is not None:
+        kwargs["quality"] = 100 - compression
+    image.save(buf, format=OUTPUT_FORMATS[fmt], **kwargs)
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def endpoint_of(path: str) -> str:
+    """The `endpoint` metric label: generations, edits, or other."""
+    if path.startswith("/v1/images/"):
+        tail = path.removeprefix("/v1/images/")
+        if tail in ("generations", "edits"):
+            return tail
+    return "other"
 
 
 class WorkerServer:
@@ -93,6 +117,7 @@ class WorkerServer:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_handler)
         app.router.add_post("/v1/images/generations", self.generate)
+        app.router.add_post("/v1/images/edits", self.edit)
         return app
 
     @web.middleware
@@ -106,12 +131,12 @@ class WorkerServer:
             if exc.status < 400:
                 raise
             if exc.status == 413:
-                self.metrics.requests.labels(outcome="too_large").inc()
+                self._count(request, "too_large")
             code = _STATUS_CODES.get(exc.status, "http_error")
             return error_response(exc.status, code, exc.reason)
         except Exception:
             log.exception("unhandled error on %s", request.path)
-            self.metrics.requests.labels(outcome="error").inc()
+            self._count(request, "error")
             return error_response(500, "internal_error", "internal error; see worker logs")
 
     # ----- model lifecycle ---------------------------------------------------
@@ -133,11 +158,23 @@ class WorkerServer:
         def runner(key: BatchKey, jobs: Sequence[Job]) -> list[Any]:
             from .pipeline import ItemSpec
 
-            specs = [ItemSpec(j.prompt, j.negative_prompt, j.seed, j.text) for j in jobs]
+            specs = [
+                ItemSpec(j.prompt, j.negative_prompt, j.seed, j.text, j.image, j.mask) for j in jobs
+            ]
             c0 = time.thread_time()  # this runs on the inference thread
-            images: list[Any] = model.generate(
-                specs, key.width, key.height, key.steps, key.guidance_scale
-            )
+            images: list[Any]
+            if key.mode == "generate":
+                images = model.generate(specs, key.width, key.height, key.steps, key.guidance_scale)
+            else:
+                images = model.edit(
+                    specs,
+                    key.width,
+                    key.height,
+                    key.steps,
+                    key.guidance_scale,
+                    key.strength,
+                    key.mode == "inpaint",
+                )
             if self.cfg.service_clock == "cpu":
                 # Neighbours on shared cores stretch wall time, not this thread's CPU time.
                 if len(self._cpu_per_image) > 10_000:  # entries of abandoned requests
@@ -221,21 +258,40 @@ class WorkerServer:
         body = self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": self.metrics.content_type})
 
+    def _count(self, request: web.Request, outcome: str) -> None:
+        self.metrics.requests.labels(endpoint=endpoint_of(request.path), outcome=outcome).inc()
+
     async def generate(self, request: web.Request) -> web.Response:
+        return await self._admitted(request, self._generate)
+
+    async def edit(self, request: web.Request) -> web.Response:
+        return await self._admitted(request, self._edit)
+
+    async def _admitted(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request, Engine, Limits], Awaitable[web.Response]],
+    ) -> web.Response:
         if self.state != "ready" or self.engine is None or self.limits is None:
-            self.metrics.requests.labels(outcome="unavailable").inc()
+            self._count(request, "unavailable")
             why = "draining for shutdown" if self.state == "draining" else "model is loading"
             return error_response(503, "unavailable", f"worker not ready: {why}", None)
         self._active += 1
         self._active_zero.clear()
         t0 = time.perf_counter()
         try:
-            return await self._generate(request, self.engine, self.limits)
+            return await handler(request, self.engine, self.limits)
         finally:
-            self.metrics.request_duration.observe(time.perf_counter() - t0)
+            self.metrics.request_duration.labels(endpoint=endpoint_of(request.path)).observe(
+                time.perf_counter() - t0
+            )
             self._active -= 1
             if self._active == 0:
                 self._active_zero.set()
+
+    def _rejected(self, request: web.Request, exc: RequestError) -> web.Response:
+        self._count(request, "too_large" if exc.status == 413 else "invalid")
+        return web.json_response(exc.body(), status=exc.status)
 
     async def _generate(self, request: web.Request, engine: Engine, limits: Limits) -> web.Response:
         from .validation import validate_request
@@ -243,33 +299,75 @@ class WorkerServer:
         try:
             req = validate_request(parse_body(await request.read()), limits)
         except RequestError as exc:
-            outcome = "too_large" if exc.status == 413 else "invalid"
-            self.metrics.requests.labels(outcome=outcome).inc()
-            return web.json_response(exc.body(), status=exc.status)
+            return self._rejected(request, exc)
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**32 - 8)
+        jobs = [
+            Job(req.prompt, req.negative_prompt, seed + i, req.expected_text) for i in range(req.n)
+        ]
+        key = BatchKey(
+            req.width, req.height, req.steps, req.guidance_scale, req.negative_prompt is not None
+        )
+        return await self._render(request, engine, req, key, jobs)
+
+    async def _edit(self, request: web.Request, engine: Engine, limits: Limits) -> web.Response:
+        from .edits import validate_edit
+        from .multipart import read_edit_form
+
+        if not callable(getattr(self.model, "edit", None)):
+            self._count(request, "invalid")
+            return error_response(
+                400, "unsupported_endpoint", "this worker's backend does not support edits", None
+            )
+        try:
+            form = await read_edit_form(request, self.cfg.max_upload_bytes)
+            # Decoding a large upload takes a while: off the event loop.
+            loop = asyncio.get_running_loop()
+            ed = await loop.run_in_executor(None, validate_edit, form.fields, form.files, limits)
+        except RequestError as exc:
+            return self._rejected(request, exc)
+        req = ed.gen
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**32 - 8)
+        jobs = [
+            Job(req.prompt, req.negative_prompt, seed + i, req.expected_text, ed.image, ed.mask)
+            for i in range(req.n)
+        ]
+        mode = "inpaint" if ed.mask is not None else "image2image"
+        key = BatchKey(
+            req.width,
+            req.height,
+            req.steps,
+            req.guidance_scale,
+            req.negative_prompt is not None,
+            mode,
+            ed.strength,
+        )
+        return await self._render(request, engine, req, key, jobs)
+
+    async def _render(
+        self,
+        request: web.Request,
+        engine: Engine,
+        req: GenerationRequest,
+        key: BatchKey,
+        jobs: list[Job],
+    ) -> web.Response:
         if self.faults.should_fail():
-            self.metrics.requests.labels(outcome="injected_error").inc()
+            self._count(request, "injected_error")
             return error_response(
                 500, "injected_fault", "injected error (MODELFLEET_WORKER_FAULT_ERROR_RATE drill)"
             )
         if not self.fits_alone(req):
-            self.metrics.requests.labels(outcome="insufficient_memory").inc()
+            self._count(request, "insufficient_memory")
             return error_response(
                 507,
                 "insufficient_memory",
                 f"a single {req.width}x{req.height} image does not fit in free GPU memory",
                 "size",
             )
-        seed = req.seed if req.seed is not None else secrets.randbelow(2**32 - 8)
-        key = BatchKey(
-            req.width, req.height, req.steps, req.guidance_scale, req.negative_prompt is not None
-        )
-        jobs = [
-            Job(req.prompt, req.negative_prompt, seed + i, req.expected_text) for i in range(req.n)
-        ]
         backlog = self.verifier.backlog if self.verifier and req.expected_text else 0
         if backlog + req.n > self.cfg.max_queue:
             # OCR slower than the model: push back here rather than hold images unbounded.
-            self.metrics.requests.labels(outcome="rejected_queue_full").inc()
+            self._count(request, "rejected_queue_full")
             return error_response(
                 429,
                 "queue_full",
@@ -280,7 +378,7 @@ class WorkerServer:
         try:
             futures = engine.submit(key, jobs)
         except QueueFullError as exc:
-            self.metrics.requests.labels(outcome="rejected_queue_full").inc()
+            self._count(request, "rejected_queue_full")
             return error_response(
                 429, "queue_full", str(exc), None, **{"Retry-After": str(engine.retry_after_s())}
             )
@@ -289,7 +387,7 @@ class WorkerServer:
             await asyncio.sleep(self.faults.added_latency_s)
         failed = [r for r in results if r.error is not None]
         if failed:
-            self.metrics.requests.labels(outcome="insufficient_memory").inc()
+            self._count(request, "insufficient_memory")
             return error_response(
                 507,
                 "insufficient_memory",
@@ -299,12 +397,18 @@ class WorkerServer:
             )
         loop = asyncio.get_running_loop()
         # OCR (its own pool) and PNG encoding run side by side, off the batch loop.
+        fmt, compression = req.output_format, req.output_compression
         pngs, checks = await asyncio.gather(
-            asyncio.gather(*(loop.run_in_executor(None, encode_png, r.image) for r in results)),
+            asyncio.gather(
+                *(
+                    loop.run_in_executor(None, encode_image, r.image, fmt, compression)
+                    for r in results
+                )
+            ),
             self._verify([r.image for r in results], req.expected_text, req.min_word_accuracy),
         )
-        self.metrics.images.inc(len(results))
-        self.metrics.requests.labels(outcome="ok").inc()
+        self.metrics.images.labels(endpoint=endpoint_of(request.path)).inc(len(results))
+        self._count(request, "ok")
         inference_ms = max(r.inference_s for r in results) * 1000.0
         # The router reads this header (never the body) to judge canaries on service time.
         per_image_s = sum(r.inference_s / max(1, r.batch_size) for r in results) / len(results)
@@ -312,6 +416,12 @@ class WorkerServer:
             cpu = [self._cpu_per_image.pop(id(j), None) for j in jobs]
             if None not in cpu:
                 per_image_s = sum(c for c in cpu if c is not None) / len(cpu)
+        # One device per worker: GPU-seconds are the images' service seconds.
+        cost = per_image_s * len(results) * self.cfg.gpu_hour_price / 3600.0
+        prov = self.provenance([j.seed for j in jobs], cost)
+        self.metrics.cost_usd.inc(cost)
+        for _ in results:
+            self.metrics.cost_per_image.observe(cost / len(results))
         return web.json_response(
             {
                 "created": int(time.time()),
@@ -327,13 +437,27 @@ class WorkerServer:
                 },
                 "model": self.cfg.model,
                 "pool": self.cfg.pool,
+                "output_format": fmt,
+                "size": f"{req.width}x{req.height}",
+                "modelfleet": prov,
             },
             headers={
+                **provenance_headers(prov),
                 "X-ModelFleet-Service-Time": f"{per_image_s:.6f}",
                 "X-ModelFleet-Batch-Size": str(max(r.batch_size for r in results)),
                 **text_summary_headers(checks),
             },
         )
+
+    def provenance(self, seeds: list[int], cost_usd: float) -> dict[str, Any]:
+        """Brief contract 1: what made these images; OpenAI clients ignore the object."""
+        return {
+            "model": self.cfg.model,
+            "revision": self.cfg.revision or None,
+            "seeds": seeds,
+            "cost_usd": round(cost_usd, 9),
+            "images": len(seeds),
+        }
 
     async def _verify(
         self, images: Sequence[Any], expected: tuple[str, ...], threshold: float | None = None
@@ -369,6 +493,22 @@ class WorkerServer:
             await asyncio.wait_for(self._active_zero.wait(), left)
         except TimeoutError:
             log.warning("drain timed out with %d requests still open", self._active)
+
+
+def provenance_headers(prov: dict[str, Any]) -> dict[str, str]:
+    """The provenance object's headers; X-ModelFleet-Revision only when one is known."""
+    headers = {
+        "X-ModelFleet-Model": _header_safe(str(prov["model"])),
+        "X-ModelFleet-Cost-USD": f"{prov['cost_usd']:.9f}",
+    }
+    if prov.get("revision"):
+        headers["X-ModelFleet-Revision"] = _header_safe(str(prov["revision"]))
+    return headers
+
+
+def _header_safe(value: str) -> str:
+    # Header values are latin-1 without control characters; a model URI may hold others.
+    return "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in value)
 
 
 def text_summary_headers(checks: Sequence[Verification | None]) -> dict[str, str]:

@@ -17,6 +17,8 @@ MAX_N = 8
 MAX_SEED = 2**32 - 1
 MAX_GUIDANCE = 30.0
 _SIZE_RE = re.compile(r"^([1-9][0-9]{0,5})x([1-9][0-9]{0,5})$")
+# Pillow format name by OpenAI's output_format; gif and svg are not rendered here.
+OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class GenerationRequest:
     negative_prompt: str | None
     expected_text: tuple[str, ...] = ()  # what OCR verification looks for; () = not verified
     min_word_accuracy: float | None = None  # this request's pass threshold; None: the worker's
+    output_format: str = "png"  # a key of OUTPUT_FORMATS
+    output_compression: int | None = None  # 0-100 for jpeg/webp (quality = 100 - it)
 
 
 class RequestError(Exception):
@@ -118,6 +122,9 @@ def validate_request(body: Any, limits: Limits) -> GenerationRequest:
         )
     if fmt != "b64_json":
         raise _invalid("response_format", "response_format must be 'b64_json'")
+    if body.get("stream") not in (None, False):
+        raise _invalid("stream", "stream is not supported: the worker answers with whole images")
+    out_fmt, compression = _output_format(body)
 
     n = _int_field(body, "n", 1, MAX_N, 1)
     seed = _int_field(body, "seed", 0, MAX_SEED, None)
@@ -128,7 +135,7 @@ def validate_request(body: Any, limits: Limits) -> GenerationRequest:
 
     width, height = limits.default_width, limits.default_height
     size = body.get("size")
-    if size is not None:
+    if size is not None and size != "auto":  # auto: the model's default size
         if not isinstance(size, str):
             raise _invalid("size", "size must be a string 'WIDTHxHEIGHT'")
         m = _SIZE_RE.match(size)
@@ -192,4 +199,60 @@ def validate_request(body: Any, limits: Limits) -> GenerationRequest:
         negative_prompt=negative,
         expected_text=expected,
         min_word_accuracy=None if threshold is None else float(threshold),
+        output_format=out_fmt,
+        output_compression=compression,
     )
+
+
+def _output_format(body: dict[str, Any]) -> tuple[str, int | None]:
+    fmt = body.get("output_format")
+    if fmt is None:
+        fmt = "png"
+    if not isinstance(fmt, str) or fmt not in OUTPUT_FORMATS:
+        raise _invalid("output_format", f"output_format must be one of {', '.join(OUTPUT_FORMATS)}")
+    compression = _int_field(body, "output_compression", 0, 100, None)
+    if compression is not None and fmt == "png":
+        raise _invalid("output_compression", "output_compression needs output_format jpeg or webp")
+    return fmt, compression
+
+
+# Multipart form values are strings; these are the fields whose JSON type is not.
+_FORM_INTS = ("n", "seed", "steps", "output_compression", "partial_images")
+_FORM_FLOATS = ("guidance_scale", "min_word_accuracy", "strength")
+_FORM_BOOLS = ("stream",)
+
+
+def form_to_body(fields: dict[str, list[str]]) -> dict[str, Any]:
+    """A multipart form's text fields as the JSON body validate_request reads.
+
+    Numbers arrive as text ("2"); a value that does not parse stays a string so
+    validate_request rejects it naming the field. `text` (or `text[]`) may repeat.
+    """
+    body: dict[str, Any] = {}
+    for raw_name, values in fields.items():
+        name = raw_name.removesuffix("[]")
+        if name == "text":
+            body["text"] = list(values)
+            continue
+        if len(values) != 1:
+            raise _invalid(name, f"{name} must be given once, got {len(values)} values")
+        v = values[0]
+        if name in _FORM_INTS:
+            body[name] = _parse_number(v, int)
+        elif name in _FORM_FLOATS:
+            body[name] = _parse_number(v, float)
+        elif name in _FORM_BOOLS:
+            body[name] = {"true": True, "false": False}.get(v.strip().lower(), v)
+        else:
+            body[name] = v
+    return body
+
+
+def _parse_number(v: str, kind: type[int] | type[float]) -> Any:
+    try:
+        num = float(v.strip())
+    except ValueError:
+        return v
+    if not math.isfinite(num):
+        return v
+    return int(num) if kind is int and num.is_integer() else num

@@ -193,7 +193,7 @@ def test_fuzz_never_5xx(worker: Worker, payload: Any) -> None:
 def test_still_alive_and_metrics_after_abuse(worker: Worker) -> None:
     assert worker.request("GET", "/healthz")[0] == 200
     text = worker.metrics()
-    assert 'modelfleet_worker_requests_total{outcome="error"} 0.0' in text
+    assert 'modelfleet_worker_requests_total{endpoint="generations",outcome="error"} 0.0' in text
     assert "modelfleet_worker_info{" in text and 'pool="test-pool"' in text
     assert worker.metric("modelfleet_worker_images_generated_total") >= 1
     assert worker.metric("modelfleet_worker_model_load_seconds") > 0
