@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         "a flag given on the command line wins.",
     )
     add_serve_arguments(serve)
+    from .hosted.config import add_hosted_arguments
+
+    add_hosted_arguments(serve)  # --backend TYPE --provider-model NAME: adapter mode
 
     fetch = sub.add_parser("fetch", help="download a model into the cache (init step)")
     fetch.add_argument("--model", default=os.environ.get(ENV_PREFIX + "MODEL", ""))
@@ -62,9 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         try:
             cfg = resolve_config(args, os.environ)
+            from .hosted.config import DIFFUSERS, resolve_hosted
+
+            hosted = resolve_hosted(args, os.environ, vars(cfg))
         except ValueError as exc:
             print(f"modelfleet-worker: {exc}", file=sys.stderr)
             return 2
+        if hosted.backend != DIFFUSERS:
+            from .hosted.server import serve_hosted
+
+            return serve_hosted(hosted)
         from .server import serve
 
         return serve(cfg)

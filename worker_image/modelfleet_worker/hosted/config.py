@@ -82,7 +82,7 @@ def add_hosted_arguments(parser: argparse.ArgumentParser) -> None:
             dest=s.name,
             type=s.parse,
             default=None,
-            help=f"{s.help} [env {s.env}, default {s.default or repr('')}]",
+            help=f"{s.help} [env {s.env}, default {'none' if s.default in ('', {}, ()) else s.default}]",
         )
 
 

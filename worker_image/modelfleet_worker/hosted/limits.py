@@ -14,8 +14,11 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
 class TokenBucket:
-    """`rate_per_minute` requests a minute with bursts up to `burst`.
-    take(now) -> 0.0 when a token was taken, else the seconds until one is due."""
+    """`rate_per_minute` provider calls a minute, bursts up to `burst`.
+
+    take(now, n) -> 0.0 when the n calls may go now, else the seconds until they may.
+    A request split into n calls takes all n while one token is there, leaving the
+    bucket in debt: the average rate holds, and a split request never starves."""
 
     def __init__(self, rate_per_minute: float, burst: int | None = None, now: float = 0.0) -> None:
         if rate_per_minute <= 0:
@@ -32,10 +35,10 @@ class TokenBucket:
             self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
             self.updated = now
 
-    def take(self, now: float) -> float:
+    def take(self, now: float, n: int = 1) -> float:
         self._refill(now)
         if self.tokens >= 1.0:
-            self.tokens -= 1.0
+            self.tokens -= n
             return 0.0
         return (1.0 - self.tokens) / self.rate
 
