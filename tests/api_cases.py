@@ -50,6 +50,7 @@ class Invalid:
 
 DELETE = object()
 POOL, POLICY, CANARY = "modelpool-production.yaml", "routingpolicy.yaml", "canary.yaml"
+HOSTED, OPENAI = "modelpool-ideogram.yaml", "modelpool-openai.yaml"
 
 INVALID: list[Invalid] = [
     # ModelPool
@@ -109,6 +110,146 @@ INVALID: list[Invalid] = [
         [f"m{i}" for i in range(17)],
         "spec.modelNames",
     ),
+    # ModelPool: diffusers vs hosted fields, credentials only by Secret reference
+    Invalid("pool-backend-enum", HOSTED, ("spec", "backend"), "midjourney", "spec.backend"),
+    Invalid("pool-diffusers-needs-model", POOL, ("spec", "model"), DELETE, "spec.model"),
+    Invalid(
+        "pool-diffusers-no-provider",
+        POOL,
+        ("spec", "provider"),
+        {"model": "gpt-image-1"},
+        "spec.provider",
+    ),
+    Invalid("pool-hosted-needs-provider", HOSTED, ("spec", "provider"), DELETE, "spec.provider"),
+    Invalid(
+        "pool-hosted-no-model",
+        HOSTED,
+        ("spec", "model"),
+        {"source": "file:///m"},
+        "spec.model",
+    ),
+    Invalid("pool-hosted-no-gpu", HOSTED, ("spec", "gpu"), {"count": 1}, "spec.gpu"),
+    Invalid(
+        "pool-hosted-no-batching",
+        OPENAI,
+        ("spec", "batching"),
+        {"maxBatchSize": 2},
+        "spec.batching",
+    ),
+    Invalid("pool-hosted-no-cost", OPENAI, ("spec", "cost"), {"gpuHourPrice": 2.5}, "spec.cost"),
+    Invalid(
+        "pool-hosted-needs-credentials",
+        OPENAI,
+        ("spec", "provider", "credentials"),
+        DELETE,
+        "spec.provider.credentials",
+    ),
+    Invalid(
+        "pool-compatible-needs-endpoint",
+        OPENAI,
+        ("spec",),
+        {"backend": "openai-compatible", "provider": {"model": "flux-schnell"}},
+        "spec.provider.endpoint",
+    ),
+    Invalid(
+        "pool-ideogram-model",
+        HOSTED,
+        ("spec", "provider", "model"),
+        "V_4",
+        "spec.provider.model",
+    ),
+    Invalid(
+        "pool-endpoint-no-userinfo",
+        OPENAI,
+        ("spec", "provider", "endpoint"),
+        "https://user:sk-abc@api.openai.com/v1",
+        "spec.provider.endpoint",
+    ),
+    Invalid(
+        "pool-endpoint-no-query-key",
+        OPENAI,
+        ("spec", "provider", "endpoint"),
+        "https://generativelanguage.googleapis.com/v1beta?key=AIzaSyD",
+        "spec.provider.endpoint",
+    ),
+    Invalid(
+        "pool-literal-key-field",
+        OPENAI,
+        ("spec", "provider", "apiKey"),
+        "sk-proj-abcdefghijklmnopqrstuvwx",
+        "apiKey",
+    ),
+    Invalid(
+        "pool-credentials-literal",
+        OPENAI,
+        ("spec", "provider", "credentials"),
+        "sk-proj-abcdefghijklmnopqrstuvwx",
+        "spec.provider.credentials",
+    ),
+    Invalid(
+        "pool-env-key-name",
+        OPENAI,
+        ("spec", "worker"),
+        {"env": [{"name": "OPENAI_API_KEY", "value": "x"}]},
+        "spec.worker.env[0].name",
+    ),
+    Invalid(
+        "pool-env-key-value",
+        POOL,
+        ("spec", "worker", "env", 0, "value"),
+        "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+        "spec.worker.env[0].value",
+    ),
+    Invalid(
+        "pool-args-key",
+        OPENAI,
+        ("spec", "worker"),
+        {"args": ["--verbose", "sk-proj-abcdefghijklmnopqrstuvwx"]},
+        "spec.worker.args",
+    ),
+    Invalid(
+        "pool-args-key-flag",
+        OPENAI,
+        ("spec", "worker"),
+        {"args": ["--api-key=abc"]},
+        "spec.worker.args",
+    ),
+    Invalid(
+        "pool-concurrency-max",
+        OPENAI,
+        ("spec", "provider", "maxConcurrency"),
+        257,
+        "spec.provider.maxConcurrency",
+    ),
+    Invalid(
+        "pool-rpm-min",
+        OPENAI,
+        ("spec", "provider", "requestsPerMinute"),
+        0,
+        "spec.provider.requestsPerMinute",
+    ),
+    Invalid(
+        "pool-size-policy-enum",
+        OPENAI,
+        ("spec", "provider", "sizePolicy"),
+        "crop",
+        "spec.provider.sizePolicy",
+    ),
+    Invalid(
+        "pool-quality-enum",
+        OPENAI,
+        ("spec", "provider", "defaults", "quality"),
+        "ultra",
+        "spec.provider.defaults.quality",
+    ),
+    Invalid(
+        "pool-price-negative",
+        OPENAI,
+        ("spec", "provider", "price", "overrides", 0, "usdPerImage"),
+        -0.1,
+        "spec.provider.price.overrides[0].usdPerImage",
+    ),
+    Invalid("pool-gpu-price-negative", POOL, ("spec", "cost"), {"gpuHourPrice": -1}, "spec.cost"),
     # RoutingPolicy
     Invalid("policy-no-routes", POLICY, ("spec", "routes"), [], "spec.routes"),
     Invalid(

@@ -38,8 +38,10 @@ def test_defaults_match_design() -> None:
     pool = ModelPool.model_validate(
         {"kind": "ModelPool", "metadata": {"name": "p"}, "spec": {"model": {"source": "file:///m"}}}
     )
-    assert pool.spec.batching.max_batch_size == 4
-    assert pool.spec.batching.max_latency_ms == 80
+    assert pool.spec.backend == "diffusers"
+    assert pool.spec.batching_or_default().max_batch_size == 4
+    assert pool.spec.batching_or_default().max_latency_ms == 80
+    assert pool.spec.gpu_or_default().count == 1
     assert pool.spec.replicas == 1
     canary = Canary.model_validate(
         {

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
 
-from modelfleet.api.modelpool import ModelPool
+from modelfleet.api.modelpool import EnvVar, ModelPool
 from modelfleet.builders import modelpool as build
 from modelfleet.builders import poolstatus as ps
 
@@ -115,6 +116,215 @@ def test_local_run_opt_in(settings_local: bool, annotated: bool, expected: bool)
     dep = build.deployment(p, build.BuildSettings(local_run=settings_local))
     annotations = dep["spec"]["template"]["metadata"]["annotations"]
     assert (annotations.get(build.LOCAL_RUN_ANNOTATION) == "true") is expected
+
+
+SECRET_VALUE = "sk-proj-THIS-IS-THE-REAL-KEY-0123456789"
+
+
+def hosted(backend: str = "openai", **provider: Any) -> ModelPool:
+    prov: dict[str, Any] = {"model": "gpt-image-1", "credentials": {"name": "oa", "key": "k"}}
+    prov.update(provider)
+    return ModelPool.model_validate(
+        {
+            "kind": "ModelPool",
+            "metadata": {"name": "h", "namespace": "ns", "uid": "u2", "generation": 1},
+            "spec": {"backend": backend, "provider": prov, "replicas": 2},
+        }
+    )
+
+
+def _container(p: ModelPool) -> dict[str, Any]:
+    container: dict[str, Any] = build.deployment(p, build.BuildSettings())["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    return container
+
+
+@pytest.mark.parametrize(
+    ("backend", "provider", "args"),
+    [
+        (
+            "openai",
+            {},
+            ["--backend", "openai", "--provider-model", "gpt-image-1"],
+        ),
+        (
+            "openai",
+            {"model": "dall-e-3", "endpoint": "https://my.openai.azure.com/openai/v1"},
+            [
+                "--backend",
+                "openai",
+                "--provider-model",
+                "dall-e-3",
+                "--endpoint",
+                "https://my.openai.azure.com/openai/v1",
+            ],
+        ),
+        (
+            "gemini-imagen",
+            {"model": "imagen-4.0-generate-001"},
+            ["--backend", "gemini-imagen", "--provider-model", "imagen-4.0-generate-001"],
+        ),
+        (
+            "gemini",
+            {"model": "gemini-3-pro-image-preview"},
+            ["--backend", "gemini", "--provider-model", "gemini-3-pro-image-preview"],
+        ),
+        (
+            "ideogram",
+            {"model": "V_2A_TURBO"},
+            ["--backend", "ideogram", "--provider-model", "V_2A_TURBO"],
+        ),
+        (
+            "openai-compatible",
+            {"model": "flux", "endpoint": "http://10.0.0.5:9000/v1", "credentials": None},
+            [
+                "--backend",
+                "openai-compatible",
+                "--provider-model",
+                "flux",
+                "--endpoint",
+                "http://10.0.0.5:9000/v1",
+            ],
+        ),
+    ],
+)
+def test_hosted_pool_command(backend: str, provider: dict[str, Any], args: list[str]) -> None:
+    c = _container(hosted(backend, **provider))
+    assert c["command"] == ["modelfleet-worker", "serve"]
+    assert c["args"] == args
+
+
+@pytest.mark.parametrize(
+    "p",
+    [
+        hosted(),
+        hosted("ideogram", model="V_3"),
+        hosted("openai-compatible", model="m", endpoint="http://x/v1", credentials=None),
+    ],
+    ids=["openai", "ideogram", "compatible"],
+)
+def test_hosted_pool_is_cpu_only_and_restricted(p: ModelPool) -> None:
+    dep = build.deployment(p, build.BuildSettings())
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    resources = c["resources"]
+    assert not any("gpu" in k for part in resources.values() for k in part)
+    assert "tolerations" not in pod and "nodeSelector" not in pod and "initContainers" not in pod
+    assert resources["requests"]["cpu"] == "100m" and resources["limits"]["memory"] == "1Gi"
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert {v["name"] for v in pod["volumes"]} == {"tmp"}
+    assert c["readinessProbe"]["httpGet"] == {"port": "http", "path": "/readyz"}
+    assert dep["spec"]["replicas"] == 2
+
+
+def test_hosted_key_only_by_secret_reference() -> None:
+    p = hosted(credentials={"name": "openai-creds", "key": "api-key"})
+    c = _container(p)
+    keyed = [e for e in c["env"] if e["name"] == build.API_KEY_ENV]
+    assert keyed == [
+        {
+            "name": "MODELFLEET_PROVIDER_API_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "openai-creds", "key": "api-key"}},
+        }
+    ]
+    # No literal anywhere in the pod: the only reference is by Secret name.
+    assert "value" not in keyed[0]
+    assert not any("key" in a.lower() for a in c["args"])
+
+
+def test_hosted_key_never_in_args_or_env_even_when_the_user_tries() -> None:
+    # The API rejects a literal key in spec.worker; the builder still never lets a
+    # user value replace the Secret's variable (defence in depth for older objects).
+    p = hosted()
+    p.spec.worker.env.append(EnvVar.model_construct(name=build.API_KEY_ENV, value=SECRET_VALUE))
+    c = _container(p)
+    text = repr(c)
+    assert SECRET_VALUE not in text
+    assert next(e for e in c["env"] if e["name"] == build.API_KEY_ENV)["valueFrom"]
+
+
+@pytest.mark.parametrize(
+    ("provider", "expected"),
+    [
+        (
+            {},
+            {
+                "MODELFLEET_WORKER_MAX_CONCURRENCY": "4",
+                "MODELFLEET_WORKER_SIZE_POLICY": "reject",
+                "MODELFLEET_WORKER_REQUEST_TIMEOUT_S": "120",
+                "MODELFLEET_WORKER_REQUESTS_PER_MINUTE": None,
+                "MODELFLEET_WORKER_PROVIDER_DEFAULTS": None,
+                "MODELFLEET_WORKER_PRICE_OVERRIDES": None,
+            },
+        ),
+        (
+            {
+                "maxConcurrency": 16,
+                "requestsPerMinute": 90,
+                "sizePolicy": "nearest",
+                "timeoutSeconds": 30,
+                "defaults": {"quality": "high", "background": "transparent"},
+                "price": {
+                    "overrides": [
+                        {"quality": "high", "size": "1024x1536", "usdPerImage": 0.25},
+                        {"usdPerImage": 0.04},
+                    ]
+                },
+            },
+            {
+                "MODELFLEET_WORKER_MAX_CONCURRENCY": "16",
+                "MODELFLEET_WORKER_SIZE_POLICY": "nearest",
+                "MODELFLEET_WORKER_REQUEST_TIMEOUT_S": "30",
+                "MODELFLEET_WORKER_REQUESTS_PER_MINUTE": "90",
+                "MODELFLEET_WORKER_PROVIDER_DEFAULTS": json.dumps(
+                    {"background": "transparent", "quality": "high"}
+                ),
+                "MODELFLEET_WORKER_PRICE_OVERRIDES": json.dumps(
+                    [
+                        {"quality": "high", "size": "1024x1536", "usd_per_image": 0.25},
+                        {"quality": None, "size": None, "usd_per_image": 0.04},
+                    ]
+                ),
+            },
+        ),
+    ],
+    ids=["defaults", "everything"],
+)
+def test_hosted_env(provider: dict[str, Any], expected: dict[str, str | None]) -> None:
+    env = {e["name"]: e.get("value") for e in build.worker_env(hosted(**provider))}
+    for name, value in expected.items():
+        assert env.get(name) == value, name
+    assert env["MODELFLEET_WORKER_POOL"] == "h"
+    assert env["MODELFLEET_WORKER_PORT"] == "8080"
+    assert "MODELFLEET_WORKER_MODEL" not in env and "MODELFLEET_WORKER_MAX_BATCH_SIZE" not in env
+
+
+@pytest.mark.parametrize(
+    ("cost", "expected"),
+    [
+        (None, None),
+        ({"gpuHourPrice": 2.5}, "2.5"),
+        ({"gpuHourPrice": 0}, "0"),
+        ({"gpuHourPrice": 0.0001}, "0.0001"),
+        ({"gpuHourPrice": 12}, "12"),
+    ],
+)
+def test_diffusers_gpu_hour_price(cost: dict[str, Any] | None, expected: str | None) -> None:
+    p = pool(cost=cost) if cost is not None else pool()
+    env = {e["name"]: e.get("value") for e in build.worker_env(p)}
+    assert env.get("MODELFLEET_WORKER_GPU_HOUR_PRICE") == expected
+
+
+def test_hosted_pool_skips_gpu_placement() -> None:
+    assert ps.placement_problem(hosted(), [CPU]) is None
 
 
 H100 = ps.NodeSummary("n1", "NVIDIA-H100", 8)

@@ -1,12 +1,26 @@
-"""ModelPool: a pool of GPU workers serving one diffusion model."""
+"""ModelPool: a pool of GPU workers serving one diffusion model, or of CPU-only
+adapters in front of a hosted image API (spec.backend)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from modelfleet.api.common import ApiModel, Condition, ObjectMeta, cel
+from modelfleet.api.hosted import (
+    HOSTED_BACKENDS,
+    IDEOGRAM_MODELS,
+    KEY_NAME_RE,
+    KEY_VALUE_RE,
+    KEYED_BACKENDS,
+    Backend,
+    CostSpec,
+    ProviderSpec,
+    looks_like_key_name,
+    looks_like_key_value,
+)
 
 ModelFamily = Literal["sd15", "sdxl", "sd3", "flux", "custom"]
 SOURCE_PATTERN = r"^(file|pvc|hf|s3)://.+$"
@@ -94,49 +108,179 @@ class LimitsSpec(ApiModel):
     max_steps: int = Field(default=50, ge=1, le=500, description="Most denoising steps (1-500).")
 
 
+_NO_SECRET = "keys reach the worker only from a Secret (spec.provider.credentials)"
+
+
 class EnvVar(ApiModel):
     """An environment variable for the worker container."""
-
-    name: str = Field(
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256, description="Variable name."
-    )
-    value: str = Field(default="", description="Variable value.")
-
-
-class WorkerSpec(ApiModel):
-    """Extra settings passed straight to the worker container."""
-
-    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
-    args: list[str] = Field(default_factory=list, description="Extra command-line arguments.")
-
-
-class ModelPoolSpec(ApiModel):
-    """Desired state of a ModelPool."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "!has(self.model.vae) || self.model.family == 'custom' || "
-                    "self.model.vae.family == self.model.family",
-                    "spec.model.vae.family must match spec.model.family (a VAE from another "
-                    "latent space fails at decode time)",
-                    ".model.vae.family",
+                    f"self.value == '' || !self.name.matches('{KEY_NAME_RE}')",
+                    f"spec.worker.env[].name names a credential; {_NO_SECRET}",
+                    ".name",
+                ),
+                cel(
+                    f"!self.value.matches('{KEY_VALUE_RE}')",
+                    f"spec.worker.env[].value looks like an API key; {_NO_SECRET}",
+                    ".value",
+                ),
+            ]
+        }
+    )
+
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256, description="Variable name."
+    )
+    value: str = Field(default="", max_length=4096, description="Variable value.")
+
+    @model_validator(mode="after")
+    def _no_literal_key(self) -> EnvVar:
+        if self.value and looks_like_key_name(self.name):
+            raise ValueError(f"spec.worker.env[].name names a credential; {_NO_SECRET}")
+        if looks_like_key_value(self.value):
+            raise ValueError(f"spec.worker.env[].value looks like an API key; {_NO_SECRET}")
+        return self
+
+
+WorkerArg = Annotated[str, Field(max_length=4096)]
+
+
+class WorkerSpec(ApiModel):
+    """Extra settings passed straight to the worker container."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.args.all(a, !a.matches('{KEY_VALUE_RE}') && "
+                    "!a.matches('^--(provider-)?api-key'))",
+                    f"spec.worker.args must not carry an API key; {_NO_SECRET}",
+                    ".args",
                 )
             ]
         }
     )
 
-    model: ModelSpec = Field(description="The model the workers serve.")
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=64, description="Extra environment variables."
+    )
+    args: list[WorkerArg] = Field(
+        default_factory=list, max_length=64, description="Extra command-line arguments."
+    )
+
+    @field_validator("args")
+    @classmethod
+    def _no_key_args(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if looks_like_key_value(a) or re.match(r"^--(provider-)?api-key", a):
+                raise ValueError(f"spec.worker.args must not carry an API key; {_NO_SECRET}")
+        return v
+
+
+_HOSTED = ", ".join(HOSTED_BACKENDS)
+_KEYED = ", ".join(KEYED_BACKENDS)
+# Fields only a diffusers pool has: a hosted pool has no weights, GPUs or batches.
+DIFFUSERS_ONLY: tuple[str, ...] = ("model", "gpu", "batching", "limits", "cost")
+
+
+def _quoted(names: tuple[str, ...]) -> str:
+    return ", ".join(f"'{n}'" for n in names)
+
+
+def _spec_rules() -> list[Any]:
+    rules = [
+        cel(
+            "!has(self.model) || !has(self.model.vae) || self.model.family == 'custom' || "
+            "self.model.vae.family == self.model.family",
+            "spec.model.vae.family must match spec.model.family (a VAE from another "
+            "latent space fails at decode time)",
+            ".model.vae.family",
+        ),
+        cel(
+            "self.backend != 'diffusers' || has(self.model)",
+            "spec.model is required when spec.backend is diffusers",
+            ".model",
+        ),
+        cel(
+            "self.backend == 'diffusers' || has(self.provider)",
+            f"spec.provider is required when spec.backend is a hosted type ({_HOSTED})",
+            ".provider",
+        ),
+        cel(
+            "self.backend != 'diffusers' || !has(self.provider)",
+            "spec.provider applies only to hosted pools; a diffusers pool names its model in "
+            "spec.model",
+            ".provider",
+        ),
+        cel(
+            f"!(self.backend in [{_quoted(KEYED_BACKENDS)}]) || "
+            "(has(self.provider) && has(self.provider.credentials))",
+            f"spec.provider.credentials (a Secret reference) is required when spec.backend "
+            f"is {_KEYED}",
+            ".provider",
+        ),
+        cel(
+            "self.backend != 'openai-compatible' || !has(self.provider) || "
+            "has(self.provider.endpoint)",
+            "spec.provider.endpoint is required when spec.backend is openai-compatible",
+            ".provider",
+        ),
+        cel(
+            "self.backend != 'ideogram' || !has(self.provider) || "
+            f"self.provider.model in [{_quoted(IDEOGRAM_MODELS)}]",
+            f"spec.provider.model must be one of {', '.join(IDEOGRAM_MODELS)} when "
+            "spec.backend is ideogram",
+            ".provider.model",
+        ),
+    ]
+    for name in DIFFUSERS_ONLY:
+        rules.append(
+            cel(
+                f"self.backend == 'diffusers' || !has(self.{name})",
+                f"spec.{name} applies only to diffusers pools, not to spec.backend {_HOSTED}",
+                f".{name}",
+            )
+        )
+    return rules
+
+
+class ModelPoolSpec(ApiModel):
+    """Desired state of a ModelPool."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _spec_rules()})
+
+    backend: Backend = Field(
+        default="diffusers",
+        description="diffusers (GPU pods running the model) or a hosted provider API behind "
+        "a CPU-only adapter: openai, openai-compatible, gemini-imagen, gemini, ideogram.",
+    )
+    model: ModelSpec | None = Field(
+        default=None, description="The model the workers serve (diffusers pools; required)."
+    )
+    provider: ProviderSpec | None = Field(
+        default=None, description="The provider API a hosted pool calls (hosted pools; required)."
+    )
     image: str | None = Field(
         default=None,
         max_length=512,
         description="Worker container image; the operator's default when empty.",
     )
     replicas: int = Field(default=1, ge=0, le=1000, description="Worker pods (0-1000).")
-    gpu: GpuSpec = Field(default_factory=GpuSpec, description="GPUs per worker pod.")
-    batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Micro-batching.")
-    limits: LimitsSpec = Field(default_factory=LimitsSpec, description="Request limits.")
+    gpu: GpuSpec | None = Field(
+        default=None, description="GPUs per worker pod (diffusers pools; 1 GPU when empty)."
+    )
+    batching: BatchingSpec | None = Field(
+        default=None, description="Micro-batching (diffusers pools; defaults when empty)."
+    )
+    limits: LimitsSpec | None = Field(
+        default=None, description="Request limits (diffusers pools; defaults when empty)."
+    )
+    cost: CostSpec | None = Field(
+        default=None, description="GPU price for the per-image cost (diffusers pools)."
+    )
     tags: list[str] = Field(
         default_factory=list,
         max_length=32,
@@ -154,6 +298,32 @@ class ModelPoolSpec(ApiModel):
     )
     worker: WorkerSpec = Field(default_factory=WorkerSpec, description="Extra worker settings.")
 
+    @property
+    def hosted(self) -> bool:
+        return self.backend != "diffusers"
+
+    def gpu_or_default(self) -> GpuSpec:
+        """The GPUs a pod asks for: none for a hosted pool, one when a diffusers pool is silent."""
+        if self.hosted:
+            return GpuSpec(count=0)
+        return self.gpu or GpuSpec()
+
+    def batching_or_default(self) -> BatchingSpec:
+        return self.batching or BatchingSpec()
+
+    def limits_or_default(self) -> LimitsSpec:
+        return self.limits or LimitsSpec()
+
+    def diffusers_model(self) -> ModelSpec:
+        if self.model is None:
+            raise ValueError("spec.model is required when spec.backend is diffusers")
+        return self.model
+
+    def hosted_provider(self) -> ProviderSpec:
+        if self.provider is None:
+            raise ValueError("spec.provider is required when spec.backend is a hosted type")
+        return self.provider
+
     @field_validator("model_names")
     @classmethod
     def _unique_model_names(cls, v: list[str]) -> list[str]:
@@ -163,12 +333,40 @@ class ModelPoolSpec(ApiModel):
         return v
 
     @model_validator(mode="after")
-    def _vae_matches_family(self) -> ModelPoolSpec:
-        vae = self.model.vae
-        fam = self.model.family
-        if vae is not None and fam != "custom" and vae.family not in VAE_COMPATIBLE[fam]:
+    def _backend_fields(self) -> ModelPoolSpec:
+        """The CEL rules above, for the router's file loader and the operator."""
+        if not self.hosted:
+            model = self.diffusers_model()
+            if self.provider is not None:
+                raise ValueError(
+                    "spec.provider applies only to hosted pools; a diffusers pool names its "
+                    "model in spec.model"
+                )
+            vae, fam = model.vae, model.family
+            if vae is not None and fam != "custom" and vae.family not in VAE_COMPATIBLE[fam]:
+                raise ValueError(
+                    f"spec.model.vae.family {vae.family!r} does not match spec.model.family {fam!r}"
+                )
+            return self
+        for name in DIFFUSERS_ONLY:
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"spec.{name} applies only to diffusers pools, not to spec.backend {_HOSTED}"
+                )
+        provider = self.hosted_provider()
+        if self.backend in KEYED_BACKENDS and provider.credentials is None:
             raise ValueError(
-                f"spec.model.vae.family {vae.family!r} does not match spec.model.family {fam!r}"
+                "spec.provider.credentials (a Secret reference) is required when spec.backend "
+                f"is {_KEYED}"
+            )
+        if self.backend == "openai-compatible" and provider.endpoint is None:
+            raise ValueError(
+                "spec.provider.endpoint is required when spec.backend is openai-compatible"
+            )
+        if self.backend == "ideogram" and provider.model not in IDEOGRAM_MODELS:
+            raise ValueError(
+                f"spec.provider.model must be one of {', '.join(IDEOGRAM_MODELS)} when "
+                "spec.backend is ideogram"
             )
         return self
 

@@ -3,6 +3,7 @@ operator is told to) a NetworkPolicy that admits only router pods to its workers
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,41 +79,132 @@ def model_location(source: str) -> tuple[str, dict[str, Any] | None, bool]:
     return source, None, False
 
 
+def _host_env() -> dict[str, Any]:
+    # Bind the pod IP: the same on a real node and under the local pod runner.
+    return {
+        "name": "MODELFLEET_WORKER_HOST",
+        "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+    }
+
+
+def _with_user_env(
+    pool: ModelPool, env: list[dict[str, Any]], reserved: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """spec.worker.env wins over the operator's values of the same name, except the
+    reserved ones (the key's variable belongs to the Secret alone)."""
+    user = [e for e in pool.spec.worker.env if e.name not in reserved]
+    overridden = {e.name for e in user}
+    env = [e for e in env if e["name"] not in overridden]
+    return env + [{"name": e.name, "value": e.value} for e in user]
+
+
 def worker_env(pool: ModelPool) -> list[dict[str, Any]]:
     spec = pool.spec
-    model_uri, _, needs_fetch = model_location(spec.model.source)
+    if spec.hosted:
+        return adapter_env(pool)
+    model = spec.diffusers_model()
+    batching, limits = spec.batching_or_default(), spec.limits_or_default()
+    model_uri, _, needs_fetch = model_location(model.source)
     values: dict[str, str] = {
         "MODELFLEET_WORKER_MODEL": model_uri,
-        "MODELFLEET_WORKER_FAMILY": spec.model.family,
-        "MODELFLEET_WORKER_DTYPE": spec.model.dtype,
+        "MODELFLEET_WORKER_FAMILY": model.family,
+        "MODELFLEET_WORKER_DTYPE": model.dtype,
         "MODELFLEET_WORKER_PORT": str(WORKER_PORT),
-        "MODELFLEET_WORKER_MAX_BATCH_SIZE": str(spec.batching.max_batch_size),
-        "MODELFLEET_WORKER_MAX_LATENCY_MS": str(spec.batching.max_latency_ms),
-        "MODELFLEET_WORKER_MEMORY_AWARE": "true" if spec.batching.memory_aware else "false",
-        "MODELFLEET_WORKER_MAX_RESOLUTION": str(spec.limits.max_resolution),
-        "MODELFLEET_WORKER_MAX_STEPS": str(spec.limits.max_steps),
+        "MODELFLEET_WORKER_MAX_BATCH_SIZE": str(batching.max_batch_size),
+        "MODELFLEET_WORKER_MAX_LATENCY_MS": str(batching.max_latency_ms),
+        "MODELFLEET_WORKER_MEMORY_AWARE": "true" if batching.memory_aware else "false",
+        "MODELFLEET_WORKER_MAX_RESOLUTION": str(limits.max_resolution),
+        "MODELFLEET_WORKER_MAX_STEPS": str(limits.max_steps),
         "MODELFLEET_WORKER_POOL": pool.metadata.name,
         "MODELFLEET_WORKER_CACHE_DIR": CACHE_DIR,
         "HF_HOME": f"{CACHE_DIR}/hf",
     }
-    if spec.model.revision:
-        values["MODELFLEET_WORKER_REVISION"] = spec.model.revision
-    if spec.model.vae is not None:
-        values["MODELFLEET_WORKER_VAE"] = spec.model.vae.source
+    if model.revision:
+        values["MODELFLEET_WORKER_REVISION"] = model.revision
+    if model.vae is not None:
+        values["MODELFLEET_WORKER_VAE"] = model.vae.source
     if needs_fetch:
         values["HF_HUB_OFFLINE"] = "1"  # the init step fetched everything
-    env: list[dict[str, Any]] = [
-        # Bind the pod IP: the same on a real node and under the local pod runner.
-        {
-            "name": "MODELFLEET_WORKER_HOST",
-            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+    if spec.cost is not None:
+        values["MODELFLEET_WORKER_GPU_HOUR_PRICE"] = _number(spec.cost.gpu_hour_price)
+    env = [_host_env(), *({"name": k, "value": v} for k, v in values.items())]
+    return _with_user_env(pool, env)
+
+
+API_KEY_ENV = "MODELFLEET_PROVIDER_API_KEY"
+
+
+def _number(value: float) -> str:
+    """A price as text the worker's float() reads back exactly enough (2.5, 12, 0.0001)."""
+    return format(value, ".12g")
+
+
+def adapter_args(pool: ModelPool) -> list[str]:
+    """The adapter's flags: which API and model; never the key (it comes from a Secret)."""
+    provider = pool.spec.hosted_provider()
+    args = ["--backend", pool.spec.backend, "--provider-model", provider.model]
+    if provider.endpoint:
+        args += ["--endpoint", provider.endpoint]
+    return args + list(pool.spec.worker.args)
+
+
+def adapter_env(pool: ModelPool) -> list[dict[str, Any]]:
+    """Settings of a hosted pool's adapter (names agreed with the adapter, /tmp/h/E-to-F.md)."""
+    provider = pool.spec.hosted_provider()
+    values: dict[str, str] = {
+        "MODELFLEET_WORKER_PORT": str(WORKER_PORT),
+        "MODELFLEET_WORKER_POOL": pool.metadata.name,
+        "MODELFLEET_WORKER_MAX_CONCURRENCY": str(provider.max_concurrency),
+        "MODELFLEET_WORKER_SIZE_POLICY": provider.size_policy,
+        "MODELFLEET_WORKER_REQUEST_TIMEOUT_S": str(provider.timeout_seconds),
+    }
+    if provider.requests_per_minute is not None:
+        values["MODELFLEET_WORKER_REQUESTS_PER_MINUTE"] = str(provider.requests_per_minute)
+    defaults = provider.defaults.model_dump(exclude_none=True, mode="json")
+    if defaults:
+        values["MODELFLEET_WORKER_PROVIDER_DEFAULTS"] = json.dumps(defaults, sort_keys=True)
+    if provider.price is not None and provider.price.overrides:
+        overrides = [
+            {"quality": o.quality, "size": o.size, "usd_per_image": o.usd_per_image}
+            for o in provider.price.overrides
+        ]
+        values["MODELFLEET_WORKER_PRICE_OVERRIDES"] = json.dumps(overrides)
+    env = [_host_env(), *({"name": k, "value": v} for k, v in values.items())]
+    if provider.credentials is not None:
+        ref = provider.credentials
+        env.append(
+            {
+                "name": API_KEY_ENV,
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    return _with_user_env(pool, env, reserved=frozenset({API_KEY_ENV}))
+
+
+def adapter_container(pool: ModelPool, image: str) -> dict[str, Any]:
+    """A hosted pool's one container: the worker in adapter mode, CPU only."""
+    return {
+        "name": "worker",
+        "image": image,
+        "command": ["modelfleet-worker", "serve"],
+        "args": adapter_args(pool),
+        "env": adapter_env(pool),
+        "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
+        # No weights to load: a minute is plenty for the adapter to listen.
+        **_probes(startup_failures=12),
+        # Waiting on a remote API costs little CPU; images pass through memory (base64).
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "64Mi"},
+            "limits": {"memory": "1Gi"},
         },
-    ]
-    env += [{"name": k, "value": v} for k, v in values.items()]
-    overridden = {e.name for e in spec.worker.env}
-    env = [e for e in env if e["name"] not in overridden]
-    env += [{"name": e.name, "value": e.value} for e in spec.worker.env]
-    return env
+        "securityContext": _security_context(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def adapter_pod_fields() -> dict[str, Any]:
+    """No GPU toleration or node selector, no init step: any node will do."""
+    return {"volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}]}
 
 
 def _security_context() -> dict[str, Any]:
@@ -125,11 +217,32 @@ def _security_context() -> dict[str, Any]:
     }
 
 
-def deployment(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
+def _probes(startup_failures: int) -> dict[str, Any]:
+    http_get = {"port": "http"}
+    return {
+        "startupProbe": {
+            "httpGet": {**http_get, "path": "/healthz"},
+            "periodSeconds": 5,
+            "failureThreshold": startup_failures,
+        },
+        "livenessProbe": {
+            "httpGet": {**http_get, "path": "/healthz"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {**http_get, "path": "/readyz"},
+            "periodSeconds": 2,
+            "failureThreshold": 2,
+        },
+    }
+
+
+def _diffusers_pod(pool: ModelPool, image: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(container, extra pod spec fields) of a GPU pod that loads the model itself."""
     spec = pool.spec
-    name = pool.metadata.name
-    image = spec.image or settings.default_image
-    model_uri, pvc_volume, needs_fetch = model_location(spec.model.source)
+    model, gpu = spec.diffusers_model(), spec.gpu_or_default()
+    model_uri, pvc_volume, needs_fetch = model_location(model.source)
     volumes: list[dict[str, Any]] = [
         {"name": "cache", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
@@ -148,10 +261,9 @@ def deployment(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
         "requests": {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "1Gi"},
         "limits": {"memory": "64Gi"},
     }
-    if spec.gpu.count:
-        resources["limits"]["nvidia.com/gpu"] = str(spec.gpu.count)
-        resources["requests"]["nvidia.com/gpu"] = str(spec.gpu.count)
-    http_get = {"port": "http"}
+    if gpu.count:
+        resources["limits"]["nvidia.com/gpu"] = str(gpu.count)
+        resources["requests"]["nvidia.com/gpu"] = str(gpu.count)
     container: dict[str, Any] = {
         "name": "worker",
         "image": image,
@@ -161,25 +273,47 @@ def deployment(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"}],
         # Loading weights is slow: a startup probe guards it instead of letting
         # liveness kill a pod that is still reading 10 GB from disk.
-        "startupProbe": {
-            "httpGet": {**http_get, "path": "/healthz"},
-            "periodSeconds": 5,
-            "failureThreshold": 120,
-        },
-        "livenessProbe": {
-            "httpGet": {**http_get, "path": "/healthz"},
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
-        "readinessProbe": {
-            "httpGet": {**http_get, "path": "/readyz"},
-            "periodSeconds": 2,
-            "failureThreshold": 2,
-        },
+        **_probes(startup_failures=120),
         "resources": resources,
         "securityContext": _security_context(),
         "volumeMounts": mounts,
     }
+    extra: dict[str, Any] = {"volumes": volumes}
+    if needs_fetch:
+        extra["initContainers"] = [
+            {
+                "name": "fetch-model",
+                "image": image,
+                "command": ["modelfleet-worker", "fetch"],
+                "args": ["--model", model_uri, "--cache-dir", CACHE_DIR]
+                + (["--revision", model.revision] if model.revision else []),
+                "env": [{"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"}],
+                # A download: some CPU and memory; the model lands on the cache volume.
+                "resources": {
+                    "requests": {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "1Gi"},
+                    "limits": {"memory": "4Gi"},
+                },
+                "securityContext": _security_context(),
+                "volumeMounts": mounts,
+            }
+        ]
+    if gpu.count:
+        extra["tolerations"] = [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    if gpu.product:
+        extra["nodeSelector"] = {"nvidia.com/gpu.product": gpu.product}
+    return container, extra
+
+
+def deployment(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
+    spec = pool.spec
+    name = pool.metadata.name
+    image = spec.image or settings.default_image
+    if spec.hosted:
+        container, extra = adapter_container(pool, image), adapter_pod_fields()
+    else:
+        container, extra = _diffusers_pod(pool, image)
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -192,7 +326,6 @@ def deployment(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": volumes,
         "topologySpreadConstraints": [
             {
                 "maxSkew": 1,
@@ -201,31 +334,8 @@ def deployment(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
                 "labelSelector": {"matchLabels": selector_labels(name)},
             }
         ],
+        **extra,
     }
-    if needs_fetch:
-        pod_spec["initContainers"] = [
-            {
-                "name": "fetch-model",
-                "image": image,
-                "command": ["modelfleet-worker", "fetch"],
-                "args": ["--model", model_uri, "--cache-dir", CACHE_DIR]
-                + (["--revision", spec.model.revision] if spec.model.revision else []),
-                "env": [{"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"}],
-                # A download: some CPU and memory; the model lands on the cache volume.
-                "resources": {
-                    "requests": {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "1Gi"},
-                    "limits": {"memory": "4Gi"},
-                },
-                "securityContext": _security_context(),
-                "volumeMounts": mounts,
-            }
-        ]
-    if spec.gpu.count:
-        pod_spec["tolerations"] = [
-            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-        ]
-    if spec.gpu.product:
-        pod_spec["nodeSelector"] = {"nvidia.com/gpu.product": spec.gpu.product}
     # Dev/e2e: a pool can opt its pods in to the local pod runner by annotation.
     local_run = settings.local_run or pool.metadata.annotations.get(LOCAL_RUN_ANNOTATION) == "true"
     annotations = {LOCAL_RUN_ANNOTATION: "true"} if local_run else {}
@@ -236,7 +346,7 @@ def deployment(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector_labels(name)},
-            # New GPU pods come up before old ones go: no capacity dip mid-rollout.
+            # New pods come up before old ones go: no capacity dip mid-rollout.
             "strategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},

@@ -55,7 +55,7 @@ def summarize_node(node: dict[str, Any]) -> NodeSummary:
 
 def placement_problem(pool: ModelPool, nodes: list[NodeSummary]) -> tuple[str, str] | None:
     """(reason, message) when no node could ever run one of the pool's pods."""
-    gpu = pool.spec.gpu
+    gpu = pool.spec.gpu_or_default()
     if gpu.count == 0:
         return None
     candidates = [n for n in nodes if n.schedulable and n.gpus > 0]
