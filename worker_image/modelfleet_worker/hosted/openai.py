@@ -254,7 +254,7 @@ def make_openai_compatible(settings: BackendSettings) -> OpenAIImages:
         settings.provider_model,
         _COMPATIBLE,
         ("user",),
-        True,
+        False,  # servers differ on response_format; either answer form is taken
         settings.endpoint,
         provider="openai-compatible",
     )
