@@ -34,9 +34,21 @@ CHART_VALUE_SETS = {
         "router.autoscaling.enabled=true",
         "--set",
         "grafana.dashboard.enabled=true",
+        # Several router replicas share sticky asset records through Redis.
+        "--set",
+        "router.assets.store=redis",
+        "--set",
+        "router.assets.redis.url=redis://redis:6379/0",
+        "--set",
+        "router.assets.redis.existingSecret=redis-auth",
     ],
 }
 GRADES = {1: "CRITICAL", 5: "WARNING"}
+# kube-score judges PDB and anti-affinity only for more than one replica (the default is one).
+TWO_ROUTERS = (
+    *("--set", "router.replicas=2", "--set", "router.assets.store=redis"),
+    *("--set", "router.assets.redis.url=redis://redis:6379/0"),
+)
 
 
 def tool(name: str) -> str:
@@ -199,7 +211,7 @@ def test_kube_score_flags_what_the_chart_fixed(tmp_path: Path) -> None:
     result above means the fixes are there, not that nothing was scored."""
     docs = [
         d
-        for d in yaml.safe_load_all(helm_template(tmp_path, "-n", "modelfleet"))
+        for d in yaml.safe_load_all(helm_template(tmp_path, "-n", "modelfleet", *TWO_ROUTERS))
         if d and d["kind"] != "PodDisruptionBudget"
     ]
     for d in docs:
