@@ -17,7 +17,6 @@ else a rate limit (RetryInfo.retryDelay). Translation tables: docs/providers.md.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import time
@@ -292,8 +291,6 @@ class _GoogleBackend:
             raise ProviderError(0, f"provider did not answer within {ctx.timeout_s:g}s") from exc
         except aiohttp.ClientError as exc:
             raise ProviderError(0, f"cannot reach provider: {type(exc).__name__}") from exc
-        except asyncio.CancelledError:
-            raise
 
 
 def _no_negative_prompt(req: HostedRequest, model: str) -> None:

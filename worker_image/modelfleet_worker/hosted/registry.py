@@ -25,6 +25,9 @@ Factory = Callable[[BackendSettings], ProviderBackend]
 BACKENDS: dict[str, str] = {
     "openai": ".openai:make_openai",
     "openai-compatible": ".openai:make_openai_compatible",
+    "gemini-imagen": ".gemini:make_imagen",
+    "gemini": ".gemini:make_gemini",
+    "ideogram": ".ideogram:make_ideogram",
 }
 
 
