@@ -26,6 +26,7 @@ BuiltinMetric = Literal[
     "service-time",
     "text-accuracy",
     "text-pass-rate",
+    "cost-per-image",
 ]
 # How a check compares candidate with stable (docs/canary.md, "Comparing like with like"):
 # auto picks mann-whitney when both pools' measurements carry distributions, proportion
@@ -37,6 +38,8 @@ TEXT_METRICS: frozenset[str] = frozenset({"text-accuracy", "text-pass-rate"})
 RATE_METRICS: frozenset[str] = frozenset({"error-rate", "text-pass-rate"})
 # End-to-end latency holds queueing: a ratio to stable needs matched load per replica.
 LATENCY_METRICS: frozenset[str] = frozenset({"latency-p95", "latency-p99"})
+# USD per image the pool's workers reported (lower is better; max / maxRatioToStable).
+COST_METRICS: frozenset[str] = frozenset({"cost-per-image"})
 # Higher is better (judged with min / minRatioToStable).
 HIGHER_IS_BETTER: frozenset[str] = frozenset({"text-accuracy", "text-pass-rate"})
 CanaryPhase = Literal["Pending", "Progressing", "Paused", "Succeeded", "RolledBack", "Failed"]
@@ -115,6 +118,14 @@ class MetricSpec(ApiModel):
                     "maxRatioToStable, maxWorseProbability or max",
                 ),
                 cel(
+                    "!has(self.builtin) || self.builtin != 'cost-per-image'"
+                    " || ((has(self.max) || has(self.maxRatioToStable)) && !has(self.min)"
+                    " && !has(self.minRatioToStable) && !has(self.maxWorseProbability)"
+                    " && (!has(self.method) || self.method == 'auto' || self.method == 'value'))",
+                    "spec.analysis.metrics[]: cost-per-image (USD per image, lower is better) "
+                    "is judged on its value with max and/or maxRatioToStable only",
+                ),
+                cel(
                     "!has(self.query) || (!has(self.maxWorseProbability) && (!has(self.method)"
                     " || self.method == 'auto' || self.method == 'value'))",
                     "spec.analysis.metrics[]: a query gives one value per pool; "
@@ -139,7 +150,9 @@ class MetricSpec(ApiModel):
             "(the workers' inference seconds per image, by batch size; lower is better); "
             "text-accuracy (mean word "
             "accuracy of the verified renders, 0-1) or text-pass-rate (share of verified "
-            "renders that passed, 0-1), judged with min / minRatioToStable."
+            "renders that passed, 0-1), judged with min / minRatioToStable; cost-per-image "
+            "(USD per image the pool's workers reported, lower is better), judged with max "
+            "/ maxRatioToStable."
         ),
     )
     query: str | None = Field(
@@ -247,6 +260,17 @@ class MetricSpec(ApiModel):
             raise ValueError(
                 f"metric {self.name!r}: service-time (lower is better) needs maxRatioToStable, "
                 "maxWorseProbability or max"
+            )
+        if self.builtin in COST_METRICS and (
+            (self.max is None and self.max_ratio_to_stable is None)
+            or self.min is not None
+            or self.min_ratio_to_stable is not None
+            or self.max_worse_probability is not None
+            or self.method not in (None, "auto", "value")
+        ):
+            raise ValueError(
+                f"metric {self.name!r}: cost-per-image (USD per image, lower is better) is "
+                "judged on its value with max and/or maxRatioToStable only"
             )
         if self.query is not None and (
             self.max_worse_probability is not None or self.method in ("mann-whitney", "proportion")
@@ -444,7 +468,8 @@ class MetricResult(ApiModel):
         default=None,
         description=(
             "Candidate samples behind the result: requests (verified renders for text "
-            "metrics) in the window; for rank tests those in strata both pools have."
+            "metrics, images for cost-per-image) in the window; for rank tests those in "
+            "strata both pools have."
         ),
     )
     stable_samples: int | None = Field(

@@ -22,6 +22,12 @@ Rules (docs/canary.md has the user-facing version):
   window: queueing makes latency depend on load.
 - Text metrics are counted over verified renders: their sample count is the verified
   renders in the window, gated by minVerified instead of minRequests.
+- cost-per-image is the USD the workers reported over the images of ok answers, judged
+  on its value (max, maxRatioToStable). Its samples are images (gated by minRequests):
+  a pool that made no images has no cost per image, which is inconclusive, never a
+  failure. A stable that reports no cost (no price set) makes every priced candidate
+  exceed a ratio; the message says so. The stable's value is reported even when only max
+  judges the candidate, so status can show both.
 - A metric fails when any threshold it can evaluate fails, even if another threshold is
   inconclusive.
 """
@@ -32,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from modelfleet.api.canary import (
+    COST_METRICS,
     LATENCY_METRICS,
     TEXT_METRICS,
     CheckResult,
@@ -72,6 +79,8 @@ def sample_gate(metric: MetricSpec, min_requests: int, min_verified: int | None)
     """Text metrics count verified renders (minVerified); everything else requests."""
     if metric.builtin in TEXT_METRICS and min_verified is not None:
         return SampleGate(min_verified, "verified renders", "minVerified")
+    if metric.builtin in COST_METRICS:
+        return SampleGate(min_requests, "images")
     return SampleGate(min_requests)
 
 
@@ -145,6 +154,16 @@ def judge_metric(
         stable_samples = (
             observed.stable.samples if observed is not None and observed.stable else None
         )
+        shows_stable = metric.compares_with_stable or metric.builtin in COST_METRICS
+        if (
+            stable is None
+            and shows_stable
+            and not metric.compares_with_stable
+            and observed is not None
+        ):
+            # Cost per image: the stable's shown beside the candidate's when only max
+            # judged it (a ratio check shows the baseline it used instead).
+            stable = observed.stable.usable_value if observed.stable is not None else None
         p_value = worse = ratio = None
         if verdict is not None:
             samples, stable_samples = round(verdict.n_candidate), round(verdict.n_stable)
@@ -164,7 +183,7 @@ def judge_metric(
             stable_value=stable,
             threshold=threshold,
             samples=samples,
-            stable_samples=stable_samples if metric.compares_with_stable else None,
+            stable_samples=stable_samples if shows_stable else None,
             method=method,
             p_value=p_value,
             worse_probability=worse,
@@ -333,9 +352,15 @@ def _relative(
         limit = ratio * max(baseline, floor)
         limits.append(limit)
         if value > limit:
+            hint = (
+                " (the stable reports no cost: give it a price, e.g. spec.cost.gpuHourPrice, "
+                "or judge with max)"
+                if metric.builtin in COST_METRICS and baseline <= 0
+                else ""
+            )
             fails.append(
                 f"{_fmt(value)} > {_fmt(ratio)} x stable {_fmt(baseline)}{note}"
-                f" (limit {_fmt(limit)})"
+                f" (limit {_fmt(limit)}){hint}"
             )
     return baseline
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from modelfleet.api.canary import (
+    COST_METRICS,
     LATENCY_METRICS,
     RATE_METRICS,
     TEXT_METRICS,
@@ -66,8 +67,13 @@ class AnalysisPlan:
     def needs_stable(self, metric: MetricSpec) -> bool:
         """Relative thresholds need the stable pool's value; text metrics always measure it,
         since the stable's verified renders tell "no text in this traffic" from "the
-        candidate stopped rendering readable text"."""
-        return metric.compares_with_stable or metric.builtin in TEXT_METRICS
+        candidate stopped rendering readable text"; cost per image too, so status shows
+        what the stable costs beside the candidate even when only max judges it."""
+        return (
+            metric.compares_with_stable
+            or metric.builtin in TEXT_METRICS
+            or metric.builtin in COST_METRICS
+        )
 
     def stable_window_seconds(self, metric: MetricSpec) -> int:
         """The window the stable pool is measured over for `metric`."""

@@ -5,6 +5,8 @@ range selector (relative to Prometheus' own clock, so no clock skew); a custom q
 whose text the provider cannot safely rewrite, is evaluated at `time=now - offset`.
 service-time is one histogram per batch-size stratum, from
 `sum by (batch_size, le) (increase(modelfleet_router_service_time_seconds_bucket[W]))`.
+cost-per-image is `increase(modelfleet_router_cost_usd_total[W])` over
+`increase(modelfleet_router_images_total[W])`, the images being its samples.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from modelfleet.api.canary import TEXT_METRICS
+from modelfleet.api.canary import COST_METRICS, TEXT_METRICS
 from modelfleet.canary.ports import Measurement, MetricQuery
 from modelfleet.canary.statistics import Histogram
 from modelfleet.providers.http import OwnedSession
@@ -40,6 +42,9 @@ _QUANTILES = {"latency-p95": "0.95", "latency-p99": "0.99"}
 TEXT_ACCURACY_METRIC = "modelfleet_worker_text_word_accuracy"
 TEXT_VERIFIED_METRIC = "modelfleet_worker_text_verified_total"
 TEXT_FAILED_METRIC = "modelfleet_worker_text_failed_total"
+# The router's count of what the workers said the answers cost, and of their images.
+COST_METRIC = "modelfleet_router_cost_usd_total"
+IMAGES_METRIC = "modelfleet_router_images_total"
 
 
 def _label(value: str) -> str:
@@ -80,6 +85,13 @@ def builtin_query(
             f"1 - (sum(rate({TEXT_FAILED_METRIC}{{{sel}}}{r})) or vector(0)) / "
             f"sum(rate({TEXT_VERIFIED_METRIC}{{{sel}}}{r}))"
         )
+    if builtin in COST_METRICS:
+        # A pool that reported no cost has no cost series: count it as 0 USD over its
+        # images; with no images the division is empty or NaN: no data.
+        return (
+            f"(sum(increase({COST_METRIC}{{{sel}}}{r})) or vector(0)) / "
+            f"sum(increase({IMAGES_METRIC}{{{sel}}}{r}))"
+        )
     if builtin == SERVICE_TIME:
         return f"sum by (batch_size, le) (increase({SERVICE_TIME_BUCKET_METRIC}{{{sel}}}{r}))"
     q = _QUANTILES.get(builtin)
@@ -98,6 +110,8 @@ def samples_query(
     r = _range(window_seconds, offset_seconds)
     if builtin in TEXT_METRICS:
         return f"sum(increase({TEXT_VERIFIED_METRIC}{{{sel}}}{r}))"
+    if builtin in COST_METRICS:
+        return f"sum(increase({IMAGES_METRIC}{{{sel}}}{r}))"
     return f'sum(increase({REQUESTS_METRIC}{{{sel},outcome!~"{IGNORED_OUTCOMES}"}}{r}))'
 
 

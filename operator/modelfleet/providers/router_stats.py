@@ -5,6 +5,7 @@ GET {router}/v1/stats?window=SECONDS[&offset=SECONDS] answers
      "pools": [{"namespace", "pool", "requests", "errors",
       "latency_buckets": [[upper_bound_seconds, cumulative_count], ..., ["+Inf", total]],
       "text": {"verified", "passed", "accuracy_sum"},   # only with verified renders
+      "cost": {"usd", "images"},                        # only with cost or images
       "service_time": [{"batch_size": "1", "buckets": [[bound, cumulative], ...]}, ...]}]}
 
 text-accuracy is accuracy_sum / verified and text-pass-rate passed / verified, both with
@@ -12,7 +13,8 @@ text-accuracy is accuracy_sum / verified and text-pass-rate passed / verified, b
 passed renders, error-rate's the errors (the proportion test judges hits of samples).
 service-time is the workers' own time per image by batch-size stratum: Measurement.strata
 holds one histogram per stratum (the rank test compares only within a stratum), value
-the median over all of them and samples their total.
+the median over all of them and samples their total. cost-per-image is cost.usd over
+cost.images with the images as its sample count; a pool without images has no value.
 
 A query with offset_seconds > 0 asks for the window ending that long ago; a router that
 does not echo the offset (one that predates it) counts as not answering, so an old
@@ -37,7 +39,7 @@ from typing import Any
 
 import aiohttp
 
-from modelfleet.api.canary import TEXT_METRICS
+from modelfleet.api.canary import COST_METRICS, TEXT_METRICS
 from modelfleet.canary.ports import Measurement, MetricQuery
 from modelfleet.canary.statistics import Histogram
 from modelfleet.providers.http import OwnedSession
@@ -73,6 +75,9 @@ class PoolStats:
     service_bounds: tuple[float, ...] | None = None
     service_conflict: bool = False
     service_error: str | None = None
+    # USD the workers reported and the images of ok answers, summed over routers.
+    cost_usd: float = 0.0
+    images: int = 0
 
     def add(self, requests: int, errors: int, buckets: Sequence[tuple[float, float]]) -> None:
         self.requests += requests
@@ -117,6 +122,26 @@ def _text(raw: Any) -> tuple[int, int, float]:
     if passed > verified or acc > verified:
         raise StatsFormatError(f"text {raw!r}: passed and accuracy_sum must be <= verified")
     return (verified, passed, acc)
+
+
+def parse_cost(doc: Any) -> dict[tuple[str, str], tuple[float, int]]:
+    """One router's (usd, images) keyed by (namespace, pool); call after parse_stats.
+    Pools without a "cost" object are left out."""
+    out: dict[tuple[str, str], tuple[float, int]] = {}
+    for entry in doc["pools"]:
+        raw = entry.get("cost")
+        if raw is None:
+            continue
+        if not isinstance(raw, dict):
+            raise StatsFormatError("cost is not an object")
+        usd = _count(raw.get("usd", 0), "cost.usd")
+        images = _count(raw.get("images", 0), "cost.images")
+        if images != int(images):
+            raise StatsFormatError(f"cost.images {raw.get('images')!r} is not a whole number")
+        key = (entry["namespace"], entry["pool"])
+        prev = out.get(key, (0.0, 0))
+        out[key] = (prev[0] + usd, prev[1] + int(images))
+    return out
 
 
 def _bound(raw: Any) -> float:
@@ -257,6 +282,10 @@ def merge_stats(
             merged.setdefault(key, PoolStats()).add(requests, errors, buckets)
         for key, text in parse_text(doc).items():
             merged.setdefault(key, PoolStats()).add_text(text)
+        for key, (usd, images) in parse_cost(doc).items():
+            stats = merged.setdefault(key, PoolStats())
+            stats.cost_usd += usd
+            stats.images += images
         for key, service in parse_service(doc).items():
             stats = merged.setdefault(key, PoolStats())
             if isinstance(service, str):
@@ -292,6 +321,11 @@ def measurement_for(stats: PoolStats | None, builtin: str) -> Measurement:
     """Turn merged counters into the number a built-in metric asks for."""
     if builtin == SERVICE_TIME:
         return service_measurement(stats)
+    if builtin in COST_METRICS:
+        if stats is None or stats.images == 0:
+            # No images in the window: no cost per image (never a zero-cost pass).
+            return Measurement(value=None, samples=0)
+        return Measurement(value=stats.cost_usd / stats.images, samples=stats.images)
     if builtin in TEXT_METRICS:
         verified = stats.text_verified if stats is not None else 0
         passed_rate = builtin == "text-pass-rate"
@@ -399,7 +433,8 @@ class RouterStatsProvider(OwnedSession):
             return Measurement.failed(
                 f"metric {query.metric.name!r}: the router provider supports only builtin "
                 "metrics (error-rate, latency-p95, latency-p99, service-time, text-accuracy, "
-                "text-pass-rate); use provider type prometheus for custom queries"
+                "text-pass-rate, cost-per-image); use provider type prometheus for custom "
+                "queries"
             )
         if query.offset_seconds < 0:
             return Measurement.failed(f"offset_seconds must be >= 0, not {query.offset_seconds}")

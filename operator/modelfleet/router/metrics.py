@@ -65,6 +65,19 @@ class RouterMetrics:
             buckets=SERVICE_TIME_BUCKETS,
             registry=r,
         )
+        self.cost_usd = Counter(
+            PREFIX + "cost_usd",
+            "USD the workers reported for their answers (X-ModelFleet-Cost-USD), failed "
+            "attempts included; over images_total: cost per image.",
+            ["namespace", "pool"],
+            registry=r,
+        )
+        self.images = Counter(
+            PREFIX + "images",
+            "Images in the workers' ok answers.",
+            ["namespace", "pool"],
+            registry=r,
+        )
         self.fallbacks = Counter(
             PREFIX + "fallbacks_total",
             "Moves down the ladder from one pool to the next.",
@@ -159,6 +172,12 @@ class RouterMetrics:
         if service_s is not None:
             stratum = BATCH_STRATA[batch_stratum(batch_size)][1]
             self._child(self.service_time, ns, pool, stratum).observe(service_s)
+
+    def cost(self, ns: str, pool: str, cost_usd: float | None, images: int) -> None:
+        if cost_usd:
+            self._child(self.cost_usd, ns, pool).inc(cost_usd)
+        if images:
+            self._child(self.images, ns, pool).inc(images)
 
     def pinned(self, ns: str, pool: str, outcome: str) -> None:
         # pool comes from a header on refused requests: bounded, so a client cannot grow

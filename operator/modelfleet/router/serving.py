@@ -146,9 +146,11 @@ class Ladder:
         if pinned:  # the replay's renders must not count as the canary's traffic
             return res
         self.metrics.attempted(ns, pool, res.outcome.value, t1 - t0, res.service_s, res.batch_size)
+        self.metrics.cost(ns, pool, res.cost_usd, res.images)
         self.stats.record(
             ns, pool, res.outcome, t1 - t0, t1, res.service_s, res.batch_size, res.text
         )
+        self.stats.record_cost(ns, pool, res.outcome, t1, res.cost_usd, res.images)
         return res
 
     # -- shadow ----------------------------------------------------------------------

@@ -10,11 +10,14 @@ from yarl import URL
 from modelfleet.routing.ladder import Attempt, classify_response
 from modelfleet.routing.stats import (
     BATCH_SIZE_HEADER,
+    COST_HEADER,
     SERVICE_TIME_HEADER,
     TEXT_ACCURACY_SUM_HEADER,
     TEXT_PASSED_HEADER,
     TEXT_VERIFIED_HEADER,
     TextSummary,
+    parse_cost,
+    response_images,
 )
 
 GENERATIONS_PATH = "/v1/images/generations"
@@ -33,6 +36,10 @@ class AttemptResult:
     batch_size: int = 1
     # The worker's verification summary headers; None when it verified nothing.
     text: TextSummary | None = None
+    # What the worker said the answer cost (COST_HEADER, USD; None when not reported)
+    # and the images an ok answer holds.
+    cost_usd: float | None = None
+    images: int = 0
 
 
 def service_time(seconds: str | None, batch: str | None) -> tuple[float | None, int]:
@@ -109,6 +116,7 @@ class UpstreamClient:
                 status = resp.status
                 service = resp.headers.get(SERVICE_TIME_HEADER)
                 batch = resp.headers.get(BATCH_SIZE_HEADER) if service is not None else None
+                cost = resp.headers.get(COST_HEADER)
                 verified = resp.headers.get(TEXT_VERIFIED_HEADER)
                 text = (
                     TextSummary.parse(
@@ -128,6 +136,16 @@ class UpstreamClient:
             # Reset mid-request, malformed HTTP, truncated body...
             return AttemptResult(Attempt.UPSTREAM_ERROR, 0, b"", f"{type(exc).__name__}: {exc}")
         service_s, batch_size = service_time(service, batch)
+        outcome = classify_response(status, data)
+        images = response_images(data) if outcome is Attempt.OK else 0
         return AttemptResult(
-            classify_response(status, data), status, data, "", service_s, batch_size, text
+            outcome,
+            status,
+            data,
+            "",
+            service_s,
+            batch_size,
+            text,
+            cost_usd=parse_cost(cost),
+            images=images,
         )

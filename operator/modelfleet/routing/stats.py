@@ -7,6 +7,9 @@ answers of several routers merge exactly by adding them.
 The workers' own service time per image is kept beside it, by batch size: batching makes
 an image cheaper (x0.78 at batch 4 for the tiny CPU model, x0.4 on GPUs), and a pool's
 batch sizes follow its load, so only images of equal batch size compare on equal footing.
+
+Beside them, what the workers said the pool's answers cost (X-ModelFleet-Cost-USD) and
+how many images its ok answers held: cost per image for canary analysis.
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ TEXT_PASSED_HEADER = "X-ModelFleet-Text-Passed"
 TEXT_ACCURACY_SUM_HEADER = "X-ModelFleet-Text-Accuracy-Sum"
 # Accuracy sums are kept in the integer ring in millionths.
 _ACC_SCALE = 1_000_000
+# The worker's cost of one response in USD (brief contract 1: the total for the response).
+COST_HEADER = "X-ModelFleet-Cost-USD"
+# Costs are kept in the integer ring in pico-USD: a tiny CPU pool's image at a GPU-hour
+# price costs micro-dollars, and integers add up exactly across routers.
+_COST_SCALE = 1_000_000_000_000
+# One response's cost beyond this is not believed (a broken header, not a bill).
+MAX_RESPONSE_COST_USD = 1_000_000.0
 # Batch-size strata: exact up to 4, then powers of two (maxBatchSize is at most 64).
 BATCH_STRATA: tuple[tuple[int, str], ...] = (
     (1, "1"), (2, "2"), (3, "3"), (4, "4"), (8, "5-8"), (16, "9-16"), (32, "17-32"),
@@ -55,7 +65,8 @@ BATCH_STRATA: tuple[tuple[int, str], ...] = (
 SERVICE_LOG_CAPACITY = 1 << 16
 
 # Slot layout: [second, requests, errors, bucket_0 .. bucket_n-1, overflow (+Inf only),
-#               text verified, text passed, text accuracy sum (millionths)]
+#               text verified, text passed, text accuracy sum (millionths),
+#               cost (pico-USD), images]
 _REQ, _ERR, _B0 = 1, 2, 3
 # A service-time cell is stratum * _CELL + bucket.
 _CELL = 64
@@ -85,6 +96,31 @@ class TextSummary:
         return TextSummary(v, p, a)
 
 
+def parse_cost(value: str | None) -> float | None:
+    """The cost header's USD when it is a sane number; None otherwise (absent, an old
+    worker, garbage): the attempt then adds no cost."""
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        return None
+    if not 0.0 <= v <= MAX_RESPONSE_COST_USD:  # also rejects nan and inf
+        return None
+    return v
+
+
+# Every image in an answer is one `"b64_json"` key; base64 has no quote character and a
+# quote inside a JSON string is escaped, so the key cannot appear anywhere else.
+_IMAGE_KEY = b'"b64_json"'
+
+
+def response_images(body: bytes) -> int:
+    """Images in a worker's OpenAI-shaped answer, counted without parsing it (bodies are
+    megabytes of base64; a byte search is a memchr scan)."""
+    return body.count(_IMAGE_KEY)
+
+
 def _bucket_index(seconds: float, bounds: Sequence[float]) -> int:
     for i, b in enumerate(bounds):
         if seconds <= b:
@@ -108,6 +144,9 @@ class PoolWindow:
     text_verified: int = 0
     text_passed: int = 0
     text_accuracy_sum: float = 0.0
+    # USD the workers reported for the pool's answers, and the images its ok answers held.
+    cost_usd: float = 0.0
+    images: int = 0
 
     def wire(
         self, bounds: Sequence[float], service_bounds: Sequence[float] = SERVICE_TIME_BUCKETS
@@ -125,6 +164,8 @@ class PoolWindow:
                 "passed": self.text_passed,
                 "accuracy_sum": round(self.text_accuracy_sum, 6),
             }
+        if self.images or self.cost_usd:
+            out["cost"] = {"usd": round(self.cost_usd, 12), "images": self.images}
         if self.service:
             out["service_time"] = [
                 {"batch_size": name, "buckets": _cumulative(service_bounds, counts)}
@@ -220,7 +261,8 @@ class AttemptStats:
     requests = attempts that reached a verdict on the pool's health: ok, upstream_error,
     timeout, connect_error (busy and client_error are neither the pool's success nor its
     failure); errors = upstream_error, timeout, connect_error; latency = ok attempts only;
-    service time = ok attempts whose worker reported it."""
+    service time = ok attempts whose worker reported it; cost = what the workers reported
+    for those attempts (a failed one may be billed too); images = those of ok answers."""
 
     def __init__(
         self,
@@ -234,7 +276,8 @@ class AttemptStats:
         if len(self.service_bounds) >= _CELL:
             raise ValueError(f"at most {_CELL - 1} service-time buckets")
         self._text0 = _B0 + len(self.bounds) + 1
-        self._width = self._text0 + 3
+        self._cost0 = self._text0 + 3
+        self._width = self._cost0 + 2
         self._rings: dict[tuple[str, str], _Ring] = {}
         self._service: dict[tuple[str, str], _ServiceLog] = {}
 
@@ -251,15 +294,7 @@ class AttemptStats:
     ) -> None:
         if outcome in (Attempt.BUSY, Attempt.CLIENT_ERROR):
             return
-        ring = self._rings.get((namespace, pool))
-        if ring is None:
-            ring = self._rings[(namespace, pool)] = _Ring(self._width)
-        sec = int(now)
-        c, w = ring.counts, self._width
-        base = (sec % HORIZON_S) * w
-        if c[base] != sec:
-            # A slot from an hour (or more) ago: reuse it for this second.
-            c[base : base + w] = array("q", [sec] + [0] * (w - 1))
+        c, base = self._slot(namespace, pool, now)
         c[base + _REQ] += 1
         if outcome in POOL_ERRORS:
             c[base + _ERR] += 1
@@ -275,7 +310,42 @@ class AttemptStats:
                 if log is None:
                     log = self._service[(namespace, pool)] = _ServiceLog(self.service_capacity)
                 bucket = _bucket_index(service_s, self.service_bounds)
-                log.add(sec, batch_stratum(batch_size) * _CELL + bucket)
+                log.add(int(now), batch_stratum(batch_size) * _CELL + bucket)
+
+    def record_cost(
+        self,
+        namespace: str,
+        pool: str,
+        outcome: Attempt,
+        now: float,
+        usd: float | None,
+        images: int,
+    ) -> None:
+        """The attempt's reported cost and, for an ok one, its images; the attempts that
+        record() leaves out (busy, client_error) count here neither."""
+        if outcome in (Attempt.BUSY, Attempt.CLIENT_ERROR):
+            return
+        if outcome is not Attempt.OK:
+            images = 0
+        pico = round(usd * _COST_SCALE) if usd is not None and usd > 0 else 0
+        if pico <= 0 and images <= 0:
+            return
+        c, base = self._slot(namespace, pool, now)
+        c[base + self._cost0] += pico
+        c[base + self._cost0 + 1] += max(0, images)
+
+    def _slot(self, namespace: str, pool: str, now: float) -> tuple[array[int], int]:
+        """The pool's ring and the offset of the slot for second `now`, claimed for it."""
+        ring = self._rings.get((namespace, pool))
+        if ring is None:
+            ring = self._rings[(namespace, pool)] = _Ring(self._width)
+        sec = int(now)
+        c, w = ring.counts, self._width
+        base = (sec % HORIZON_S) * w
+        if c[base] != sec:
+            # A slot from an hour (or more) ago: reuse it for this second.
+            c[base : base + w] = array("q", [sec] + [0] * (w - 1))
+        return c, base
 
     def window(self, window_s: int, now: float) -> list[PoolWindow]:
         """Totals over the seconds (now - window_s, now], per pool, sorted."""
@@ -287,7 +357,7 @@ class AttemptStats:
             totals = self._sum(ring, start, end)
             log = self._service.get((ns, pool))
             service = self._service_window(log, start, end) if log is not None else ()
-            t = self._text0
+            t, k = self._text0, self._cost0
             out.append(
                 PoolWindow(
                     ns,
@@ -299,6 +369,8 @@ class AttemptStats:
                     totals[t],
                     totals[t + 1],
                     totals[t + 2] / _ACC_SCALE,
+                    totals[k] / _COST_SCALE,
+                    totals[k + 1],
                 )
             )
         return out
