@@ -535,3 +535,78 @@ def test_compile_routes_detects_fallback_cycle() -> None:
     _, problems = compile_routes(spec, {"a", "b"}, [])
     assert [p.reason for p in problems] == ["FallbackCycle"]
     assert "spec.routes[0]" in problems[0].message
+
+
+def _pod(name: str, ip: str | None, ready: bool, phase: str = "Running") -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
+    if ip:
+        status["podIP"] = ip
+    return {"metadata": {"name": name}, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("pod", "digest_ip"),
+    [
+        (_pod("a", "10.250.0.4", ready=False), "10.250.0.4"),
+        (_pod("a", "10.250.0.4", ready=True), None),
+        (_pod("a", None, ready=False), None),
+        (_pod("a", "10.250.0.4", ready=False, phase="Pending"), None),
+    ],
+    ids=["not-ready", "ready", "no-ip", "pending"],
+)
+def test_pod_digest_keeps_the_ip_of_a_running_not_ready_pod(
+    pod: dict[str, Any], digest_ip: str | None
+) -> None:
+    assert ps.pod_digest(pod)["status"].get("podIP") == digest_ip
+
+
+def test_quota_probe_targets_only_hosted_not_ready_pods_and_a_few() -> None:
+    pods = [ps.pod_digest(_pod(f"h-{i}", f"10.250.0.{i}", ready=False)) for i in range(5)]
+    pods.append(ps.pod_digest(_pod("h-ready", "10.250.0.9", ready=True)))
+    targets = ps.quota_probe_targets(hosted(), pods)
+    assert targets == [(f"h-{i}", f"10.250.0.{i}") for i in range(ps.QUOTA_PROBE_PODS)]
+    assert ps.quota_probe_targets(pool(), pods) == []  # diffusers: never asked
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "until"),
+    [
+        (503, {"status": "quota_exhausted", "until": 1767232800}, 1767232800.0),
+        (503, {"status": "quota_exhausted", "until": 1767232800.5}, 1767232800.5),
+        (503, {"status": "loading"}, None),
+        (503, {"status": "quota_exhausted"}, None),
+        (503, {"status": "quota_exhausted", "until": "tomorrow"}, None),
+        (503, {"status": "quota_exhausted", "until": True}, None),
+        (503, ["quota_exhausted"], None),
+        (503, None, None),
+        (200, {"status": "quota_exhausted", "until": 1767232800}, None),
+    ],
+)
+def test_quota_until(status: int, body: Any, until: float | None) -> None:
+    assert ps.quota_until(status, body) == until
+
+
+def test_quota_problem_names_the_latest_reset_and_ignores_the_past() -> None:
+    soon, later, past = NOW.timestamp() + 60, NOW.timestamp() + 3600, NOW.timestamp() - 1
+    reason, message = ps.quota_problem({"h-1": soon, "h-2": later, "h-0": past}, NOW) or ("", "")
+    assert reason == ps.QUOTA_EXHAUSTED
+    assert "2026-01-01T01:00:00.000Z" in message and "h-1, h-2" in message and "h-0" not in message
+    assert ps.quota_problem({"h-0": past}, NOW) is None
+    assert ps.quota_problem({}, NOW) is None
+
+
+def test_quota_exhausted_pool_is_degraded_not_ready_then_recovers() -> None:
+    p = hosted()
+    quota = ps.quota_problem({"h-1": NOW.timestamp() + 600}, NOW)
+    down = ps.compute_status(p, None, deployment_status(2, 0, 2), [], None, NOW, quota=quota)
+    assert down.phase == "Degraded"
+    conds = {c.type: c for c in down.conditions}
+    assert (conds["Degraded"].status, conds["Degraded"].reason) == ("True", ps.QUOTA_EXHAUSTED)
+    assert (conds["Ready"].status, conds["Ready"].reason) == ("False", ps.QUOTA_EXHAUSTED)
+    later = NOW + dt.timedelta(minutes=11)
+    up = ps.compute_status(p, down, deployment_status(2, 2, 2), [], None, later)
+    assert up.phase == "Ready"
+    assert {c.type: c.reason for c in up.conditions}["Degraded"] == ps.HEALTHY

@@ -1,5 +1,6 @@
 """Pure decisions about a ModelPool's health: placement checks against the
-nodes, and the status (phase + conditions) from the Deployment and its pods."""
+nodes, a hosted pool's exhausted provider quota (from its adapters' /readyz), and
+the status (phase + conditions) from the Deployment and its pods."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from modelfleet.api.common import format_time
 from modelfleet.api.conditions import set_condition
 from modelfleet.api.modelpool import ModelPool, ModelPoolStatus
 
@@ -24,6 +26,10 @@ CRASH_LOOPING = "CrashLooping"
 INVALID_SPEC = "InvalidSpec"
 APPLY_FAILED = "ApplyFailed"
 HEALTHY = "Healthy"
+QUOTA_EXHAUSTED = "QuotaExhausted"
+# The quota is the provider account's, shared by every adapter of a pool: a few
+# not-ready pods tell as much as all of them.
+QUOTA_PROBE_PODS = 3
 
 _PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
 
@@ -101,7 +107,50 @@ def pod_digest(pod: dict[str, Any]) -> dict[str, Any]:
         digest["containerStatuses"] = waiting
     if unscheduled:
         digest["conditions"] = unscheduled
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    if status.get("podIP") and status.get("phase") == "Running" and not ready:
+        digest["podIP"] = status["podIP"]  # a hosted pool's operator asks it why (/readyz)
     return {"metadata": {"name": (pod.get("metadata") or {}).get("name", "?")}, "status": digest}
+
+
+def quota_probe_targets(pool: ModelPool, pods: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(pod, IP) of a hosted pool's running but not-ready pods whose /readyz may say
+    the provider quota is exhausted; none for a diffusers pool."""
+    if not pool.spec.hosted:
+        return []
+    found = [
+        ((p.get("metadata") or {}).get("name", "?"), (p.get("status") or {}).get("podIP"))
+        for p in pods
+    ]
+    return sorted((name, ip) for name, ip in found if ip)[:QUOTA_PROBE_PODS]
+
+
+def quota_until(status: int, body: Any) -> float | None:
+    """When an adapter's /readyz answer says the quota is exhausted: until when (unix
+    seconds). Anything else (ready, another reason, junk) is None."""
+    if status != 503 or not isinstance(body, dict) or body.get("status") != "quota_exhausted":
+        return None
+    until = body.get("until")
+    if isinstance(until, bool) or not isinstance(until, int | float):
+        return None
+    return float(until)
+
+
+def quota_problem(untils: dict[str, float], now: datetime) -> tuple[str, str] | None:
+    """(QuotaExhausted, message) while some adapter reports the quota gone past now."""
+    live = {pod: t for pod, t in untils.items() if t > now.timestamp()}
+    if not live:
+        return None
+    until = datetime.fromtimestamp(max(live.values()), tz=now.tzinfo)
+    pods = ", ".join(sorted(live))
+    return (
+        QUOTA_EXHAUSTED,
+        f"provider quota exhausted until {format_time(until)} (reported by {pods}); the "
+        "adapters stay not ready and routes fall back until it resets",
+    )
 
 
 def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -153,12 +202,13 @@ def compute_status(
     pods: list[dict[str, Any]],
     placement: tuple[str, str] | None,
     now: datetime,
+    quota: tuple[str, str] | None = None,
 ) -> ModelPoolStatus:
     gen = pool.metadata.generation
     want = pool.spec.replicas
     total, ready, updated, complete = rollout_state(deployment, want)
     conditions = list(previous.conditions) if previous else []
-    problem = placement or _pod_problem(pods)
+    problem = placement or quota or _pod_problem(pods)
 
     if problem:
         conditions = set_condition(conditions, "Degraded", "True", problem[0], problem[1], now, gen)

@@ -1,5 +1,6 @@
 """ModelPool controller: keeps each pool's Deployment, Service and PDB applied
-and its status true.
+and its status true (for a hosted pool with not-ready adapters, their /readyz says
+whether the provider quota ran out).
 
 Every trigger (the pool, an owned object, a pod, a node) funnels into one
 idempotent `reconcile(namespace, name)`; a per-pool lock plus a dirty flag
@@ -13,6 +14,7 @@ import datetime as dt
 import logging
 from typing import Any
 
+import aiohttp
 import kopf
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
@@ -58,6 +60,29 @@ def compact(body: Any, keep: tuple[str, ...] = ("status",)) -> dict[str, Any]:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+READYZ_TIMEOUT_S = 2.0
+
+
+async def read_quota(targets: list[tuple[str, str]], port: int) -> dict[str, float]:
+    """Ask not-ready adapters why: {pod: until} for those whose /readyz says the provider
+    quota is exhausted. Read-only; an unreachable pod or junk answer says nothing."""
+    if not targets:
+        return {}
+    timeout = aiohttp.ClientTimeout(total=READYZ_TIMEOUT_S)
+
+    async def one(session: aiohttp.ClientSession, ip: str) -> float | None:
+        try:
+            async with session.get(f"http://{ip}:{port}/readyz") as resp:
+                body = await resp.json(content_type=None) if resp.status == 503 else None
+                return poolstatus.quota_until(resp.status, body)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        untils = await asyncio.gather(*(one(session, ip) for _, ip in targets))
+    return {pod: t for (pod, _), t in zip(targets, untils, strict=True) if t is not None}
 
 
 class ApplyFailed(Exception):
@@ -218,8 +243,16 @@ class ModelPoolController:
                 await self._write_status(key, body, previous, failed)
                 raise ApplyFailed(message) from exc
         pods = list(self.pods.get(key, {}).values())
+        untils = await read_quota(poolstatus.quota_probe_targets(pool, pods), build.WORKER_PORT)
+        now = _now()
         status = poolstatus.compute_status(
-            pool, previous, self.deployments.get(key), pods, placement, _now()
+            pool,
+            previous,
+            self.deployments.get(key),
+            pods,
+            placement,
+            now,
+            quota=poolstatus.quota_problem(untils, now),
         )
         await self._write_status(key, body, previous, status)
 
