@@ -352,7 +352,9 @@ class HostedServer:
         return result
 
     def _note_limits(self, exc: ProviderFailure) -> None:
-        if isinstance(exc, ProviderRateLimited):
+        if isinstance(exc, ProviderRefused):
+            self.metrics.refusals.inc()
+        elif isinstance(exc, ProviderRateLimited):
             self.cooldown.hold(self.mono(), exc.retry_after_s)
         elif isinstance(exc, ProviderQuotaExhausted):
             self.quota_until = max(self.quota_until, exc.until)
