@@ -4,12 +4,8 @@ URL download, provider limits, refusals, quota, cost, and the key never leaking.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -19,29 +15,14 @@ from typing import Any
 
 import pytest
 
+import hosted_fixtures
+from hosted_fixtures import Threaded
 from modelfleet_dev.standins.common import png, png_size
 from modelfleet_dev.standins.openai_images import OpenAIImagesStandIn
 from polling import wait_for
-from worker_fixtures import Worker, _env, free_port
+from worker_fixtures import Worker
 
 KEY = "sk-test-" + uuid.uuid4().hex
-
-
-class Threaded:
-    """A stand-in serving from its own event loop in a thread, so sync tests can
-    script it and read what it saw while the adapter process calls it."""
-
-    def __init__(self, standin: OpenAIImagesStandIn) -> None:
-        self.s = standin
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(standin.start(), self.loop).result(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.s.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -58,34 +39,9 @@ def _fresh(standin: OpenAIImagesStandIn) -> None:
 
 
 def start_adapter(
-    standin: OpenAIImagesStandIn,
-    model: str,
-    backend: str = "openai",
-    key: str = KEY,
-    **settings: Any,
+    standin: OpenAIImagesStandIn, model: str, backend: str = "openai", key: str = KEY, **kw: Any
 ) -> Worker:
-    port = free_port()
-    env = {
-        "MODELFLEET_WORKER_HOST": "127.0.0.1",
-        "MODELFLEET_WORKER_PORT": str(port),
-        "MODELFLEET_WORKER_POOL": "hosted-test",
-        "MODELFLEET_PROVIDER_API_KEY": key,
-        **{"MODELFLEET_WORKER_" + k.upper(): str(v) for k, v in settings.items()},
-    }
-    log_path = _log_dir() / f"adapter-{port}.log"
-    cmd = [sys.executable, "-m", "modelfleet_worker.cli", "serve", "--backend", backend]
-    cmd += ["--provider-model", model, "--endpoint", standin.base_url]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(env))
-    w = Worker(proc, port, log_path, env)
-    w.wait_ready(timeout=30)
-    return w
-
-
-def _log_dir() -> Any:
-    import worker_fixtures
-
-    return worker_fixtures._ROOT
+    return hosted_fixtures.start_adapter(backend, model, standin.base_url, key, **kw)
 
 
 @pytest.fixture(scope="module")
