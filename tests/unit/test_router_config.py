@@ -77,12 +77,25 @@ def _set(doc: dict[str, Any], path: list[Any], value: Any) -> dict[str, Any]:
         (["endpoints", "small"], ["127.0.0.1:8081"], "endpoints.small[0]"),
         (["endpoints", "small"], "http://x", "endpoints.small"),
         (["extra"], 1, "extra"),
+        (["modelNames"], {"big": ["SD 3"]}, "modelNames.big[0]"),
+        (["modelNames"], {"big": "sd3"}, "modelNames.big"),
+        (["modelNames"], {"big": ["sd3", "sd3"]}, "modelNames.big: repeated: sd3"),
     ],
 )
 def test_invalid_names_the_field(path: list[Any], value: Any, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_static_config(_set(_doc(), path, value))
     assert needle in str(err.value)
+
+
+def test_model_names_per_namespace() -> None:
+    doc = _doc()
+    doc["policies"][0]["metadata"]["namespace"] = "team"
+    doc["modelNames"] = {"big": ["sd3.5-medium", "sd3"], "small": []}
+    snap = parse_static_config(doc)
+    assert snap.model_names[("team", "big")].names == ("sd3.5-medium", "sd3")
+    assert ("team", "small") not in snap.model_names
+    assert parse_static_config(_doc()).model_names == {}
 
 
 def test_duplicate_policy() -> None:

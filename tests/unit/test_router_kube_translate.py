@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from modelfleet.router.kube import build_snapshot, endpoints_from_slices, policy_from_object
+from modelfleet.router.kube import (
+    build_snapshot,
+    endpoints_from_slices,
+    model_names_from_pools,
+    policy_from_object,
+)
+from modelfleet.routing.models import PoolModels
 
 
 def _policy(name: str, ns: str = "team", status: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -160,3 +166,58 @@ async def test_source_waits_for_both_lists_and_coalesces() -> None:
     await asyncio.sleep(0)
     assert [p.name for p in got[-1].policies] == ["main", "second"]
     assert got[-1].endpoints == {}
+
+
+def _pool(
+    name: str, spec: dict[str, Any], ts: str | None = "2026-01-02T03:04:05Z"
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "team"}
+    if ts is not None:
+        meta["creationTimestamp"] = ts
+    return {
+        "apiVersion": "modelfleet.io/v1alpha1",
+        "kind": "ModelPool",
+        "metadata": meta,
+        "spec": spec,
+    }
+
+
+def test_model_names_from_pools() -> None:
+    pools = [
+        _pool("sd3", {"modelNames": ["sd3.5-medium", "sd3"], "replicas": "not checked here"}),
+        _pool("bare", {}),
+        _pool("empty", {"modelNames": []}),
+        _pool("nodate", {"modelNames": ["x"]}, ts=None),
+    ]
+    assert model_names_from_pools(pools) == {
+        ("team", "sd3"): PoolModels(("sd3.5-medium", "sd3"), 1767323045),
+        ("team", "nodate"): PoolModels(("x",), 0),
+    }
+    snap = build_snapshot({}, {}, {("team", "sd3"): pools[0]})
+    assert snap.model_names[("team", "sd3")].names == ("sd3.5-medium", "sd3")
+    assert build_snapshot({}, {}).model_names == {}
+
+
+async def test_source_serves_before_pools_are_listed_then_adds_their_names() -> None:
+    """A router whose RBAC lacks modelpools never lists them: it must still serve."""
+    import asyncio
+
+    from modelfleet.router.config import Snapshot
+    from modelfleet.router.kube import KubeSource
+
+    got: list[Snapshot] = []
+    src = KubeSource(got.append, api_client=object())
+    src._loop = asyncio.get_running_loop()
+    src._event("policy", "RESET", [_policy("main")])
+    src._event("slice", "RESET", [_slice("s1", "big", [("10.0.0.1", True)])])
+    await asyncio.sleep(0)
+    assert len(got) == 1 and got[0].model_names == {}
+    src._event("pool", "RESET", [_pool("big", {"modelNames": ["sd3"]})])
+    await asyncio.sleep(0)
+    assert got[-1].model_names[("team", "big")].names == ("sd3",)
+    src._event("pool", "MODIFIED", _pool("big", {"modelNames": ["sd3", "sd3.5"]}))
+    await asyncio.sleep(0)
+    assert got[-1].model_names[("team", "big")].names == ("sd3", "sd3.5")
+    src._event("pool", "DELETED", _pool("big", {}))
+    await asyncio.sleep(0)
+    assert got[-1].model_names == {}

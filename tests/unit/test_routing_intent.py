@@ -1,4 +1,5 @@
-"""Request parsing: every field's shape, router-only fields stripped, tier precedence."""
+"""Request parsing: every field's shape, router-only fields stripped, tier precedence, and
+an edit's multipart text fields."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelfleet.routing.intent import RequestError, parse_request
+from modelfleet.routing.intent import (
+    ROUTER_FIELDS,
+    WORKER_FIELDS,
+    RequestError,
+    parse_edit_form,
+    parse_request,
+)
 
 
 def _parse(body: Any, headers: dict[str, str] | None = None) -> Any:
@@ -46,7 +53,24 @@ def _parse(body: Any, headers: dict[str, str] | None = None) -> Any:
         ({"prompt": "x", "tags": "a"}, "tags", "invalid_request"),
         ({"prompt": "x", "tags": [1]}, "tags", "invalid_request"),
         ({"prompt": "x", "tags": [""]}, "tags", "invalid_request"),
-        ({"prompt": "x", "model": "dall-e-3"}, "model", "invalid_request"),
+        ({"prompt": "x", "model": ""}, "model", "invalid_request"),
+        ({"prompt": "x", "model": 3}, "model", "invalid_request"),
+        ({"prompt": "x", "quality": "ultra"}, "quality", "invalid_request"),
+        ({"prompt": "x", "style": "bold"}, "style", "invalid_request"),
+        ({"prompt": "x", "output_format": "bmp"}, "output_format", "invalid_request"),
+        ({"prompt": "x", "output_compression": 101}, "output_compression", "invalid_request"),
+        ({"prompt": "x", "background": "green"}, "background", "invalid_request"),
+        ({"prompt": "x", "moderation": "high"}, "moderation", "invalid_request"),
+        ({"prompt": "x", "user": 7}, "user", "invalid_request"),
+        ({"prompt": "x", "safety_identifier": ["a"]}, "safety_identifier", "invalid_request"),
+        ({"prompt": "x", "partial_images": 4}, "partial_images", "invalid_request"),
+        ({"prompt": "x", "stream": True}, "stream", "invalid_request"),
+        ({"prompt": "x", "complexity": "extreme"}, "complexity", "invalid_request"),
+        ({"prompt": "x", "frame_count": 1}, "frame_count", "invalid_request"),
+        ({"prompt": "x", "svg": "yes"}, "svg", "invalid_request"),
+        ({"prompt": "x", "asset_id": "has space"}, "asset_id", "invalid_request"),
+        ({"prompt": "x", "strength": 0.5}, "strength", "invalid_request"),  # edits only
+        ({"prompt": "x", "frobnicate": 1}, "frobnicate", "invalid_request"),
     ],
 )
 def test_rejects(body: Any, param: str | None, code: str) -> None:
@@ -56,6 +80,110 @@ def test_rejects(body: Any, param: str | None, code: str) -> None:
     assert err.value.code == code
     assert err.value.param == param
     assert set(err.value.body()["error"]) == {"code", "message", "param"}
+
+
+def test_response_format_url_says_why() -> None:
+    with pytest.raises(RequestError) as err:
+        _parse({"prompt": "x", "response_format": "url"})
+    assert "b64_json" in err.value.message and "url" in err.value.message
+
+
+# Every field the official SDK's images.generate sends, in one request (the values are
+# the SDK's Literal types); each is accepted.
+SDK_FIELDS: dict[str, Any] = {
+    "prompt": "a red fox",
+    "background": "transparent",
+    "complexity": "high",
+    "frame_count": 9,
+    "frame_duration_ms": 200,
+    "model": "sd3.5-medium",
+    "moderation": "low",
+    "n": 2,
+    "output_compression": 80,
+    "output_format": "webp",
+    "partial_images": 0,
+    "quality": "high",
+    "response_format": "b64_json",
+    "safety_identifier": "hash-of-user",
+    "size": "auto",
+    "stream": False,
+    "style": "natural",
+    "svg": {"model": "author"},
+    "user": "user-1",
+}
+
+
+def test_every_sdk_field_is_accepted() -> None:
+    p = _parse(SDK_FIELDS)
+    assert p.model == "sd3.5-medium"
+    assert p.forward == {k: v for k, v in SDK_FIELDS.items() if k != "model"}
+
+
+@pytest.mark.parametrize("name", sorted(WORKER_FIELDS - {"prompt"}))
+def test_null_means_default(name: str) -> None:
+    assert _parse({"prompt": "x", name: None}).forward[name] is None
+
+
+def test_model_and_asset_are_router_fields() -> None:
+    p = _parse({"prompt": "x", "model": "flux-schnell", "asset_id": "cat-1"})
+    assert (p.model, p.asset_id) == ("flux-schnell", "cat-1")
+    assert p.forward == {"prompt": "x"} and p.forward_raw is None
+    assert {"model", "asset_id", "tier", "tags"} <= ROUTER_FIELDS
+
+
+def test_asset_header_when_the_body_has_none() -> None:
+    assert _parse({"prompt": "x"}, {"x-modelfleet-asset": "h-1"}).asset_id == "h-1"
+    assert _parse({"prompt": "x", "asset_id": "b"}, {"x-modelfleet-asset": "h"}).asset_id == "b"
+    assert _parse({"prompt": "x"}).model is None
+
+
+def _edit(fields: dict[str, list[str]], files: dict[str, int] | None = None) -> Any:
+    return parse_edit_form(fields, {"image": 1} if files is None else files, {})
+
+
+def test_edit_form_fields_as_the_sdk_sends_them() -> None:
+    p = _edit(
+        {
+            "prompt": ["make it night"],
+            "model": ["sd3.5-medium"],
+            "n": ["2"],
+            "size": ["512x512"],
+            "tags[]": ["photoreal", "animals"],
+            "tier": ["preview"],
+            "strength": ["0.6"],
+            "input_fidelity": ["high"],
+            "seed": ["7"],
+        },
+        {"image[]": 2, "mask": 1},
+    )
+    assert p.model == "sd3.5-medium"
+    assert p.intent.tier == "preview" and p.intent.tags == {"photoreal", "animals"}
+    assert p.forward["n"] == 2 and p.forward["strength"] == 0.6 and p.forward["seed"] == 7
+    assert p.forward_raw is None  # the multipart body itself is what is forwarded
+
+
+@pytest.mark.parametrize(
+    ("fields", "files", "param"),
+    [
+        ({"prompt": ["x"]}, {}, "image"),
+        ({"prompt": ["x"]}, {"image": 1, "mask": 2}, "mask"),
+        ({"prompt": ["x"]}, {"image": 1, "photo": 1}, "photo"),
+        ({"prompt": ["x"], "image": ["not a file"]}, {}, "image"),
+        ({"prompt": ["x"], "n": ["two"]}, None, "n"),
+        ({"prompt": ["x"], "n": ["1", "2"]}, None, "n"),
+        ({"prompt": ["x"], "strength": ["1.5"]}, None, "strength"),
+        ({"prompt": ["x"], "bogus": ["1"]}, None, "bogus"),
+        ({"prompt": ["x"], "stream": ["true"]}, None, "stream"),
+        ({"n": ["1"]}, None, "prompt"),
+        ({"prompt": ["x"], "model": [""]}, None, "model"),
+    ],
+)
+def test_edit_form_rejects(
+    fields: dict[str, list[str]], files: dict[str, int] | None, param: str
+) -> None:
+    with pytest.raises(RequestError) as err:
+        _edit(fields, files)
+    assert (err.value.status, err.value.param) == (400, param)
 
 
 def test_forwards_worker_fields_and_strips_router_fields() -> None:
@@ -130,7 +258,7 @@ _json = st.recursive(
 )
 _fields = st.sampled_from(
     ["prompt", "n", "size", "response_format", "seed", "steps", "guidance_scale",
-     "negative_prompt", "tier", "tags", "other"]
+     "negative_prompt", "tier", "tags", "model", "quality", "asset_id", "other"]
 )  # fmt: skip
 
 
@@ -145,4 +273,4 @@ def test_fuzz_only_request_errors(doc: Any, junk: bytes) -> None:
             assert exc.status == 400
         else:
             json.dumps(p.forward)  # what we forward is always serialisable
-            assert "tier" not in p.forward and "tags" not in p.forward
+            assert not ROUTER_FIELDS & set(p.forward)

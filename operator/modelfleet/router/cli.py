@@ -69,6 +69,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="a client must send its body within this (default 10)",
     )
     p.add_argument(
+        "--max-upload-mb",
+        type=_positive,
+        default=25.0,
+        help="largest edit upload (the whole multipart body) in MB; larger: 413 naming "
+        "the part being read (default 25)",
+    )
+    p.add_argument(
         "--retries-per-pool",
         type=int,
         default=1,
@@ -134,6 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         connect_timeout_s=args.connect_timeout_s,
         body_timeout_s=args.body_timeout_s,
         retries_per_pool=max(0, args.retries_per_pool),
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
     )
     try:
         import uvloop

@@ -11,7 +11,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from modelfleet.api.modelpool import ModelName
 from modelfleet.api.routingpolicy import RoutingPolicy
+from modelfleet.routing.models import PoolModels
 from modelfleet.routing.table import DEFAULT_NAMESPACE, PolicyTable, compile_policy
 
 ENDPOINT_URL_PATTERN = r"^https?://[^/\s?#]+$"
@@ -24,6 +26,8 @@ class Snapshot:
     policies: tuple[PolicyTable, ...] = ()
     # (namespace, pool) -> base URLs of ready workers.
     endpoints: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    # (namespace, pool) -> the names clients pass as `model` (ModelPool spec.modelNames).
+    model_names: Mapping[tuple[str, str], PoolModels] = field(default_factory=dict)
 
 
 class ConfigError(Exception):
@@ -33,10 +37,12 @@ class ConfigError(Exception):
 class StaticConfig(BaseModel):
     """`--config FILE`: policies as users write them for kubectl, endpoints per pool."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     policies: list[RoutingPolicy] = Field(min_length=1)
     endpoints: dict[str, list[str]] = Field(default_factory=dict)
+    # POOL -> names, as a ModelPool's spec.modelNames says them.
+    model_names: dict[str, list[ModelName]] = Field(default_factory=dict, alias="modelNames")
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -60,7 +66,7 @@ def format_validation_error(exc: ValidationError) -> str:
 def parse_static_config(doc: Any) -> Snapshot:
     """Validate a parsed YAML document with the API models and build a Snapshot."""
     if not isinstance(doc, dict):
-        raise ConfigError("config must be a mapping with keys policies and endpoints")
+        raise ConfigError("config must be a mapping with keys policies, endpoints and modelNames")
     try:
         cfg = StaticConfig.model_validate(doc)
     except ValidationError as exc:
@@ -80,6 +86,10 @@ def parse_static_config(doc: Any) -> Snapshot:
                 errors.append(
                     f"endpoints.{pool}[{j}]: {u!r} is not a base URL like http://127.0.0.1:8081"
                 )
+    for pool, names in cfg.model_names.items():
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            errors.append(f"modelNames.{pool}: repeated: {', '.join(dupes)}")
     if errors:
         raise ConfigError("\n".join(errors))
     policies = tuple(compile_policy(p) for p in cfg.policies)
@@ -90,7 +100,13 @@ def parse_static_config(doc: Any) -> Snapshot:
         for ns in namespaces
         for pool, urls in cfg.endpoints.items()
     }
-    return Snapshot(policies=policies, endpoints=endpoints)
+    model_names = {
+        (ns, pool): PoolModels(tuple(names))
+        for ns in namespaces
+        for pool, names in cfg.model_names.items()
+        if names
+    }
+    return Snapshot(policies=policies, endpoints=endpoints, model_names=model_names)
 
 
 def load_static_config(path: Path) -> Snapshot:

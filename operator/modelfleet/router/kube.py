@@ -1,4 +1,5 @@
-"""Kubernetes config source: watch RoutingPolicies and EndpointSlices, build Snapshots.
+"""Kubernetes config source: watch RoutingPolicies, EndpointSlices and ModelPools (for
+their spec.modelNames), build Snapshots.
 
 The translations (API objects as JSON dicts -> models -> Snapshot) are pure functions; the
 shell is two list+watch threads (the `kubernetes` client is synchronous) that hand every
@@ -14,6 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,11 +23,13 @@ from pydantic import ValidationError
 from modelfleet import GROUP, VERSION
 from modelfleet.api.routingpolicy import RoutingPolicy
 from modelfleet.router.config import Snapshot, format_validation_error
+from modelfleet.routing.models import PoolModels
 from modelfleet.routing.table import compile_policy
 
 log = logging.getLogger("modelfleet.router.kube")
 
 PLURAL = "routingpolicies"
+POOL_PLURAL = "modelpools"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 PORT_NAME = "http"
 
@@ -87,8 +91,30 @@ def endpoints_from_slices(slices: Iterable[Mapping[str, Any]]) -> dict[Key, tupl
     return {k: tuple(sorted(v)) for k, v in out.items()}
 
 
+def _created(meta: Mapping[str, Any]) -> int:
+    try:
+        ts = str(meta.get("creationTimestamp") or "")
+        return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
+
+
+def model_names_from_pools(pools: Iterable[Mapping[str, Any]]) -> dict[Key, PoolModels]:
+    """(namespace, pool) -> spec.modelNames. Only that field is read (the API server
+    validated it): a pool the router cannot otherwise parse still serves its names."""
+    out: dict[Key, PoolModels] = {}
+    for obj in pools:
+        names = (obj.get("spec") or {}).get("modelNames") or []
+        names = tuple(n for n in names if isinstance(n, str) and n)
+        if names:
+            out[object_key(obj)] = PoolModels(names, _created(obj.get("metadata") or {}))
+    return out
+
+
 def build_snapshot(
-    policies: Mapping[Key, Mapping[str, Any]], slices: Mapping[Key, Mapping[str, Any]]
+    policies: Mapping[Key, Mapping[str, Any]],
+    slices: Mapping[Key, Mapping[str, Any]],
+    pools: Mapping[Key, Mapping[str, Any]] | None = None,
 ) -> Snapshot:
     """Policies sorted by namespace/name (the default policy is the first). An invalid
     policy (which admission should have stopped) is logged and left out."""
@@ -98,7 +124,11 @@ def build_snapshot(
             tables.append(compile_policy(policy_from_object(policies[key])))
         except ValidationError as exc:
             log.error("RoutingPolicy %s/%s ignored: %s", *key, format_validation_error(exc))
-    return Snapshot(policies=tuple(tables), endpoints=endpoints_from_slices(slices.values()))
+    return Snapshot(
+        policies=tuple(tables),
+        endpoints=endpoints_from_slices(slices.values()),
+        model_names=model_names_from_pools((pools or {}).values()),
+    )
 
 
 # -- the shell --------------------------------------------------------------------------
@@ -134,7 +164,11 @@ class KubeSource:
         self._on_update = on_update
         self._namespace = namespace
         self._api = api_client if api_client is not None else make_api_client(kubeconfig)
-        self._state: dict[str, dict[Key, Mapping[str, Any]]] = {"policy": {}, "slice": {}}
+        self._state: dict[str, dict[Key, Mapping[str, Any]]] = {
+            "policy": {},
+            "slice": {},
+            "pool": {},
+        }
         self._synced: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
@@ -143,7 +177,7 @@ class KubeSource:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        for kind in ("policy", "slice"):
+        for kind in self._state:
             t = threading.Thread(target=self._run, args=(kind,), name=f"watch-{kind}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -163,7 +197,9 @@ class KubeSource:
             store.pop(object_key(obj), None)
         else:
             store[object_key(obj)] = obj
-        if len(self._synced) == 2 and not self._rebuild_pending:
+        # ModelPools are optional: a router whose RBAC predates modelNames (no access to
+        # modelpools) still serves, by intent only.
+        if {"policy", "slice"} <= self._synced and not self._rebuild_pending:
             # Coalesce a burst of events (a relist, a rollout) into one rebuild.
             self._rebuild_pending = True
             assert self._loop is not None
@@ -171,7 +207,8 @@ class KubeSource:
 
     def _rebuild(self) -> None:
         self._rebuild_pending = False
-        self._on_update(build_snapshot(self._state["policy"], self._state["slice"]))
+        st = self._state
+        self._on_update(build_snapshot(st["policy"], st["slice"], st["pool"]))
 
     def _post(self, kind: str, etype: str, obj: Any) -> None:
         assert self._loop is not None
@@ -182,19 +219,20 @@ class KubeSource:
     def _calls(self, kind: str) -> tuple[Callable[..., Any], dict[str, Any]]:
         client = _k8s("client")
         ns = self._namespace
-        if kind == "policy":
+        if kind in ("policy", "pool"):
             co = client.CustomObjectsApi(self._api)
+            plural = PLURAL if kind == "policy" else POOL_PLURAL
             if ns:
                 return co.list_namespaced_custom_object, {
                     "group": GROUP,
                     "version": VERSION,
                     "namespace": ns,
-                    "plural": PLURAL,
+                    "plural": plural,
                 }
             return co.list_cluster_custom_object, {
                 "group": GROUP,
                 "version": VERSION,
-                "plural": PLURAL,
+                "plural": plural,
             }
         d = client.DiscoveryV1Api(self._api)
         if ns:

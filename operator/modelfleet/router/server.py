@@ -7,7 +7,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import generate_latest
@@ -19,15 +19,23 @@ from modelfleet.router.responses import JSON, json_errors, rejected, relay
 from modelfleet.router.responses import error as _error
 from modelfleet.router.serving import Ladder, Settings
 from modelfleet.router.textgate import GateRequest, Served, TextGate, Unserved
-from modelfleet.routing.intent import ParsedRequest, RequestError, parse_request
+from modelfleet.router.upstream import EDITS_PATH, Payload
+from modelfleet.routing.form import FormError, boundary_of, part_being_read, scan_form
+from modelfleet.routing.intent import ParsedRequest, RequestError, parse_edit_form, parse_request
 from modelfleet.routing.ladder import Attempt, Outcome, Tried, exhausted
+from modelfleet.routing.models import (
+    ModelNotFound,
+    available,
+    model_object,
+    models_list,
+    route_for,
+)
 from modelfleet.routing.pin import PINNED_HEADER, POOL_HEADER, PinRefused, check_pin
 from modelfleet.routing.stats import HORIZON_S, AttemptStats
 from modelfleet.routing.table import (
     PolicyTable,
     RouteEntry,
     choose_pool,
-    match_route,
     pool_ladder,
     select_policy,
 )
@@ -90,6 +98,9 @@ class Router:
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
         app.router.add_post("/v1/images/generations", self.generations)
+        app.router.add_post("/v1/images/edits", self.edits)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model}", self.model)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.prometheus)
@@ -166,7 +177,71 @@ class Router:
             return _error(413, "body_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
         except TimeoutError:
             return _error(408, "body_timeout", "request body not received in time")
+        return await self._route(request, snap, start, lambda h: parse_request(raw, h), None)
 
+    async def edits(self, request: web.Request) -> web.Response:
+        """Multipart, as the OpenAI SDK sends it. Routed like a generation; the body goes
+        to the worker's /v1/images/edits byte for byte, with the client's Content-Type."""
+        start = self._clock()
+        snap = self.snapshot
+        if snap is None or not snap.policies:
+            return _error(503, "not_ready", "router has no RoutingPolicy yet")
+        ctype = request.headers.get("Content-Type", "")
+        try:
+            boundary = boundary_of(ctype)
+        except FormError as exc:
+            return _error(400, "invalid_request", exc.message, exc.param)
+        got = await self._read_upload(request, boundary)
+        if isinstance(got, web.Response):
+            return got
+        try:
+            form = scan_form(got, boundary)
+        except FormError as exc:
+            return _error(400, "invalid_request", exc.message, exc.param)
+        payload = Payload(got, EDITS_PATH, ctype)
+        return await self._route(
+            request, snap, start, lambda h: parse_edit_form(form.fields, form.files, h), payload
+        )
+
+    async def _read_upload(self, request: web.Request, boundary: bytes) -> bytes | web.Response:
+        """The whole body, once (retries and fallbacks resend it), before taking a slot;
+        over the limit: 413 naming the part being read."""
+        limit = self.settings.max_upload_bytes
+        length = request.content_length
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                if length is not None and length <= limit:
+                    return await request.content.readexactly(length)
+                chunks: list[bytes] = []
+                total = 0
+                async for chunk in request.content.iter_chunked(256 * 1024):
+                    total += len(chunk)
+                    chunks.append(chunk)
+                    if total > limit:
+                        part = part_being_read(b"".join(chunks), boundary)
+                        where = f" while reading {part!r}" if part else ""
+                        return _error(
+                            413,
+                            "body_too_large",
+                            f"upload exceeds the router's limit of {limit} bytes{where}",
+                            part,
+                        )
+                return b"".join(chunks)
+        except asyncio.IncompleteReadError:
+            return _error(400, "invalid_request", "request body shorter than its Content-Length")
+        except TimeoutError:
+            return _error(408, "body_timeout", "request body not received in time")
+
+    async def _route(
+        self,
+        request: web.Request,
+        snap: Snapshot,
+        start: float,
+        parse: Callable[[Mapping[str, str]], ParsedRequest],
+        edit: Payload | None,
+    ) -> web.Response:
+        """Policy, pin, parse, route (by model or intent), admit, forward. `edit`: an
+        edit's payload (no text gate: it re-renders generations); None: a generation."""
         headers = {k.lower(): v for k, v in request.headers.items()}
         policy = select_policy(snap.policies, headers.get(POLICY_HEADER))
         if policy is None:
@@ -182,7 +257,7 @@ class Router:
             self.metrics.pinned(ns, headers.get(POOL_HEADER.lower(), ""), "refused")
             return _error(pin.status, pin.code, pin.message, pin.param)
         try:
-            parsed = parse_request(raw, headers)
+            parsed = parse(headers)
         except RequestError as exc:
             if pin is not None:
                 self.metrics.pinned(ns, pin, Outcome.CLIENT_ERROR.value)
@@ -190,8 +265,11 @@ class Router:
                 self._finish(ns, pname, "", "", Outcome.CLIENT_ERROR, start)
             return web.json_response(exc.body(), status=exc.status)
         if pin is not None:
-            return await self._pinned(snap, policy, pin, parsed, start)
-        route = match_route(policy.routes, parsed.intent)
+            return await self._pinned(snap, policy, pin, parsed, start, edit)
+        route = route_for(policy, parsed.intent, parsed.model, snap.model_names)
+        if isinstance(route, ModelNotFound):
+            self._finish(ns, pname, "", "", Outcome.CLIENT_ERROR, start)
+            return _error(404, "model_not_found", route.message, "model")
         if route is None:
             self._finish(ns, pname, "", "", Outcome.CLIENT_ERROR, start)
             return _error(
@@ -225,22 +303,24 @@ class Router:
             )
         try:
             text_gate: GateRequest | None = None
-            if route.verify is not None and expected_text(
+            if edit is not None:
+                payload = edit
+            elif route.verify is not None and expected_text(
                 parsed.intent.prompt, parsed.forward.get("text")
             ):
                 # The text gate: the worker scores at the route's threshold.
                 fwd = {**parsed.forward, "min_word_accuracy": route.verify.min_word_accuracy}
                 text_gate = GateRequest(route.verify, fwd)
-                body = json.dumps(fwd, separators=(",", ":")).encode()
+                payload = Payload(json.dumps(fwd, separators=(",", ":")).encode())
             else:
-                body = (
-                    parsed.forward_raw or json.dumps(parsed.forward, separators=(",", ":")).encode()
-                )
+                payload = Payload(_generation_body(parsed))
             chosen = choose_pool(route.pools, self._rnd)
             if route.shadow is not None and self._rnd() * 100 < route.shadow.percent:
-                self.ladder.shadow(snap, ns, route.shadow.pool, body)
+                self.ladder.shadow(snap, ns, route.shadow.pool, payload)
+            # The ladder is built here so a preferred pool (sticky assets) can go first.
+            ladder = pool_ladder(route, chosen)
             return await self._forward(
-                snap, ns, pname, route, chosen, body, start, route_headers, text_gate
+                snap, ns, pname, route, chosen, ladder, payload, start, route_headers, text_gate
             )
         except asyncio.CancelledError:
             # The client went away; the attempt was cancelled with it.
@@ -249,6 +329,38 @@ class Router:
         finally:
             gate.release()
 
+    async def models(self, request: web.Request) -> web.Response:
+        """OpenAI's model list: the names the policy's routes serve now."""
+        got = self._models_policy(request)
+        if isinstance(got, web.Response):
+            return got
+        snap, policy = got
+        return web.json_response(models_list(policy, snap.model_names))
+
+    async def model(self, request: web.Request) -> web.Response:
+        got = self._models_policy(request)
+        if isinstance(got, web.Response):
+            return got
+        snap, policy = got
+        name = request.match_info["model"]
+        obj = model_object(policy, snap.model_names, name)
+        if obj is None:
+            missing = ModelNotFound(name, tuple(available(policy, snap.model_names)))
+            return _error(404, "model_not_found", missing.message, "model")
+        return web.json_response(obj)
+
+    def _models_policy(self, request: web.Request) -> tuple[Snapshot, PolicyTable] | web.Response:
+        snap = self.snapshot
+        if snap is None or not snap.policies:
+            return _error(503, "not_ready", "router has no RoutingPolicy yet")
+        wanted = request.headers.get(POLICY_HEADER)
+        policy = select_policy(snap.policies, wanted)
+        if policy is None:
+            return _error(
+                400, "unknown_policy", f"no RoutingPolicy named {wanted!r}", "X-ModelFleet-Policy"
+            )
+        return snap, policy
+
     async def _pinned(
         self,
         snap: Snapshot,
@@ -256,6 +368,7 @@ class Router:
         pool: str,
         parsed: ParsedRequest,
         start: float,
+        edit: Payload | None = None,
     ) -> web.Response:
         """The operator's pinned render: that pool only (no route, weights, fallbacks,
         shadow or verify gate), inside the policy's admission limits. Left out of the
@@ -272,9 +385,9 @@ class Router:
             self.metrics.pinned(ns, pool, Outcome.REJECTED.value)
             return rejected("overloaded", f"RoutingPolicy {policy.key} is at capacity", headers)
         try:
-            body = parsed.forward_raw or json.dumps(parsed.forward, separators=(",", ":")).encode()
+            payload = edit or Payload(_generation_body(parsed))
             deadline = start + self.settings.request_timeout_s
-            got = await self.ladder.serve(snap, ns, "", (pool,), body, deadline, pinned=True)
+            got = await self.ladder.serve(snap, ns, "", (pool,), payload, deadline, pinned=True)
         finally:
             gate.release()
         if isinstance(got, Unserved):
@@ -286,7 +399,7 @@ class Router:
             self.metrics.pinned(ns, pool, code)
             return _error(status, code, message, headers=headers)
         self.metrics.pinned(ns, pool, got.res.outcome.value)
-        return relay(got.res, headers)
+        return relay(got.res, {**headers, **dict(got.res.headers)})
 
     async def _forward(
         self,
@@ -295,19 +408,20 @@ class Router:
         pname: str,
         route: RouteEntry,
         chosen: str | None,
-        body: bytes,
+        ladder: tuple[str, ...],
+        payload: Payload,
         start: float,
         headers: dict[str, str],
         gate: GateRequest | None = None,
     ) -> web.Response:
         deadline = start + self.settings.request_timeout_s
-        ladder = pool_ladder(route, chosen)
-        got = await self.ladder.serve(snap, ns, route.name, ladder, body, deadline)
+        got = await self.ladder.serve(snap, ns, route.name, ladder, payload, deadline)
         if isinstance(got, Unserved):
             return self._fail(ns, pname, route, ladder, got.tried, start, headers, got.deadline_hit)
         pool, res = got.pool, got.res
         out_headers = {
             **headers,
+            **dict(res.headers),  # the worker's provenance: model, revision, cost
             "X-ModelFleet-Pool": pool,
             "X-ModelFleet-Fallback": "true" if pool != chosen else "false",
         }
@@ -333,7 +447,7 @@ class Router:
         deadline = start + self.settings.request_timeout_s
 
         async def render_on(pool: str, body: bytes, until: float) -> Served | Unserved:
-            return await self.ladder.serve(snap, ns, route.name, (pool,), body, until)
+            return await self.ladder.serve(snap, ns, route.name, (pool,), Payload(body), until)
 
         tg = TextGate(self.metrics, self._clock, (ns, pname, route.name))
         ans = await tg.run(gate, first, deadline, render_on, headers)
@@ -371,3 +485,7 @@ class Router:
         self, ns: str, pname: str, route: str, pool: str, outcome: Outcome, start: float
     ) -> None:
         self.metrics.finished(ns, pname, route, pool, outcome.value, self._clock() - start)
+
+
+def _generation_body(parsed: ParsedRequest) -> bytes:
+    return parsed.forward_raw or json.dumps(parsed.forward, separators=(",", ":")).encode()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from modelfleet.router.config import Snapshot
 from modelfleet.router.metrics import RouterMetrics
 from modelfleet.router.textgate import Served, Unserved
-from modelfleet.router.upstream import AttemptResult, UpstreamClient
+from modelfleet.router.upstream import AttemptResult, Payload, UpstreamClient
 from modelfleet.routing.ladder import Attempt, Tried
 from modelfleet.routing.stats import AttemptStats
 from modelfleet.routing.table import choose_endpoint
@@ -32,6 +32,7 @@ class Settings:
     eject_s: float = 2.0  # how long an endpoint that refused a connection is avoided
     shadow_max_in_flight: int = 64  # beyond this, shadow copies are dropped
     max_connections: int = 4096
+    max_upload_bytes: int = 25 * 1024 * 1024  # an edit's whole multipart body
 
 
 class Ladder:
@@ -79,7 +80,7 @@ class Ladder:
         ns: str,
         route_name: str,
         ladder: tuple[str, ...],
-        body: bytes,
+        payload: Payload,
         deadline: float,
         pinned: bool = False,
     ) -> Served | Unserved:
@@ -110,7 +111,7 @@ class Ladder:
                     self.metrics.retries.labels(ns, pool).inc()
                 used.add(ep)
                 res = await self._attempt(
-                    ns, pool, ep, body, min(s.attempt_timeout_s, remaining), pinned
+                    ns, pool, ep, payload, min(s.attempt_timeout_s, remaining), pinned
                 )
                 tried.append(Tried(pool, ep, res.outcome))
                 if res.outcome is Attempt.OK or res.outcome is Attempt.CLIENT_ERROR:
@@ -128,12 +129,12 @@ class Ladder:
             del self.outstanding[ep]
 
     async def _attempt(
-        self, ns: str, pool: str, ep: str, body: bytes, timeout_s: float, pinned: bool = False
+        self, ns: str, pool: str, ep: str, payload: Payload, timeout_s: float, pinned: bool
     ) -> AttemptResult:
         self._held(ep)
         t0 = self._clock()
         try:
-            res = await self.upstream.generate(ep, body, timeout_s)
+            res = await self.upstream.send(ep, payload, timeout_s)
         finally:
             self._released(ep)
         t1 = self._clock()
@@ -155,7 +156,7 @@ class Ladder:
 
     # -- shadow ----------------------------------------------------------------------
 
-    def shadow(self, snap: Snapshot, ns: str, pool: str, body: bytes) -> None:
+    def shadow(self, snap: Snapshot, ns: str, pool: str, payload: Payload) -> None:
         """Fire and forget: the primary never waits on it, and a bounded number run at once."""
         counter = self.metrics.shadow_requests
         endpoints = snap.endpoints.get((ns, pool), ())
@@ -170,14 +171,14 @@ class Ladder:
             counter.labels(ns, pool, "no_endpoints").inc()
             return
         self._shadow_in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._shadow_run(ns, pool, ep, body))
+        task = asyncio.get_running_loop().create_task(self._shadow_run(ns, pool, ep, payload))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _shadow_run(self, ns: str, pool: str, ep: str, body: bytes) -> None:
+    async def _shadow_run(self, ns: str, pool: str, ep: str, payload: Payload) -> None:
         self._held(ep)
         try:
-            res = await self.upstream.generate(ep, body, self.settings.attempt_timeout_s)
+            res = await self.upstream.send(ep, payload, self.settings.attempt_timeout_s)
             self.metrics.shadow_requests.labels(ns, pool, res.outcome.value).inc()
         finally:
             self._shadow_in_flight -= 1

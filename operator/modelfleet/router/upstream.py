@@ -21,7 +21,23 @@ from modelfleet.routing.stats import (
 )
 
 GENERATIONS_PATH = "/v1/images/generations"
-_JSON_HEADERS = {"Content-Type": "application/json"}
+EDITS_PATH = "/v1/images/edits"
+JSON_TYPE = "application/json"
+# The worker's provenance headers (shared contract 1), relayed to the client as they came.
+PROVENANCE_HEADERS = ("X-ModelFleet-Model", "X-ModelFleet-Revision", "X-ModelFleet-Cost-USD")
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What one attempt sends: a generation's JSON, or an edit's multipart body as the
+    client sent it (same Content-Type, boundary included)."""
+
+    body: bytes
+    path: str = GENERATIONS_PATH
+    content_type: str = JSON_TYPE
+
+
+_JSON_HEADERS = {"Content-Type": JSON_TYPE}
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,8 @@ class AttemptResult:
     batch_size: int = 1
     # The worker's verification summary headers; None when it verified nothing.
     text: TextSummary | None = None
+    # PROVENANCE_HEADERS the worker sent, for the client.
+    headers: tuple[tuple[str, str], ...] = ()
     # What the worker said the answer cost (COST_HEADER, USD; None when not reported)
     # and the images an ok answer holds.
     cost_usd: float | None = None
@@ -66,7 +84,7 @@ class UpstreamClient:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         # Parsed once: URL parsing and timeout objects are a visible share of a request's CPU.
-        self._urls: dict[str, URL] = {}
+        self._urls: dict[tuple[str, str], URL] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def start(self) -> None:
@@ -92,12 +110,16 @@ class UpstreamClient:
             self._session = None
 
     async def generate(self, endpoint: str, body: bytes, timeout_s: float) -> AttemptResult:
+        return await self.send(endpoint, Payload(body), timeout_s)
+
+    async def send(self, endpoint: str, payload: Payload, timeout_s: float) -> AttemptResult:
         assert self._session is not None, "UpstreamClient.start() not called"
-        url = self._urls.get(endpoint)
+        key = (endpoint, payload.path)
+        url = self._urls.get(key)
         if url is None:
             if len(self._urls) > 10000:  # endpoints churn over weeks of rollouts
                 self._urls.clear()
-            url = self._urls[endpoint] = URL(endpoint + GENERATIONS_PATH)
+            url = self._urls[key] = URL(endpoint + payload.path)
         timeout = self._timeouts.get(timeout_s)
         if timeout is None:
             if len(self._timeouts) > 1000:  # remaining-deadline values vary
@@ -105,11 +127,13 @@ class UpstreamClient:
             timeout = self._timeouts[timeout_s] = aiohttp.ClientTimeout(
                 total=timeout_s, sock_connect=min(self._connect_timeout_s, timeout_s)
             )
+        ctype = payload.content_type
+        headers = _JSON_HEADERS if ctype == JSON_TYPE else {"Content-Type": ctype}
         try:
             async with self._session.post(
                 url,
-                data=body,
-                headers=_JSON_HEADERS,
+                data=payload.body,
+                headers=headers,
                 timeout=timeout,
             ) as resp:
                 data = await resp.read()
@@ -127,6 +151,8 @@ class UpstreamClient:
                     if verified is not None
                     else None
                 )
+                rh = resp.headers
+                relayed = tuple((h, rh[h]) for h in PROVENANCE_HEADERS if h in rh)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # Nothing reached the worker: always safe to try another one.
             return AttemptResult(Attempt.CONNECT_ERROR, 0, b"", str(exc))
@@ -146,6 +172,7 @@ class UpstreamClient:
             service_s,
             batch_size,
             text,
+            headers=relayed,
             cost_usd=parse_cost(cost),
             images=images,
         )
