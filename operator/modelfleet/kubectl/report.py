@@ -25,6 +25,7 @@ from typing import Any
 from modelfleet.api.common import parse_time
 from modelfleet.kubectl import PROG
 from modelfleet.kubectl.client import ImageResult, Kube, PluginError, get_canary
+from modelfleet.kubectl.cost import COST_HEADERS, cost_checks, cost_line, cost_rows
 from modelfleet.kubectl.formatting import (
     CONDITIONS_HEADERS,
     HISTORY_HEADERS,
@@ -293,6 +294,7 @@ def render_report(
                 ["interval", spec.get("interval", "")],
                 ["started", st.get("startedAt") or "-"],
                 ["finished", st.get("finishedAt") or "-"],
+                *([["cost per image", cost_line(canary)]] if cost_checks(canary) else []),
             ],
         ),
         "<h2>Timeline</h2>",
@@ -313,6 +315,10 @@ def render_report(
         if metrics
         else "<p>(none)</p>"
     )
+    cost = cost_rows(canary)
+    if cost:
+        parts.append("<h2>Cost per image (USD)</h2>")
+        parts.append(_html_table(COST_HEADERS, cost))
     parts.append("<h2>History</h2>")
     parts.append(
         _html_table(HISTORY_HEADERS, history_rows(history, steps))

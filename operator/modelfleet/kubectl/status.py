@@ -11,6 +11,7 @@ from typing import Any
 from modelfleet.api.canary import TERMINAL_PHASES
 from modelfleet.canary.manual import ACTION_ANNOTATION
 from modelfleet.kubectl.client import Kube, get_canary
+from modelfleet.kubectl.cost import cost_checks, cost_line
 from modelfleet.kubectl.formatting import (
     CONDITIONS_HEADERS,
     HISTORY_HEADERS,
@@ -53,6 +54,8 @@ def format_status(canary: dict[str, Any]) -> str:
         handled = "handled" if st.get("lastAction") == action else "pending"
         lines.append(f"Action:     {action} ({handled})")
     lines.append(f"Message:    {st.get('message') or '-'}")
+    if cost_checks(canary):
+        lines.append(f"Cost/image: {cost_line(canary)}")
     lines.append("")
     lines.append("Metrics (latest analysis):")
     metrics = st.get("metrics") or []
