@@ -21,9 +21,11 @@ import hashlib
 import json
 import os
 import struct
+import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,8 @@ class StandIn:
         self.in_flight = 0
         self.max_in_flight = 0
         self._runner: web.AppRunner | None = None
+        # Tests set faults from their own thread while the server's loop takes them.
+        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -114,24 +118,27 @@ class StandIn:
 
     def add_fault(self, kind: str, count: int | None = 1, **kw: Any) -> Fault:
         fault = Fault(kind, count, **kw)
-        self.faults.append(fault)
+        with self._lock:
+            self.faults.append(fault)
         return fault
 
     def clear(self) -> None:
-        self.faults.clear()
-        self.calls.clear()
+        with self._lock:
+            self.faults.clear()
+            self.calls.clear()
 
     def take_fault(self, kinds: tuple[str, ...] = FAULT_KINDS[:-1]) -> Fault | None:
         """The first fault of `kinds` this request answers, if any (consumes one of its
         answers). Generation requests take every kind but `slow_url`, downloads only it."""
-        self.faults = [f for f in self.faults if f.count is None or f.count > 0]
-        for fault in self.faults:
-            if fault.kind not in kinds:
-                continue
-            if fault.count is not None:
-                fault.count -= 1
-            return fault
-        return None
+        with self._lock:
+            self.faults[:] = [f for f in self.faults if f.count is None or f.count > 0]
+            for fault in self.faults:
+                if fault.kind not in kinds:
+                    continue
+                if fault.count is not None:
+                    fault.count -= 1
+                return fault
+            return None
 
     def blocked(self, prompt: str) -> bool:
         low = prompt.lower()
@@ -195,6 +202,32 @@ class StandIn:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+@contextmanager
+def in_thread(standin: StandIn, timeout: float = 10.0) -> Iterator[StandIn]:
+    """Serve `standin` from its own event loop in a background thread, so blocking test
+    code (and adapter subprocesses) can talk to it while it answers."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(standin.start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name=f"standin-{type(standin).__name__}", daemon=True)
+    thread.start()
+    if not started.wait(timeout):
+        raise RuntimeError("stand-in did not start")
+    try:
+        yield standin
+    finally:
+        asyncio.run_coroutine_threadsafe(standin.stop(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        loop.close()
 
 
 def main(factory: Callable[[str, str, int], StandIn], description: str) -> None:

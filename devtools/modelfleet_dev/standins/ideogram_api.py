@@ -121,6 +121,7 @@ class IdeogramStandIn(StandIn):
         self.images: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self.max_images = 512
         self.downloads = 0
+        self.download_headers: list[dict[str, str]] = []  # what each URL fetch sent
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/ideogram-v3/generate", self._v3)
@@ -334,6 +335,7 @@ class IdeogramStandIn(StandIn):
         return f"{self.url}/api/images/ephemeral/{name}?exp={int(time.time() + URL_TTL_S)}"
 
     async def _image(self, request: web.Request) -> web.StreamResponse:
+        self.download_headers.append(dict(request.headers))
         fault = self.take_fault(("slow_url",))
         if fault is not None:
             await asyncio.sleep(fault.delay_s)
