@@ -606,6 +606,10 @@ def test_quota_exhausted_pool_is_degraded_not_ready_then_recovers() -> None:
     conds = {c.type: c for c in down.conditions}
     assert (conds["Degraded"].status, conds["Degraded"].reason) == ("True", ps.QUOTA_EXHAUSTED)
     assert (conds["Ready"].status, conds["Ready"].reason) == ("False", ps.QUOTA_EXHAUSTED)
+    # The Deployment still counting the pods ready (it lags the pods): not Ready anyway.
+    lagging = ps.compute_status(p, None, deployment_status(2, 2, 2), [], None, NOW, quota=quota)
+    assert {c.type: c.status for c in lagging.conditions}["Ready"] == "False"
+    assert lagging.phase == "Degraded"
     later = NOW + dt.timedelta(minutes=11)
     up = ps.compute_status(p, down, deployment_status(2, 2, 2), [], None, later)
     assert up.phase == "Ready"

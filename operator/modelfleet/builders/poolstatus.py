@@ -238,7 +238,9 @@ def compute_status(
             gen,
         )
 
-    if want == 0 and complete:
+    if quota:  # the adapters cannot serve, whatever the Deployment still counts
+        conditions = set_condition(conditions, "Ready", "False", quota[0], quota[1], now, gen)
+    elif want == 0 and complete:
         conditions = set_condition(
             conditions, "Ready", "True", SCALED_TO_ZERO, "pool scaled to 0", now, gen
         )
