@@ -100,9 +100,10 @@ def test_output_size(size: tuple[int, int], expected: tuple[int, int]) -> None:
         ({"seed": ["nan"]}, {"seed": "nan"}),
         ({"stream": ["false"]}, {"stream": False}),
         ({"text[]": ["A", "B"]}, {"text": ["A", "B"]}),
+        ({"tags[]": ["a", "b"], "tags": ["c"]}, {"tags": ["a", "b", "c"]}),
         (
             {"model": ["sd"], "user": ["u"], "tags": ["x"]},
-            {"model": "sd", "user": "u", "tags": "x"},
+            {"model": "sd", "user": "u", "tags": ["x"]},
         ),
     ],
 )

@@ -220,19 +220,22 @@ def _output_format(body: dict[str, Any]) -> tuple[str, int | None]:
 _FORM_INTS = ("n", "seed", "steps", "output_compression", "partial_images")
 _FORM_FLOATS = ("guidance_scale", "min_word_accuracy", "strength")
 _FORM_BOOLS = ("stream",)
+_FORM_LISTS = ("text", "tags")
 
 
 def form_to_body(fields: dict[str, list[str]]) -> dict[str, Any]:
     """A multipart form's text fields as the JSON body validate_request reads.
 
     Numbers arrive as text ("2"); a value that does not parse stays a string so
-    validate_request rejects it naming the field. `text` (or `text[]`) may repeat.
+    validate_request rejects it naming the field. `text`, `tags` and any `name[]`
+    may repeat and become lists.
     """
     body: dict[str, Any] = {}
     for raw_name, values in fields.items():
         name = raw_name.removesuffix("[]")
-        if name == "text":
-            body["text"] = list(values)
+        if name in _FORM_LISTS or raw_name.endswith("[]"):
+            # The SDK sends a list as repeated `name[]` parts.
+            body.setdefault(name, []).extend(values)
             continue
         if len(values) != 1:
             raise _invalid(name, f"{name} must be given once, got {len(values)} values")
