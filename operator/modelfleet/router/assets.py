@@ -14,10 +14,10 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -36,6 +36,7 @@ log = logging.getLogger("modelfleet.router.assets")
 DEFAULT_TTL_S = 30 * 24 * 3600.0
 DEFAULT_MEMORY_ENTRIES = 200_000
 KEY_PREFIX = "modelfleet:asset:"
+T = TypeVar("T")
 
 
 class AssetStore(Protocol):
@@ -131,8 +132,23 @@ class RedisAssetStore:
     def key(namespace: str, asset_id: str) -> str:
         return f"{KEY_PREFIX}{namespace}/{asset_id}"
 
+    async def _dropping_idle_on_error(self, op: Awaitable[T]) -> T:
+        """A dead or restarted Redis leaves every idle pooled connection stale: drop them
+        all at the first connection error, so the store works again with the first
+        request after Redis is back instead of failing once per stale connection."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            return await op
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
+            raise
+
     async def get(self, namespace: str, asset_id: str) -> AssetRecord | None:
-        raw = await self._redis.getex(self.key(namespace, asset_id), ex=self.ttl_s)
+        raw = await self._dropping_idle_on_error(
+            self._redis.getex(self.key(namespace, asset_id), ex=self.ttl_s)
+        )
         if raw is None:
             return None
         try:
@@ -143,7 +159,9 @@ class RedisAssetStore:
             return None
 
     async def put(self, namespace: str, asset_id: str, record: AssetRecord) -> None:
-        await self._redis.set(self.key(namespace, asset_id), record.to_json(), ex=self.ttl_s)
+        await self._dropping_idle_on_error(
+            self._redis.set(self.key(namespace, asset_id), record.to_json(), ex=self.ttl_s)
+        )
 
     async def ping(self) -> bool:
         return bool(await self._redis.ping())

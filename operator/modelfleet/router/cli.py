@@ -13,6 +13,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelfleet.router.assets import (
+    AssetConfigError,
+    AssetStore,
+    add_asset_args,
+    asset_store_from_args,
+    describe,
+)
 from modelfleet.router.config import ConfigError, Snapshot, load_static_config
 from modelfleet.routing.pin import read_credential
 
@@ -90,6 +97,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "pre-flight replay); re-read when the file changes. Without it no request may pin "
         "[env MODELFLEET_OPERATOR_TOKEN_FILE]",
     )
+    add_asset_args(p)  # sticky assets: --asset-store, --asset-store-password-file, --asset-ttl
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(handler=_run)
@@ -159,7 +167,12 @@ def _run(args: argparse.Namespace) -> int:
             )
             return EXIT_CONFIG
     try:
-        return asyncio.run(_serve(args, settings, snapshot, credential))
+        store = asset_store_from_args(args)
+    except AssetConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(_serve(args, settings, snapshot, credential, store))
     except KeyboardInterrupt:
         return 0
 
@@ -169,12 +182,14 @@ async def _serve(
     settings: Settings,
     snapshot: Snapshot | None,
     credential: CredentialFile | None = None,
+    store: AssetStore | None = None,
 ) -> int:
     from aiohttp import web
 
     from modelfleet.router.server import Router
 
-    router = Router(settings, operator_credential=credential or (lambda: None))
+    router = Router(settings, operator_credential=credential or (lambda: None), asset_store=store)
+    log.info("sticky asset store: %s", describe(store))
     if credential is not None:
         log.info("pool pins allowed with the operator credential in %s", credential.path)
     loop = asyncio.get_running_loop()

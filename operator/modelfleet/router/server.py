@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from modelfleet.router.admission import AdmissionGate, Limits, QueueTimeout, Rejected
+from modelfleet.router.assets import AssetStore, AssetTicket, StickyAssets
 from modelfleet.router.config import Snapshot
 from modelfleet.router.metrics import LiveCollector, RouterMetrics
 from modelfleet.router.responses import JSON, json_errors, rejected, relay
@@ -55,6 +56,7 @@ class Router:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         operator_credential: Callable[[], bytes | None] = lambda: None,
+        asset_store: AssetStore | None = None,
     ) -> None:
         self.settings = settings or Settings()
         # The operator's credential for pool pins (routing.pin); read per pinned request,
@@ -67,6 +69,10 @@ class Router:
         self._clock = clock
         self._gates: dict[str, tuple[PolicyTable, AdmissionGate]] = {}
         self.ladder = Ladder(self.settings, self.metrics, self.stats, self._rnd, clock)
+        # Sticky assets (router.assets); None: asset_id is accepted and ignored.
+        self.assets = (
+            None if asset_store is None else StickyAssets(asset_store, self.metrics.registry)
+        )
         self.metrics.registry.register(
             LiveCollector(
                 lambda: [(p.namespace, p.name, g) for p, g in self._gates.values()],
@@ -114,6 +120,8 @@ class Router:
 
     async def _on_cleanup(self, _app: web.Application) -> None:
         await self.ladder.close()
+        if self.assets is not None:
+            await self.assets.close()
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -218,7 +226,8 @@ class Router:
                     total += len(chunk)
                     chunks.append(chunk)
                     if total > limit:
-                        part = part_being_read(b"".join(chunks), boundary)
+                        # The part that crossed the limit (the last chunk may go past it).
+                        part = part_being_read(b"".join(chunks)[: limit + 1], boundary)
                         where = f" while reading {part!r}" if part else ""
                         return _error(
                             413,
@@ -319,9 +328,15 @@ class Router:
                 self.ladder.shadow(snap, ns, route.shadow.pool, payload)
             # The ladder is built here so a preferred pool (sticky assets) can go first.
             ladder = pool_ladder(route, chosen)
+            ticket = None
+            if parsed.asset_id is not None and self.assets is not None:
+                live = {p for n, p in snap.endpoints if n == ns}
+                ticket = await self.assets.lookup(ns, parsed.asset_id, ladder, live)
+                ladder, chosen = ticket.ladder, ticket.choice.pool_first or chosen
             return await self._forward(
-                snap, ns, pname, route, chosen, ladder, payload, start, route_headers, text_gate
-            )
+                snap, ns, pname, route, chosen, ladder, payload, start, route_headers, text_gate,
+                ticket,
+            )  # fmt: skip
         except asyncio.CancelledError:
             # The client went away; the attempt was cancelled with it.
             self._finish(ns, pname, route.name, "", Outcome.CLIENT_ERROR, start)
@@ -413,6 +428,7 @@ class Router:
         start: float,
         headers: dict[str, str],
         gate: GateRequest | None = None,
+        ticket: AssetTicket | None = None,
     ) -> web.Response:
         deadline = start + self.settings.request_timeout_s
         got = await self.ladder.serve(snap, ns, route.name, ladder, payload, deadline)
@@ -426,6 +442,9 @@ class Router:
             "X-ModelFleet-Fallback": "true" if pool != chosen else "false",
         }
         ok = res.outcome is Attempt.OK
+        if ok and ticket is not None and self.assets is not None:
+            # Records a first render or a move; says where the asset lives either way.
+            out_headers.update(await self.assets.recorded(ticket, pool, res.body, out_headers))
         if ok and gate is not None:
             return await self._gated(snap, ns, pname, route, gate, got, start, out_headers)
         self._finish(ns, pname, route.name, pool, Outcome.OK if ok else Outcome.CLIENT_ERROR, start)
