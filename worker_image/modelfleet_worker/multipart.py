@@ -12,6 +12,7 @@ import io
 from dataclasses import dataclass, field
 
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .validation import RequestError
 
@@ -49,8 +50,8 @@ async def read_edit_form(request: web.Request, limit: int) -> EditForm:
         return await _read_parts(reader, limit)
     except RequestError:
         raise
-    except (ValueError, AssertionError, RuntimeError) as exc:
-        # aiohttp's parser: bad boundary, truncated body, malformed headers.
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
+        # aiohttp's parser: bad boundary, truncated body, malformed part headers.
         raise RequestError(
             400, "invalid_request", f"malformed multipart body: {exc}", None
         ) from exc
