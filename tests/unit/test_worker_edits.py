@@ -252,3 +252,19 @@ def test_generation_accepts_openai_and_router_fields() -> None:
     )
     assert (req.width, req.height) == (64, 64)
     assert (req.output_format, req.output_compression) == ("jpeg", 30)
+
+
+@pytest.mark.parametrize(
+    ("path", "label"),
+    [
+        ("/v1/images/generations", "generations"),
+        ("/v1/images/edits", "edits"),
+        ("/edits", "other"),
+        ("/v1/images/variations", "other"),
+        ("/healthz", "other"),
+    ],
+)
+def test_endpoint_label(path: str, label: str) -> None:
+    from modelfleet_worker.metrics import endpoint_of
+
+    assert endpoint_of(path) == label

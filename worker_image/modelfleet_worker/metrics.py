@@ -30,6 +30,12 @@ OUTCOMES = (
 ENDPOINTS = ("generations", "edits")  # the `endpoint` label; "other" for stray paths
 
 
+def endpoint_of(path: str) -> str:
+    """The `endpoint` label of a request path: generations, edits, or other."""
+    tail = path.removeprefix("/v1/images/")
+    return tail if tail != path and tail in ENDPOINTS else "other"
+
+
 class WorkerMetrics:
     content_type = CONTENT_TYPE_LATEST
 

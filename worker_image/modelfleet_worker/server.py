@@ -25,7 +25,7 @@ from .config import WorkerConfig
 from .engine import Engine, Job, JobResult, QueueFullError
 from .faults import FaultInjector, FaultSettings
 from .memory import margin_bytes, memory_batch_cap, scaled_profile
-from .metrics import WorkerMetrics
+from .metrics import WorkerMetrics, endpoint_of
 from .validation import (
     MAX_BODY_BYTES,
     OUTPUT_FORMATS,
@@ -76,15 +76,6 @@ def encode_image(image: Any, fmt: str, compression: int | None) -> str:
         kwargs["quality"] = 100 - compression
     image.save(buf, format=OUTPUT_FORMATS[fmt], **kwargs)
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def endpoint_of(path: str) -> str:
-    """The `endpoint` metric label: generations, edits, or other."""
-    if path.startswith("/v1/images/"):
-        tail = path.removeprefix("/v1/images/")
-        if tail in ("generations", "edits"):
-            return tail
-    return "other"
 
 
 class WorkerServer:
