@@ -58,3 +58,15 @@ def test_multipart_text_numbers_are_taken() -> None:
     r = parse_client_request({"prompt": "p", "n": "2", "size": "1024x1024"},
                              capabilities_for("gpt-image-1")[0], {}, "reject")  # fmt: skip
     assert r.n == 2 and r.plan.counts == (2,)
+
+
+def test_a_pool_default_quality_the_model_does_not_take_is_dropped() -> None:
+    no_quality = capabilities_for("gpt-image-1")[0].__class__(
+        sizes=(Size(1024, 1024),), default_size=Size(1024, 1024), max_n=4, seed=True, edits=False
+    )
+    r = parse_client_request({"prompt": "p"}, no_quality, {"quality": "hd"}, "reject")
+    assert r.quality is None
+    r = parse_client_request({"prompt": "p"}, DALLE3, {"quality": "high"}, "reject")
+    assert r.quality is None  # dall-e-3 takes standard|hd
+    with pytest.raises(TranslationError):  # the client's own value is still checked
+        parse_client_request({"prompt": "p", "quality": "hd"}, no_quality, {}, "reject")

@@ -124,7 +124,10 @@ def test_refusal_is_422_and_counted_apart(dalle3: Worker, standin: OpenAIImagesS
     assert doc["error"]["code"] == "content_policy_violation"
     after = dalle3.metric('modelfleet_worker_provider_refusals_total{pool="hosted-test"}')
     assert after == before + 1
-    assert dalle3.metric('modelfleet_worker_requests_total{outcome="refused"}') >= 1
+    assert (
+        dalle3.metric('modelfleet_worker_requests_total{endpoint="generations",outcome="refused"}')
+        >= 1
+    )
     # the adapter stays ready: a refusal is the prompt's fault, not the pool's
     assert dalle3.request("GET", "/readyz")[0] == 200
 
@@ -285,3 +288,30 @@ def test_key_never_leaks(standin: OpenAIImagesStandIn) -> None:
     for text in bodies:
         assert wrong not in text
         assert wrong[-4:] not in text  # not even the masked tail the provider quoted
+
+
+@pytest.mark.parametrize(
+    ("backend", "model", "key", "says"),
+    [
+        ("openai", "dall-e-3", "", "MODELFLEET_PROVIDER_API_KEY is not set"),
+        ("openai", "dall-e-9", KEY, "unknown provider model 'dall-e-9'"),
+        ("nope", "m", KEY, "unknown backend 'nope'"),
+    ],
+)
+def test_refuses_to_start_on_bad_config(
+    standin: OpenAIImagesStandIn, backend: str, model: str, key: str, says: str
+) -> None:
+    w = hosted_fixtures.start_adapter(backend, model, standin.base_url, key, wait=False)
+    assert w.proc.wait(30) == 2
+    assert says in w.log()
+
+
+def test_sigterm_drains_and_exits_0(standin: OpenAIImagesStandIn) -> None:
+    w = start_adapter(standin, "dall-e-2")
+    standin.add_fault("slow", delay_s=1.0)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(w.generate, {"prompt": "p"})
+        wait_for(lambda: standin.in_flight == 1, timeout=10, what="the call reached the provider")
+        w.proc.terminate()
+        assert pending.result(timeout=10)[0] == 200  # the running request is finished
+    assert w.proc.wait(10) == 0

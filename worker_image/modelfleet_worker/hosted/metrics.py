@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .. import __version__
+from ..metrics import ENDPOINTS
 
 P = "modelfleet_worker_"
 OUTCOMES = (
@@ -39,16 +40,25 @@ class HostedMetrics:
                 "version": __version__,
             }
         )
-        self.requests = Counter(P + "requests", "Requests by outcome", ["outcome"], registry=r)
-        for o in OUTCOMES:
-            self.requests.labels(outcome=o)
+        # The diffusers worker's labels (endpoint: generations | edits | other).
+        self.requests = Counter(
+            P + "requests", "Requests by endpoint and outcome", ["endpoint", "outcome"], registry=r
+        )
         self.request_duration = Histogram(
             P + "request_duration_seconds",
-            "Generation request latency, admission to response",
+            "Request latency by endpoint, admission to response",
+            ["endpoint"],
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
-        self.images = Counter(P + "images_generated", "Images generated", registry=r)
+        self.images = Counter(
+            P + "images_generated", "Images made, by endpoint", ["endpoint"], registry=r
+        )
+        for e in ENDPOINTS:  # export zeros so rate() works from the first scrape
+            self.images.labels(endpoint=e)
+            self.request_duration.labels(endpoint=e)
+            for o in OUTCOMES:
+                self.requests.labels(endpoint=e, outcome=o)
         self.ready = Gauge(P + "ready", "1 when serving, 0 otherwise", registry=r)
         self.provider_requests = Counter(
             P + "provider_requests", "Provider calls by outcome", ["outcome"], registry=r

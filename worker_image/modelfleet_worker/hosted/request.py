@@ -86,10 +86,11 @@ def parse_client_request(
     n = _int(body, "n", 1, MAX_N) or 1
     seed = _int(body, "seed", 0, MAX_SEED)
     size = _str(body, "size")
-    quality = _str(body, "quality")
-    if quality is None:
-        quality = defaults.get("quality")
-    quality = check_quality(quality, caps)
+    quality = check_quality(_str(body, "quality"), caps)
+    if quality is None and defaults.get("quality") in caps.qualities:
+        # A pool default the model does not take is dropped: only the client's own
+        # field is the client's error (one pool's defaults may serve several backends).
+        quality = defaults["quality"]
     negative = _str(body, "negative_prompt")
     if negative is None:
         negative = defaults.get("negative_prompt")

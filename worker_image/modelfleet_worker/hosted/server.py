@@ -23,6 +23,7 @@ from aiohttp import web
 from modelfleet_common.errors import error_body
 from modelfleet_common.prices import PriceTable, load_table
 
+from ..metrics import endpoint_of
 from ..validation import MAX_BODY_BYTES, RequestError, parse_body
 from .backend import (
     EditInput,
@@ -49,6 +50,7 @@ log = logging.getLogger("modelfleet_worker.hosted")
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # an edit's files together (the Images API's limit)
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+MAX_FIELD_BYTES = 64 * 1024  # one text part of an edit form
 EXIT_BAD_CONFIG = 2
 
 
@@ -135,8 +137,8 @@ class HostedServer:
     def scrub(self, text: str) -> str:
         return text.replace(self._key, "[redacted]") if self._key else text
 
-    def _error(self, r: Reject) -> web.Response:
-        self.metrics.requests.labels(outcome=r.outcome).inc()
+    def _error(self, r: Reject, endpoint: str) -> web.Response:
+        self.metrics.requests.labels(endpoint=endpoint, outcome=r.outcome).inc()
         headers = (
             {} if r.retry_after is None else {"Retry-After": retry_after_header(r.retry_after)}
         )
@@ -148,18 +150,23 @@ class HostedServer:
     async def _errors(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        endpoint = endpoint_of(request.path)
         try:
             return await handler(request)
         except Reject as r:
-            return self._error(r)
+            return self._error(r, endpoint)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             outcome = "too_large" if exc.status == 413 else "invalid"
-            return self._error(Reject(exc.status, "http_error", exc.reason, outcome=outcome))
+            return self._error(
+                Reject(exc.status, "http_error", exc.reason, outcome=outcome), endpoint
+            )
         except Exception as exc:
             log.error("unhandled %s on %s", type(exc).__name__, request.path)
-            return self._error(Reject(500, "internal_error", "internal error", outcome="error"))
+            return self._error(
+                Reject(500, "internal_error", "internal error", outcome="error"), endpoint
+            )
 
     # ----- probes -----------------------------------------------------------------
 
@@ -200,7 +207,7 @@ class HostedServer:
             body = parse_body(raw)
         except RequestError as exc:
             raise Reject(exc.status, exc.code, exc.message, exc.param) from exc
-        return await self._serve(body, None)
+        return await self._serve(body, None, "generations")
 
     async def edits(self, request: web.Request) -> web.Response:
         if not self.backend.capabilities.edits:
@@ -211,9 +218,9 @@ class HostedServer:
                 "image",
             )
         fields, edit = await read_edit_form(request)
-        return await self._serve(fields, edit)
+        return await self._serve(fields, edit, "edits")
 
-    async def _serve(self, body: Any, edit: EditInput | None) -> web.Response:
+    async def _serve(self, body: Any, edit: EditInput | None, endpoint: str) -> web.Response:
         t0 = time.perf_counter()
         self._active += 1
         self._idle.clear()
@@ -230,9 +237,11 @@ class HostedServer:
                 raise Reject(400, "invalid_request", exc.message, exc.param) from exc
             self._take_tokens(len(req.plan.counts))
             made = await self._make(req, edit)
-            return self._answer(made, time.perf_counter() - t0)
+            return self._answer(made, time.perf_counter() - t0, endpoint)
         finally:
-            self.metrics.request_duration.observe(time.perf_counter() - t0)
+            self.metrics.request_duration.labels(endpoint=endpoint).observe(
+                time.perf_counter() - t0
+            )
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
@@ -436,9 +445,9 @@ class HostedServer:
 
         return list(await asyncio.gather(*(one(im) for im in images)))
 
-    def _answer(self, made: Made, elapsed_s: float) -> web.Response:
-        self.metrics.images.inc(len(made.images))
-        self.metrics.requests.labels(outcome="ok").inc()
+    def _answer(self, made: Made, elapsed_s: float, endpoint: str) -> web.Response:
+        self.metrics.images.labels(endpoint=endpoint).inc(len(made.images))
+        self.metrics.requests.labels(endpoint=endpoint, outcome="ok").inc()
         data = []
         for im in made.images:
             item: dict[str, Any] = {"b64_json": im.b64_json}
@@ -537,10 +546,14 @@ async def read_edit_form(request: web.Request) -> tuple[dict[str, str], EditInpu
         if not isinstance(part, aiohttp.BodyPartReader):
             continue
         name = part.name or ""
-        if part.filename is None:
-            fields[name] = (await part.read(decode=True)).decode("utf-8", "replace")
-            continue
         data = bytearray()
+        if part.filename is None:
+            while chunk := await part.read_chunk(64 * 1024):
+                data.extend(chunk)
+                if len(data) > MAX_FIELD_BYTES:
+                    raise Reject(400, "invalid_request", f"{name} is over 64 KiB", name or None)
+            fields[name] = data.decode("utf-8", "replace")
+            continue
         while chunk := await part.read_chunk(256 * 1024):
             data.extend(chunk)
             if total + len(data) > MAX_UPLOAD_BYTES:
