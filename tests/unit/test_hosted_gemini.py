@@ -171,6 +171,39 @@ def test_every_size_is_what_the_provider_renders_for_its_parameters(
     assert len(table) == len(served)
 
 
+@pytest.mark.parametrize(
+    ("backend", "model", "image_size", "default"),
+    [
+        ("gemini-imagen", "imagen-4.0-generate-001", None, Size(1024, 1024)),
+        ("gemini-imagen", "imagen-4.0-generate-001", "2K", Size(2048, 2048)),
+        ("gemini", "gemini-3-pro-image-preview", "4K", Size(4096, 4096)),
+        ("gemini", "gemini-2.5-flash-image", "1K", Size(1024, 1024)),
+    ],
+)
+def test_pool_default_image_size_sets_the_default_size(
+    backend: str, model: str, image_size: str | None, default: Size
+) -> None:
+    defaults = {"image_size": image_size} if image_size else {}
+    caps = make_backend(backend, BackendSettings(model, defaults=defaults)).capabilities
+    assert caps.default_size == default
+    assert plan_calls(1, None, None, caps, "reject").size == default
+
+
+@pytest.mark.parametrize(
+    ("backend", "model", "image_size"),
+    [
+        ("gemini-imagen", "imagen-4.0-fast-generate-001", "2K"),
+        ("gemini-imagen", "imagen-4.0-ultra-generate-001", "4K"),
+        ("gemini", "gemini-2.5-flash-image", "2K"),
+    ],
+)
+def test_a_default_image_size_the_model_cannot_make_stops_the_adapter(
+    backend: str, model: str, image_size: str
+) -> None:
+    with pytest.raises(ValueError, match="image_size"):
+        make_backend(backend, BackendSettings(model, defaults={"image_size": image_size}))
+
+
 def test_registry_builds_both_and_rejects_unknown_models() -> None:
     assert make_backend("gemini-imagen", BackendSettings("imagen-4.0-ultra-generate-001")).name == (
         "gemini-imagen"

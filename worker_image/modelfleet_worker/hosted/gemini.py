@@ -379,11 +379,25 @@ def _sizes(table: Mapping[Size, Any]) -> tuple[Size, ...]:
     return tuple(sorted(table, key=lambda s: (s.width * s.height, s.width)))
 
 
-def imagen_capabilities(model: str) -> Capabilities:
+def _default_size(table: Mapping[Size, tuple[str, str | None]], image_size: Any) -> Size:
+    """The square at the pool's default `image_size` (PROVIDER_DEFAULTS), else 1024x1024:
+    the size a request without one gets."""
+    if image_size is None:
+        return Size(1024, 1024)
+    for size, (ratio, made) in table.items():
+        if ratio == "1:1" and (made or "1K") == image_size:
+            return size
+    offered = sorted({made or "1K" for _, made in table.values()})
+    raise ValueError(
+        f"default image_size {image_size!r} is not one this model makes ({', '.join(offered)})"
+    )
+
+
+def imagen_capabilities(model: str, image_size: Any = None) -> Capabilities:
     table = IMAGEN_MODELS[model]
     return Capabilities(
         sizes=_sizes(table),
-        default_size=Size(1024, 1024),
+        default_size=_default_size(table, image_size),
         max_n=4,
         seed=False,
         edits=False,
@@ -391,10 +405,11 @@ def imagen_capabilities(model: str) -> Capabilities:
     )
 
 
-def gemini_capabilities(model: str) -> Capabilities:
+def gemini_capabilities(model: str, image_size: Any = None) -> Capabilities:
+    table = GEMINI_MODELS[model]
     return Capabilities(
-        sizes=_sizes(GEMINI_MODELS[model]),
-        default_size=Size(1024, 1024),
+        sizes=_sizes(table),
+        default_size=_default_size(table, image_size),
         max_n=1,
         seed=True,
         edits=True,
@@ -412,10 +427,12 @@ def _known(model: str, table: Mapping[str, Any], backend: str) -> None:
 def make_imagen(settings: BackendSettings) -> GeminiImagen:
     _known(settings.provider_model, IMAGEN_MODELS, "gemini-imagen")
     model = settings.provider_model
-    return GeminiImagen("gemini-imagen", model, imagen_capabilities(model))
+    caps = imagen_capabilities(model, settings.defaults.get("image_size"))
+    return GeminiImagen("gemini-imagen", model, caps)
 
 
 def make_gemini(settings: BackendSettings) -> GeminiImage:
     _known(settings.provider_model, GEMINI_MODELS, "gemini")
     model = settings.provider_model
-    return GeminiImage("gemini", model, gemini_capabilities(model))
+    caps = gemini_capabilities(model, settings.defaults.get("image_size"))
+    return GeminiImage("gemini", model, caps)
