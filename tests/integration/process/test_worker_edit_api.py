@@ -8,6 +8,7 @@ import io
 import socket
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from worker_fixtures import Worker, decode_png, running_worker, tiny_model_dir
 
 UPLOAD_LIMIT = 100_000
+MAX_LATENCY_MS = 200  # long enough for two concurrent edits to share a batch
+PIXEL_TOLERANCE = 2  # alone vs batched, float32 on CPU (as for generations)
 GPU_HOUR_PRICE = 3.6  # USD: 0.001 per second of service time
 
 
@@ -28,7 +31,7 @@ def worker() -> Iterator[Worker]:
     with running_worker(
         tiny_model_dir(),
         max_batch_size=4,
-        max_latency_ms=50,
+        max_latency_ms=MAX_LATENCY_MS,
         max_resolution=128,
         max_steps=4,
         max_upload_bytes=UPLOAD_LIMIT,
@@ -113,6 +116,28 @@ def test_inpainting_repaints_only_the_transparent_area(client: openai.OpenAI) ->
     assert (pixels(listed.data[0].b64_json) == a).all()
     # Without the mask it is image-to-image: a different result for the same seed.
     assert not (pixels(edit(client, 1).data[0].b64_json) == a).all()
+
+
+def test_concurrent_edits_batch_and_each_keeps_its_own_image(client: openai.OpenAI) -> None:
+    masks = [("m.png", left_half_mask(), "image/png"), None]
+
+    def one(i: int) -> Any:
+        kw: dict[str, Any] = {"image": ("in.png", noise(seed=10 + i), "image/png")}
+        if masks[i % 2] is not None:
+            kw["mask"] = masks[i % 2]
+        return client.images.with_raw_response.edit(
+            prompt=f"prompt {i}", extra_body={**EXTRA, "seed": 40 + i}, **kw
+        )
+
+    # 0 and 2 inpaint, 1 and 3 image-to-image: two batches of two, never one of four.
+    with ThreadPoolExecutor(4) as pool:
+        batched = list(pool.map(one, range(4)))
+    assert [r.headers["X-ModelFleet-Batch-Size"] for r in batched] == ["2"] * 4
+    for i, r in enumerate(batched):
+        alone = one(i)
+        assert alone.headers["X-ModelFleet-Batch-Size"] == "1"
+        a, b = (pixels(x.parse().data[0].b64_json) for x in (r, alone))
+        assert np.abs(a - b).max() <= PIXEL_TOLERANCE, i
 
 
 def test_cost_is_service_time_times_price(worker: Worker, client: openai.OpenAI) -> None:
