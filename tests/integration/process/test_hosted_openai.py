@@ -315,3 +315,15 @@ def test_sigterm_drains_and_exits_0(standin: OpenAIImagesStandIn) -> None:
         w.proc.terminate()
         assert pending.result(timeout=10)[0] == 200  # the running request is finished
     assert w.proc.wait(10) == 0
+
+
+def test_a_failed_call_of_a_split_request_fails_it_but_its_images_are_billed(
+    dalle3: Worker, standin: OpenAIImagesStandIn
+) -> None:
+    cost = 'modelfleet_worker_cost_usd_total{pool="hosted-test"}'
+    before = dalle3.metric(cost)
+    standin.add_fault("error", status=500)
+    status, doc = dalle3.generate({"prompt": "p", "n": 3})  # three calls, one answers 500
+    assert status == 502, doc
+    assert [c.status for c in standin.calls].count(200) == 2
+    assert dalle3.metric(cost) == pytest.approx(before + 2 * 0.04)  # standard 1024x1024
