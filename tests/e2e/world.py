@@ -179,12 +179,14 @@ def start_fleet(
     namespace: str,
     pools: list[dict[str, Any]],
     ready_policy: dict[str, Any],
+    router_args: Iterable[str] = (),
 ) -> Iterator[Fleet]:
     """A fresh namespace with `pools` Ready, the operator pointed at a new router
     (`--kube --namespace`), and that router up (it turns ready once it knows a policy:
     `ready_policy`). Both share one operator credential (--operator-token-file), as the
     chart mounts one Secret in both, so a canary's pre-flight replay can pin its pools.
-    The namespace and the credential are deleted afterwards."""
+    The namespace and the credential are deleted afterwards. `router_args` are extra router
+    flags (e.g. --asset-store)."""
     recreate_namespace(cluster, namespace)
     custom = k8s.CustomObjectsApi(cluster.api)
     for doc in pools:
@@ -202,7 +204,10 @@ def start_fleet(
     operator.main.kill(signal.SIGTERM)
     started = operator.ensure_running()
     router = RouterProcess.kube(
-        namespace, cluster.kubeconfig, "--operator-token-file", str(token_file), port=port
+        namespace,
+        cluster.kubeconfig,
+        *("--operator-token-file", str(token_file), *router_args),
+        port=port,
     )
     fleet = Fleet(cluster, namespace, router, operator, token_file)
     assert started.alive, started.log()
