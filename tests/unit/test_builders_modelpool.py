@@ -177,7 +177,7 @@ def _container(p: ModelPool) -> dict[str, Any]:
         ),
         (
             "openai-compatible",
-            {"model": "flux", "endpoint": "http://10.0.0.5:9000/v1", "credentials": None},
+            {"model": "flux", "endpoint": "http://10.0.0.5:9000/v1"},
             [
                 "--backend",
                 "openai-compatible",
@@ -200,7 +200,7 @@ def test_hosted_pool_command(backend: str, provider: dict[str, Any], args: list[
     [
         hosted(),
         hosted("ideogram", model="V_3"),
-        hosted("openai-compatible", model="m", endpoint="http://x/v1", credentials=None),
+        hosted("openai-compatible", model="m", endpoint="http://x/v1"),
     ],
     ids=["openai", "ideogram", "compatible"],
 )

@@ -21,8 +21,9 @@ HOSTED_BACKENDS: tuple[str, ...] = (
     "gemini",
     "ideogram",
 )
-# Backends that cannot run without a key (an openai-compatible server may be open).
-KEYED_BACKENDS: tuple[str, ...] = ("openai", "gemini-imagen", "gemini", "ideogram")
+# Every adapter needs a key (it refuses to start without one); an open
+# openai-compatible server takes any Bearer value from a Secret.
+KEYED_BACKENDS: tuple[str, ...] = HOSTED_BACKENDS
 IDEOGRAM_MODELS: tuple[str, ...] = ("V_3", "V_2", "V_2_TURBO", "V_2A", "V_2A_TURBO")
 
 # A base URL, never one carrying credentials: no userinfo (user:key@), no query
@@ -152,7 +153,7 @@ class ProviderSpec(ApiModel):
     credentials: SecretKeyRef | None = Field(
         default=None,
         description="Secret key holding the API key; it reaches the adapter only as the "
-        "env var MODELFLEET_PROVIDER_API_KEY. Required except for openai-compatible.",
+        "env var MODELFLEET_PROVIDER_API_KEY. Required.",
     )
     defaults: ProviderDefaults = Field(
         default_factory=ProviderDefaults, description="Request defaults."
