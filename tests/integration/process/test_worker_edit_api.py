@@ -68,7 +68,7 @@ def pixels(b64: str | None) -> np.ndarray:
     return np.asarray(decode_png(b64).convert("RGB")).astype(np.int16)
 
 
-EXTRA = {"steps": 4}
+EXTRA = {"steps": 2}
 
 
 def edit(client: openai.OpenAI, seed: int, **kw: Any) -> Any:
