@@ -614,3 +614,57 @@ def test_quota_exhausted_pool_is_degraded_not_ready_then_recovers() -> None:
     up = ps.compute_status(p, down, deployment_status(2, 2, 2), [], None, later)
     assert up.phase == "Ready"
     assert {c.type: c.reason for c in up.conditions}["Degraded"] == ps.HEALTHY
+
+
+@pytest.mark.parametrize(
+    ("p", "names"),
+    [
+        (pool(), ["modelfleet-router"]),
+        (hosted(), ["modelfleet-router", "modelfleet-operator"]),
+    ],
+    ids=["diffusers", "hosted"],
+)
+def test_network_policy_admits_routers_and_for_hosted_pools_the_operator(
+    p: ModelPool, names: list[str]
+) -> None:
+    settings = build.BuildSettings(worker_network_policy=True, router_namespace="mf-system")
+    policy = next(o for o in build.children(p, settings) if o["kind"] == "NetworkPolicy")
+    (rule,) = policy["spec"]["ingress"]
+    assert [
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule["from"]
+    ] == names
+    assert all(
+        peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "mf-system"}
+        for peer in rule["from"]
+    )
+    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"backend": "openai", "provider": {"model": "gpt-image-1", "credentials": SECRET_VALUE}},
+        {"backend": "openai", "provider": {"model": "gpt-image-1", "apiKey": SECRET_VALUE}},
+        {
+            "backend": "openai",
+            "provider": {"model": "gpt-image-1", "endpoint": f"https://x:{SECRET_VALUE}@h/v1"},
+        },
+        {
+            "model": {"source": "file:///m"},
+            "worker": {"env": [{"name": "K", "value": SECRET_VALUE}]},
+        },
+        {"model": {"source": "file:///m"}, "worker": {"args": [SECRET_VALUE]}},
+    ],
+    ids=["credentials", "unknown-field", "endpoint", "env", "args"],
+)
+def test_invalid_spec_message_never_quotes_the_key(spec: dict[str, Any]) -> None:
+    # An object that slipped past admission (an older CRD): status names the field only.
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        ModelPool.model_validate({"kind": "ModelPool", "metadata": {"name": "x"}, "spec": spec})
+    message = ps.validation_message(info.value)
+    assert message.startswith("spec.")
+    assert SECRET_VALUE not in message and "THIS-IS-THE-REAL-KEY" not in message
+    status = ps.invalid_status(1, None, message, NOW)
+    assert SECRET_VALUE not in status.model_dump_json()

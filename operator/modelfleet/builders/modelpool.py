@@ -389,13 +389,22 @@ def pod_disruption_budget(pool: ModelPool) -> dict[str, Any]:
 ROUTER_SELECTOR = {"app.kubernetes.io/name": "modelfleet-router"}
 
 
+OPERATOR_SELECTOR = {"app.kubernetes.io/name": "modelfleet-operator"}
+
+
 def network_policy(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
-    """Only router pods reach the pool's workers (kubelet probes are not subject to it)."""
-    peer: dict[str, Any] = {"podSelector": {"matchLabels": ROUTER_SELECTOR}}
-    if settings.router_namespace:
-        peer["namespaceSelector"] = {
-            "matchLabels": {"kubernetes.io/metadata.name": settings.router_namespace}
-        }
+    """Only router pods reach the pool's workers (kubelet probes are not subject to it);
+    a hosted pool's adapters also the operator's, which reads their /readyz for an
+    exhausted quota. The operator runs in the routers' (release) namespace."""
+    selectors = [ROUTER_SELECTOR] + ([OPERATOR_SELECTOR] if pool.spec.hosted else [])
+    peers: list[dict[str, Any]] = []
+    for selector in selectors:
+        peer: dict[str, Any] = {"podSelector": {"matchLabels": selector}}
+        if settings.router_namespace:
+            peer["namespaceSelector"] = {
+                "matchLabels": {"kubernetes.io/metadata.name": settings.router_namespace}
+            }
+        peers.append(peer)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -403,7 +412,7 @@ def network_policy(pool: ModelPool, settings: BuildSettings) -> dict[str, Any]:
         "spec": {
             "podSelector": {"matchLabels": selector_labels(pool.metadata.name)},
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": [peer], "ports": [{"port": WORKER_PORT, "protocol": "TCP"}]}],
+            "ingress": [{"from": peers, "ports": [{"port": WORKER_PORT, "protocol": "TCP"}]}],
         },
     }
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from modelfleet.api.common import format_time
 from modelfleet.api.conditions import set_condition
 from modelfleet.api.modelpool import ModelPool, ModelPoolStatus
@@ -277,6 +279,15 @@ def compute_status(
         observed_generation=gen,
         service=pool.metadata.name,
         conditions=conditions,
+    )
+
+
+def validation_message(exc: ValidationError) -> str:
+    """The fields and rules a spec broke, for an InvalidSpec condition: pydantic's
+    messages only, never the offending input (it may be a pasted API key)."""
+    return "; ".join(
+        f"spec.{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}"
+        for err in exc.errors(include_input=False, include_url=False)
     )
 
 

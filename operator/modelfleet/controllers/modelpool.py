@@ -219,10 +219,7 @@ class ModelPoolController:
                 {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
             )
         except ValidationError as exc:
-            message = "; ".join(
-                f"spec.{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}"
-                for err in exc.errors()
-            )
+            message = poolstatus.validation_message(exc)
             status = poolstatus.invalid_status(
                 body["metadata"].get("generation"), previous, message, _now()
             )
