@@ -174,6 +174,16 @@ def test_every_accepted_format_decodes(fmt: str) -> None:
     assert ed.mask is None and ed.strength == DEFAULT_STRENGTH
 
 
+def test_exif_rotation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    noise(64, 32).save(buf, format="JPEG", exif=exif)
+    buf.seek(0)
+    ed = validate_edit(form(), files(buf), LIMITS)
+    assert ed.image.size == (32, 64)
+
+
 def test_mask_is_converted_and_resized_with_the_image() -> None:
     ed = validate_edit(
         form(size="32x32"),

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .validation import (
     GenerationRequest,
@@ -67,11 +67,13 @@ def decode_upload(data: io.BytesIO, param: str) -> Any:
         if w * h > MAX_UPLOAD_PIXELS:
             raise _invalid(param, f"{param} is {w}x{h}: more than {MAX_UPLOAD_PIXELS} pixels")
         img.load()
+        # Phone JPEGs store rotation as EXIF: edit what the user sees.
+        upright = ImageOps.exif_transpose(img)
     except RequestError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise _invalid(param, f"{param} is not a decodable {fmt} file: {exc}") from exc
-    return img
+    return upright if upright is not None else img
 
 
 def has_alpha(img: Any) -> bool:
