@@ -140,3 +140,11 @@ def test_provider_400_keeps_its_message_and_param() -> None:
     with pytest.raises(ProviderError) as err:
         parse_response(400, {}, doc, 0.0)
     assert err.value.status == 400 and err.value.param == "size" and "bad size" in err.value.message
+
+
+def test_a_200_that_spent_the_last_request_pauses_the_adapter() -> None:
+    doc = {"created": 1, "data": [{"b64_json": "QUJD"}]}
+    spent = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1m30s"}
+    assert parse_response(200, spent, doc, 0.0).pause_s == 90.0
+    left = {"x-ratelimit-remaining-requests": "4", "x-ratelimit-reset-requests": "1m30s"}
+    assert parse_response(200, left, doc, 0.0).pause_s is None

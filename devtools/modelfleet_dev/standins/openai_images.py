@@ -150,7 +150,10 @@ class OpenAIImagesStandIn(StandIn):
     def __init__(self, api_key: str, host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(api_key, host, port)
         self.images: dict[str, bytes] = {}  # URL id -> PNG
-        self.url_slow_s = 0.0
+        # Requests left in the rate-limit window (None: unlimited); every answer then says
+        # so in x-ratelimit-* headers, as the service's do, and 0 left answers 429.
+        self.budget: int | None = None
+        self.budget_reset_s = 60.0
 
     @property
     def base_url(self) -> str:
@@ -253,6 +256,8 @@ class OpenAIImagesStandIn(StandIn):
             req = validate(body, edit)
         except InvalidRequest as exc:
             return self.error(400, exc.message, "invalid_request_error", exc.param, exc.code)
+        if self.budget is not None and self.budget <= 0:
+            return self._fault_answer(Fault("rate_limit", retry_after_s=self.budget_reset_s))
         fault = self.take_fault()
         await self.delay(fault)
         if fault is not None and fault.kind in ("rate_limit", "quota", "error"):
@@ -309,7 +314,15 @@ class OpenAIImagesStandIn(StandIn):
                     "total_tokens": 4160 * req["n"] + len(req["prompt"]) // 4 + 1,
                 },
             )
-        return web.json_response(doc)
+        headers = {}
+        if self.budget is not None:
+            self.budget -= 1
+            headers = {
+                "x-ratelimit-limit-requests": "5",
+                "x-ratelimit-remaining-requests": str(self.budget),
+                "x-ratelimit-reset-requests": f"{self.budget_reset_s:g}s",
+            }
+        return web.json_response(doc, headers=headers)
 
     def _fault_answer(self, fault: Fault) -> web.Response:
         wait = f"{fault.retry_after_s:g}"

@@ -327,3 +327,19 @@ def test_a_failed_call_of_a_split_request_fails_it_but_its_images_are_billed(
     assert status == 502, doc
     assert [c.status for c in standin.calls].count(200) == 2
     assert dalle3.metric(cost) == pytest.approx(before + 2 * 0.04)  # standard 1024x1024
+
+
+def test_x_ratelimit_remaining_0_on_a_success_holds_the_next_calls(
+    standin: OpenAIImagesStandIn,
+) -> None:
+    w = start_adapter(standin, "dall-e-2")
+    try:
+        standin.budget, standin.budget_reset_s = 2, 40
+        assert w.generate({"prompt": "p"})[0] == 200
+        assert w.generate({"prompt": "p"})[0] == 200  # answered with 0 requests left
+        status, headers, _ = w.request("POST", "/v1/images/generations", {"prompt": "p"})
+        assert status == 429 and 39 <= int(headers["Retry-After"]) <= 40
+        assert len(standin.calls) == 2  # the third never reached the provider
+    finally:
+        standin.budget = None
+        w.stop()

@@ -80,6 +80,9 @@ class ProviderResult:
     images: tuple[ProviderImage, ...]
     # What the provider billed the call at, when it says (else the price table applies).
     quality: str | None = None
+    # The provider said this call was the last one allowed for a while (e.g. a 200 with
+    # x-ratelimit-remaining-requests: 0): the server holds further calls this long.
+    pause_s: float | None = None
 
 
 @dataclass(frozen=True)

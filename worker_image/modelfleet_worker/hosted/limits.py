@@ -80,6 +80,13 @@ def retry_after_s(headers: Mapping[str, str], now: float) -> float | None:
             parsed = email.utils.parsedate_to_datetime(ra) if ra.strip() else None
             if parsed is not None:
                 return max(0.0, parsed.timestamp() - now)
+    return exhausted_wait(h)
+
+
+def exhausted_wait(headers: Mapping[str, str]) -> float | None:
+    """The longest x-ratelimit-reset-* among exhausted x-ratelimit-remaining-* (OpenAI
+    sends them on every answer: a 200 with 0 requests left means wait before the next)."""
+    h = {k.lower(): v for k, v in headers.items()}
     waits = []
     for kind in ("requests", "tokens"):
         remaining = h.get(f"x-ratelimit-remaining-{kind}")

@@ -30,7 +30,7 @@ from .backend import (
     ProviderResult,
     Size,
 )
-from .limits import retry_after_s
+from .limits import exhausted_wait, retry_after_s
 from .registry import BackendSettings
 
 DEFAULT_ENDPOINT = "https://api.openai.com/v1"
@@ -221,7 +221,7 @@ def parse_response(status: int, headers: Mapping[str, str], doc: Any, now: float
                 )
             )
         quality = doc.get("quality") if isinstance(doc.get("quality"), str) else None
-        return ProviderResult(tuple(images), quality=quality)
+        return ProviderResult(tuple(images), quality=quality, pause_s=exhausted_wait(headers))
     code, message, param = _error_fields(doc)
     if status == 429:
         wait = retry_after_s(headers, now)

@@ -358,6 +358,8 @@ class HostedServer:
             self.metrics.in_flight.dec()
             self.calls.release()
         self.metrics.provider_requests.labels(outcome="ok").inc()
+        if result.pause_s:  # the provider's budget is spent: do not call until it refills
+            self.cooldown.hold(self.mono(), result.pause_s)
         return result
 
     def _note_limits(self, exc: ProviderFailure) -> None:
