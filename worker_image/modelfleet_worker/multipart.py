@@ -27,6 +27,8 @@ FILE_FIELDS = ("image", "image[]", "mask", "markup")
 class EditForm:
     fields: dict[str, list[str]] = field(default_factory=dict)
     files: dict[str, list[io.BytesIO]] = field(default_factory=dict)  # "image[]" -> "image"
+    # Parallel to `files`: (filename, Content-Type) as sent, for adapters that forward them.
+    file_info: dict[str, list[tuple[str | None, str | None]]] = field(default_factory=dict)
 
 
 def _too_large(param: str, limit: int) -> RequestError:
@@ -92,7 +94,10 @@ async def _read_parts(reader: MultipartReader, limit: int) -> EditForm:
         total += size
         if is_file:
             data.seek(0)
-            form.files.setdefault(name.removesuffix("[]"), []).append(data)
+            key = name.removesuffix("[]")
+            form.files.setdefault(key, []).append(data)
+            info = (part.filename, part.headers.get("Content-Type"))
+            form.file_info.setdefault(key, []).append(info)
         else:
             try:
                 text = data.getvalue().decode(part.get_charset("utf-8"))

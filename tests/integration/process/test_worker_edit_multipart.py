@@ -29,6 +29,7 @@ async def handler(request: web.Request) -> web.Response:
             "fields": form.fields,
             "files": {k: [len(b.getvalue()) for b in v] for k, v in form.files.items()},
             "heads": {k: [b.read(4).hex() for b in v] for k, v in form.files.items()},
+            "info": form.file_info,
         }
     )
 
@@ -73,6 +74,7 @@ async def test_fields_and_files_are_kept(client: TestClient[Any, Any]) -> None:
     assert out["fields"] == {"prompt": ["a cat"], "n": ["2"], "tags[]": ["x", "y"]}
     assert out["files"] == {"image": [7, 10], "mask": [4]}
     assert out["heads"]["image"] == ["89504e47", "89504e47"]  # rewound for decoding
+    assert out["info"]["image"] == [["a.png", "image/png"], ["b.png", "image/png"]]
 
 
 async def test_over_the_limit_names_the_part(client: TestClient[Any, Any]) -> None:
