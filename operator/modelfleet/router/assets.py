@@ -79,7 +79,7 @@ class MemoryAssetStore:
         if item[0] <= now:
             del self._items[key]
             return None
-        # A read is a use: it slides the expiry, as Redis's GETEX does below.
+        # A read is a use: it slides the expiry (RedisAssetStore renews it too).
         self._items[key] = (now + self.ttl_s, item[1])
         self._items.move_to_end(key)
         return item[1]
@@ -97,7 +97,8 @@ class MemoryAssetStore:
 
 class RedisAssetStore:
     """Records shared by every router replica: one JSON string per asset under
-    modelfleet:asset:<namespace>/<asset id>, expiring ttl_s after its last use. Short socket
+    modelfleet:asset:<namespace>/<asset id>, expiring ttl_s after its last use (to within
+    refresh_s: lookups are reads, the TTL is renewed once it has run down by that). Short socket
     timeouts and no client-side retries: a slow or dead Redis costs a request at most
     about one timeout, and FailOpenStore stops asking for a moment after an error."""
 
@@ -117,6 +118,8 @@ class RedisAssetStore:
         if ttl_s < 1:
             raise ValueError("ttl_s must be at least 1 second (Redis expiry granularity)")
         self.ttl_s = int(ttl_s)
+        # Renew a record's TTL when it has run down by this much (a day, or a tenth of it).
+        self.refresh_s = max(1, min(86400, self.ttl_s // 10))
         self.url = url
         self._redis = Redis.from_url(
             url,
@@ -145,12 +148,22 @@ class RedisAssetStore:
             await self._redis.connection_pool.disconnect(inuse_connections=False)
             raise
 
+    async def _get_and_ttl(self, key: str) -> tuple[bytes | None, int]:
+        async with self._redis.pipeline(transaction=False) as p:
+            p.get(key)
+            p.ttl(key)
+            raw, ttl = await p.execute()
+        return raw, int(ttl)
+
     async def get(self, namespace: str, asset_id: str) -> AssetRecord | None:
-        raw = await self._dropping_idle_on_error(
-            self._redis.getex(self.key(namespace, asset_id), ex=self.ttl_s)
-        )
+        key = self.key(namespace, asset_id)
+        raw, ttl = await self._dropping_idle_on_error(self._get_and_ttl(key))
         if raw is None:
             return None
+        if 0 <= ttl < self.ttl_s - self.refresh_s:
+            # A use slides the expiry, but lookups stay reads: a write per lookup (GETEX)
+            # costs an AOF append each, so the TTL is renewed at most once per refresh_s.
+            await self._dropping_idle_on_error(self._redis.expire(key, self.ttl_s))
         try:
             return AssetRecord.from_json(raw)
         except ValueError as exc:
