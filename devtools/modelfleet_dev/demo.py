@@ -23,7 +23,7 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from modelfleet import GROUP, VERSION
-from modelfleet_dev import bootstrap, story, typography
+from modelfleet_dev import bootstrap, hosted_demo, story, typography
 from modelfleet_dev.cluster import Cluster
 
 NAMESPACE = "modelfleet-demo"
@@ -142,16 +142,20 @@ def main() -> int:
 
     model_dir = story.ensure_tiny_model(cluster.paths.root, say)
     for name, env in POOLS.items():
-        story.create_or_update(
-            api, NAMESPACE, "modelpools", story.pool_manifest(name, str(model_dir), env)
-        )
+        manifest = hosted_demo.with_gpu_price(story.pool_manifest(name, str(model_dir), env))
+        story.create_or_update(api, NAMESPACE, "modelpools", manifest)
     for name in TEXT_POOLS:
         story.create_or_update(
             api, NAMESPACE, "modelpools", typography.pool_manifest(name, str(model_dir))
         )
     story.create_or_update(api, NAMESPACE, "routingpolicies", POLICY)
+    # The mixed fleet: hosted pools in front of the providers' stand-ins (hosted_demo.py).
+    hosted_demo.apply_secrets(api, NAMESPACE, hosted_demo.start_standins(cluster, say))
+    hosted_demo.create_pools(api, NAMESPACE)
     say(
-        "created ModelPools " + ", ".join([*POOLS, *TEXT_POOLS]) + " and RoutingPolicy images"
+        "created ModelPools "
+        + ", ".join([*POOLS, *TEXT_POOLS, *hosted_demo.HOSTED_NAMES])
+        + f" and RoutingPolicies images, {hosted_demo.POLICY_NAME}"
         f" ({', '.join(TEXT_POOLS)}: the text-drawing backend, the second mangling "
         f"{typography.CORRUPTION[typography.CANDIDATE]:.0%} of its lettering)"
     )
@@ -163,11 +167,14 @@ def main() -> int:
         phases = {
             p["metadata"]["name"]: (p.get("status") or {}).get("phase") for p in pools["items"]
         }
-        want = len(POOLS) + len(TEXT_POOLS)
+        want = len(POOLS) + len(TEXT_POOLS) + len(hosted_demo.HOSTED_NAMES)
         return len(phases) == want and all(v == "Ready" for v in phases.values())
 
-    _wait(all_ready, 300, "pools Ready (real tiny-model workers loading)")
-    say("all pools Ready: each worker pod is a real local process serving at its pod IP")
+    _wait(all_ready, 300, "pools Ready (real tiny-model workers loading, hosted adapters)")
+    say(
+        "all pools Ready: each worker pod is a real local process serving at its pod IP "
+        "(hosted pools: the CPU-only adapter)"
+    )
 
     def router_ready() -> bool:
         try:
@@ -195,6 +202,7 @@ def main() -> int:
             f"{status} route={headers.get('X-ModelFleet-Route')} pool={headers.get('X-ModelFleet-Pool')} "
             f"fallback={headers.get('X-ModelFleet-Fallback')} png={len(png)}B{read}  <- {prompt!r}"
         )
+    fleet_ok = hosted_demo.run_story(f"http://127.0.0.1:{ROUTER_PORT}", NAMESPACE, say)
     outcomes = _canary_story(api)
     outcomes.append(_typography_story(api, cluster))
     outcomes.append(_replay_story(api, cluster, token))
@@ -209,6 +217,8 @@ def main() -> int:
         typography.REPLAY: "RolledBack",
     }
     off_script = [o for o in outcomes if expected.get(o.name) != o.phase]
+    if not fleet_ok:
+        say("  NOT AS EXPECTED: a mixed-fleet request was not answered 200 (see above)")
     for o in off_script:
         say(f"  NOT AS EXPECTED: canary {o.name} should end {expected.get(o.name)}, got {o.phase}")
     typo = next(o for o in outcomes if o.name == TYPO)
@@ -235,7 +245,7 @@ def main() -> int:
   curl -s localhost:{ROUTER_PORT}/v1/images/generations -d '{{"prompt":"logo \\"ACME\\"","size":"64x64","steps":2}}' | head -c 200
   {sys.executable} -m modelfleet.cli dev down     # stop everything
 """)
-    return 1 if off_script else 0
+    return 1 if off_script or not fleet_ok else 0
 
 
 def _canary_story(api: k8s.ApiClient) -> list[story.Outcome]:
