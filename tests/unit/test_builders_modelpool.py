@@ -321,6 +321,16 @@ def test_diffusers_gpu_hour_price(cost: dict[str, Any] | None, expected: str | N
     p = pool(cost=cost) if cost is not None else pool()
     env = {e["name"]: e.get("value") for e in build.worker_env(p)}
     assert env.get("MODELFLEET_WORKER_GPU_HOUR_PRICE") == expected
+    assert env.get("MODELFLEET_WORKER_GPUS") == (None if cost is None else "1")
+
+
+@pytest.mark.parametrize(("gpu", "gpus"), [(None, "1"), ({"count": 4}, "4"), ({"count": 0}, "0")])
+def test_diffusers_cost_counts_every_gpu_of_a_pod(gpu: dict[str, Any] | None, gpus: str) -> None:
+    spec: dict[str, Any] = {"cost": {"gpuHourPrice": 3}}
+    if gpu is not None:
+        spec["gpu"] = gpu
+    env = {e["name"]: e.get("value") for e in build.worker_env(pool(**spec))}
+    assert (env["MODELFLEET_WORKER_GPU_HOUR_PRICE"], env["MODELFLEET_WORKER_GPUS"]) == ("3", gpus)
 
 
 def test_hosted_pool_skips_gpu_placement() -> None:

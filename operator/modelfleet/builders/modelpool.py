@@ -125,8 +125,9 @@ def worker_env(pool: ModelPool) -> list[dict[str, Any]]:
         values["MODELFLEET_WORKER_VAE"] = model.vae.source
     if needs_fetch:
         values["HF_HUB_OFFLINE"] = "1"  # the init step fetched everything
-    if spec.cost is not None:
+    if spec.cost is not None:  # cost = GPU-seconds (service time x GPUs) x price
         values["MODELFLEET_WORKER_GPU_HOUR_PRICE"] = _number(spec.cost.gpu_hour_price)
+        values["MODELFLEET_WORKER_GPUS"] = str(spec.gpu_or_default().count)
     env = [_host_env(), *({"name": k, "value": v} for k, v in values.items())]
     return _with_user_env(pool, env)
 
