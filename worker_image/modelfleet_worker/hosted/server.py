@@ -25,9 +25,9 @@ from modelfleet_common.prices import PriceTable, load_table
 
 from ..metrics import endpoint_of
 from ..validation import MAX_BODY_BYTES, RequestError, parse_body
+from .answers import PRECEDENCE, Reject, provider_outcome, reject_for
 from .backend import (
     EditInput,
-    EditsUnsupported,
     HostedRequest,
     ProviderBackend,
     ProviderContext,
@@ -40,6 +40,7 @@ from .backend import (
     ProviderResult,
 )
 from .config import API_KEY_ENV, HostedConfig
+from .form import MAX_UPLOAD_BYTES, read_edit_form
 from .limits import Cooldown, TokenBucket, retry_after_header
 from .metrics import HostedMetrics
 from .registry import BackendSettings, make_backend
@@ -48,28 +49,8 @@ from .translate import TranslationError
 
 log = logging.getLogger("modelfleet_worker.hosted")
 
-MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # an edit's files together (the Images API's limit)
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
-MAX_FIELD_BYTES = 64 * 1024  # one text part of an edit form
 EXIT_BAD_CONFIG = 2
-
-
-class Reject(Exception):
-    """A client answer decided before or after the provider calls."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        param: str | None = None,
-        outcome: str = "invalid",
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.param = status, code, message, param
-        self.outcome = outcome
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -350,7 +331,7 @@ class HostedServer:
             else:
                 result = await self.backend.generate(call, ctx)
         except ProviderFailure as exc:
-            self.metrics.provider_requests.labels(outcome=_provider_outcome(exc)).inc()
+            self.metrics.provider_requests.labels(outcome=provider_outcome(exc)).inc()
             self._note_limits(exc)
             raise
         finally:
@@ -377,17 +358,10 @@ class HostedServer:
 
     def _failure_answer(self, failures: Sequence[BaseException]) -> Reject:
         # The one the client can act on first: refusal, quota, rate limit, then errors.
-        order = (
-            ProviderRefused,
-            ProviderQuotaExhausted,
-            ProviderRateLimited,
-            EditsUnsupported,
-            ProviderError,
-        )
-        for kind in order:
+        for kind in PRECEDENCE:
             for f in failures:
                 if isinstance(f, kind):
-                    return _reject_for(f)
+                    return reject_for(f, self.wall())
         f = failures[0]
         log.error("provider call raised %s", type(f).__name__)
         return Reject(500, "internal_error", "internal error", outcome="error")
@@ -490,92 +464,8 @@ class HostedServer:
             log.warning("drain timed out with %d requests open", self._active)
 
 
-def _provider_outcome(exc: ProviderFailure) -> str:
-    if isinstance(exc, ProviderRefused):
-        return "refused"
-    if isinstance(exc, ProviderRateLimited):
-        return "rate_limited"
-    if isinstance(exc, ProviderQuotaExhausted):
-        return "quota_exhausted"
-    if isinstance(exc, ProviderError) and exc.status == 0 and "within" in exc.message:
-        return "timeout"
-    return "error"
-
-
-def _reject_for(f: ProviderFailure) -> Reject:
-    if isinstance(f, ProviderRefused):
-        return Reject(422, "content_policy_violation", f.message, "prompt", outcome="refused")
-    if isinstance(f, ProviderQuotaExhausted):
-        return Reject(
-            429,
-            "quota_exhausted",
-            f.message,
-            outcome="quota_exhausted",
-            retry_after=max(1.0, f.until - time.time()),
-        )
-    if isinstance(f, ProviderRateLimited):
-        return Reject(
-            429, "rate_limited", f.message, outcome="rate_limited", retry_after=f.retry_after_s
-        )
-    if isinstance(f, EditsUnsupported):
-        return Reject(400, "edits_unsupported", f.message, "image")
-    assert isinstance(f, ProviderError)
-    if f.status == 400:
-        return Reject(400, "provider_rejected", f.message, f.param)
-    if f.status == 0 and "within" in f.message:
-        return Reject(504, "provider_timeout", f.message, outcome="provider_error")
-    return Reject(502, "provider_error", f.message, outcome="provider_error")
-
-
 def _header_safe(value: str) -> str:
     return "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in value)
-
-
-async def read_edit_form(request: web.Request) -> tuple[dict[str, str], EditInput]:
-    """The edit's multipart form: text fields, image (or image[] repeated) and mask.
-    Files together may hold MAX_UPLOAD_BYTES; the first over it is named in the 413."""
-    if not request.content_type.startswith("multipart/"):
-        raise Reject(400, "invalid_request", "edits take multipart/form-data", "image")
-    reader = await request.multipart()
-    fields: dict[str, str] = {}
-    images: list[tuple[str, bytes, str]] = []
-    mask: tuple[str, bytes, str] | None = None
-    total = 0
-    while True:
-        part = await reader.next()
-        if part is None:
-            break
-        if not isinstance(part, aiohttp.BodyPartReader):
-            continue
-        name = part.name or ""
-        data = bytearray()
-        if part.filename is None:
-            while chunk := await part.read_chunk(64 * 1024):
-                data.extend(chunk)
-                if len(data) > MAX_FIELD_BYTES:
-                    raise Reject(400, "invalid_request", f"{name} is over 64 KiB", name or None)
-            fields[name] = data.decode("utf-8", "replace")
-            continue
-        while chunk := await part.read_chunk(256 * 1024):
-            data.extend(chunk)
-            if total + len(data) > MAX_UPLOAD_BYTES:
-                field = "mask" if name == "mask" else "image"
-                raise Reject(
-                    413,
-                    "body_too_large",
-                    f"uploads exceed {MAX_UPLOAD_BYTES} bytes",
-                    field,
-                    "too_large",
-                )
-        total += len(data)
-        entry = (part.filename, bytes(data), part.headers.get("Content-Type", "image/png"))
-        if name == "mask":
-            mask = entry
-        elif name in ("image", "image[]"):
-            images.append(entry)
-    if not images:
-        raise Reject(400, "invalid_request", "image is required", "image")
-    return fields, EditInput(tuple(images), mask)
 
 
 # ----- process -------------------------------------------------------------------------
