@@ -264,7 +264,7 @@ def _post(
 def _line(status: int, headers: dict[str, str], body: dict[str, Any], prompt: str) -> str:
     mf = body.get("modelfleet") or {}
     cost = headers.get("X-ModelFleet-Cost-USD")
-    cost_text = f" cost=${float(cost):.4f}" if cost else ""
+    cost_text = f" cost=${float(cost):.6f}" if cost else ""
     err = f" error={body['error'].get('code')}" if "error" in body else ""
     return (
         f"{status} route={headers.get('X-ModelFleet-Route')} pool={headers.get('X-ModelFleet-Pool')}"
@@ -296,12 +296,12 @@ def pool_costs(router: str, namespace: str) -> dict[str, tuple[float, float]]:
 def cost_table(costs: dict[str, tuple[float, float]]) -> list[str]:
     """The per-pool cost lines, hosted and diffusers alike."""
     kinds = {p.name: f"{p.backend} {p.model}" for p in HOSTED}
-    rows = [f"{'pool':<12} {'backend / model':<40} {'images':>6} {'USD':>9} {'USD/image':>10}"]
+    rows = [f"{'pool':<12} {'backend / model':<40} {'images':>6} {'USD':>9} {'USD/image':>9}"]
     for pool in sorted(costs, key=lambda k: (k not in kinds, k)):
         usd, images = costs[pool]
-        per = f"{usd / images:.4f}" if images else "-"
+        per = f"{usd / images:.6f}" if images else "-"
         kind = kinds.get(pool, f"diffusers (${GPU_HOUR_PRICE:g}/GPU-hour)")
-        rows.append(f"{pool:<12} {kind:<40} {int(images):>6} {usd:>9.4f} {per:>10}")
+        rows.append(f"{pool:<12} {kind:<40} {int(images):>6} {usd:>9.6f} {per:>9}")
     return rows
 
 

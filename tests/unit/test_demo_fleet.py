@@ -77,6 +77,6 @@ def test_cost_per_pool_from_the_router_counters(monkeypatch: pytest.MonkeyPatch)
     }
     rows = hosted_demo.cost_table(costs)
     assert rows[1].split()[:3] == ["ideogram", "ideogram", "V_3"]  # hosted pools first
-    assert rows[1].split()[-2:] == ["0.0900", "0.0300"]
-    assert rows[-1].startswith("production") and rows[-1].split()[-1] == "0.0000"
+    assert rows[1].split()[-2:] == ["0.090000", "0.030000"]
+    assert rows[-1].startswith("production") and rows[-1].split()[-1] == "0.000003"
     assert rows[2].split()[-1] == "-"  # imagen: no images, no per-image cost
