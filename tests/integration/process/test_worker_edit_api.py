@@ -161,6 +161,32 @@ def test_cost_is_service_time_times_price(worker: Worker, client: openai.OpenAI)
     assert b'"modelfleet": {"model": "file://' in body and b'"seeds": [9]' in body
 
 
+def test_sdk_generate_with_every_openai_field(client: openai.OpenAI) -> None:
+    out = client.images.generate(
+        prompt="a red cube",
+        model="sd3.5-medium",
+        n=2,
+        size="64x32",
+        quality="high",
+        style="vivid",
+        response_format="b64_json",
+        output_format="jpeg",
+        output_compression=20,
+        background="opaque",
+        moderation="low",
+        user="u-1",
+        safety_identifier="s-1",
+        partial_images=0,
+        extra_body={"steps": 2, "seed": 21, "asset_id": "a-9", "tier": "gold", "tags": ["x"]},
+    )
+    assert len(out.data) == 2 and out.output_format == "jpeg"
+    assert all(base64.b64decode(d.b64_json or "").startswith(b"\xff\xd8\xff") for d in out.data)
+    assert (out.model_extra or {})["modelfleet"]["seeds"] == [21, 22]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.generate(prompt="x", output_format="gif", extra_body={"steps": 1})
+    assert (e.value.body or {})["param"] == "output_format"  # type: ignore[index]
+
+
 @pytest.mark.parametrize(("fmt", "magic"), [("jpeg", b"\xff\xd8\xff"), ("webp", b"RIFF")])
 def test_output_format(client: openai.OpenAI, fmt: Any, magic: bytes) -> None:
     out = edit(client, 1, output_format=fmt, output_compression=40)
