@@ -403,6 +403,7 @@ class GeminiStandIn(StandIn):
                 "* GenerateContentRequest.contents: contents is not specified", "contents"
             )
         texts: list[str] = []
+        images_in = 0
         for i, content in enumerate(contents):
             c = _fields(content, f"contents[{i}]", {"role": str, "parts": list})
             if c.get("role", "user") not in ("user", "model"):
@@ -423,6 +424,7 @@ class GeminiStandIn(StandIn):
                 if "text" in p:
                     texts.append(p["text"])
                 if "inlineData" in p:
+                    images_in += 1
                     blob = _fields(
                         p["inlineData"],
                         f"contents[{i}].parts[{j}].inline_data",
@@ -493,6 +495,7 @@ class GeminiStandIn(StandIn):
             "aspectRatio": ratio,
             "imageSize": size or "1K",
             "seed": seed,
+            "imagesIn": images_in,  # input images: an edit
         }
 
     def _generate(self, model: str, req: dict[str, Any], fault: Fault | None) -> web.Response:

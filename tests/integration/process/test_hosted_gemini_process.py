@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet_dev.standins.adapter import Adapter
-from modelfleet_dev.standins.common import in_thread, png_size
+from modelfleet_dev.standins.common import in_thread, png, png_size
 from modelfleet_dev.standins.gemini_api import GeminiStandIn
 from modelfleet_worker.hosted.gemini import next_pacific_midnight
 
@@ -111,6 +111,47 @@ def test_gemini_one_call_per_image_with_the_seed_passed(pro: Adapter, fresh: Gem
     # The same seed draws the same image: the seed reached the provider.
     again = images(pro.generate({**ask, "n": 1, "seed": 41})[2])
     assert again == [got[1]] and got[0] != got[1]
+
+
+def _edit(adapter: Adapter, fields: dict[str, str], files: dict[str, bytes]) -> tuple[int, Any]:
+    boundary = "editboundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts += [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{k}.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for k, data in files.items()
+    ]
+    req = urllib.request.Request(
+        f"{adapter.url}/v1/images/edits",
+        data=b"".join(parts) + f"--{boundary}--\r\n".encode(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_gemini_edit_sends_the_image_inline_and_imagen_has_none(
+    pro: Adapter, imagen: Adapter, fresh: GeminiStandIn
+) -> None:
+    source = png(64, 64, 3)
+    status, body = _edit(pro, {"prompt": "make it night", "size": "1024x1024"}, {"image": source})
+    assert status == 200, body
+    (call,) = fresh.calls
+    assert (call.fields["imagesIn"], call.fields["prompt"]) == (1, "make it night")
+    assert png_size(images(body)[0]) == (1024, 1024)
+    status, body = _edit(pro, {"prompt": "x"}, {"image": source, "mask": source})
+    assert (status, body["error"]["param"]) == (400, "mask")
+    status, body = _edit(imagen, {"prompt": "x"}, {"image": source})
+    assert (status, body["error"]["code"]) == (400, "edits_unsupported")
+    assert len(fresh.calls) == 1
 
 
 @pytest.mark.parametrize("which", ["imagen", "pro"])
