@@ -184,12 +184,10 @@ class GeminiStandIn(StandIn):
     def _limit(self, fault: Fault, method: str) -> web.Response:
         """429 RESOURCE_EXHAUSTED: per minute (`rate_limit`) or per day (`quota`)."""
         daily = fault.kind == "quota"
-        prefix = "Predict" if method == "predict" else "GenerateContentInput"
-        quota_id = (
-            f"{prefix}RequestsPerDayPerProjectPerModel"
-            if daily
-            else f"{prefix}RequestsPerMinutePerProjectPerModel"
-        )
+        # The service's quota ids, e.g. GenerateRequestsPerDayPerProjectPerModel-FreeTier.
+        prefix = "Predict" if method == "predict" else "Generate"
+        per = "Day" if daily else "Minute"
+        quota_id = f"{prefix}RequestsPer{per}PerProjectPerModel-FreeTier"
         message = (
             "You exceeded your current quota, please check your plan and billing details. "
             f"Quota exceeded for metric: {quota_id}. Please retry in "
