@@ -271,6 +271,13 @@ async def test_every_generation_parameter_form(workers_sdk: Any, start: Start, s
         *({"background": b} for b in ("transparent", "opaque", "auto")),
         *({"moderation": m} for m in ("low", "auto")),
         {"user": "user-1234"},
+        {"safety_identifier": "hashed-user-1234"},
+        # What this SDK adds beyond the documented list: accepted (docs/router.md).
+        {"stream": False},
+        *({"partial_images": k} for k in (0, 3)),
+        *({"complexity": k} for k in ("low", "high")),
+        {"frame_count": 4, "frame_duration_ms": 100},
+        {"svg": {"model": "svg-author"}},
         # ModelFleet's own fields ride in extra_body.
         {"extra_body": {"seed": 42, "steps": 4, "guidance_scale": 5.0}},
         {"extra_body": {"negative_prompt": "blurry", "tier": "production", "tags": ["x"]}},
@@ -363,6 +370,10 @@ async def test_bad_requests_are_bad_request_errors(
     with pytest.raises(openai.BadRequestError) as info:
         await c.images.generate(prompt="")
     assert info.value.param == "prompt"
+    # Streaming is refused in the error shape (images come back whole), not as a stream.
+    with pytest.raises(openai.BadRequestError) as info:
+        await c.images.generate(prompt="x", stream=True)
+    assert info.value.param == "stream"
     assert sum(w.requests for w in ws.values()) == 0
 
 
