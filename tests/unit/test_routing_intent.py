@@ -153,6 +153,8 @@ def test_edit_form_fields_as_the_sdk_sends_them() -> None:
             "strength": ["0.6"],
             "input_fidelity": ["high"],
             "seed": ["7"],
+            "svg[model]": ["author"],
+            "svg[reasoning][effort]": ["low"],
         },
         {"image[]": 2, "mask": 1},
     )

@@ -294,6 +294,9 @@ def parse_edit_form(
     body: dict[str, Any] = {}
     for raw_name, values in fields.items():
         name = raw_name.removesuffix("[]")
+        if name.startswith("svg["):  # an object in a form: svg[model], svg[reasoning][effort]
+            body["svg"] = {}
+            continue
         if name in EDIT_FILES or raw_name in EDIT_FILES:
             raise _invalid(name, f"{name} must be a file part (with a filename)")
         if name in _FORM_LISTS:
