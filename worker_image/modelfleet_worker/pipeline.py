@@ -105,6 +105,7 @@ class LoadedModel:
         self.cpu_memory: CpuMemoryNote | None = None
         self.idle_allocated_bytes = 0
         self._edit_pipes: dict[bool, Any] = {}  # inpaint? -> pipeline sharing pipe's modules
+        self._edit_errors: dict[bool, str] = {}  # inpaint? -> why diffusers has no such variant
 
     @property
     def on_cuda(self) -> bool:
@@ -144,18 +145,36 @@ class LoadedModel:
             out = self.pipe(**kwargs)
         return list(out.images)
 
-    def _edit_pipe(self, inpaint: bool) -> Any:
-        pipe = self._edit_pipes.get(inpaint)
-        if pipe is None:
-            import diffusers
+    def prepare_edits(self) -> None:
+        """Build the image-to-image and inpainting variants once, at load (load thread);
+        a pipeline diffusers has no variant for is recorded, so edits answer 400."""
+        import diffusers
 
-            d: Any = diffusers
+        d: Any = diffusers
+        for inpaint in (False, True):
             auto = d.AutoPipelineForInpainting if inpaint else d.AutoPipelineForImage2Image
-            # from_pipe shares the loaded modules: no second copy of the weights.
-            pipe = auto.from_pipe(self.pipe)
+            try:
+                # from_pipe shares the loaded modules: no second copy of the weights.
+                pipe = auto.from_pipe(self.pipe)
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                kind = "inpainting" if inpaint else "image-to-image"
+                self._edit_errors[inpaint] = f"{type(self.pipe).__name__} has no {kind} variant"
+                log.warning("edits: %s (%s)", self._edit_errors[inpaint], exc)
+                continue
             if hasattr(pipe, "set_progress_bar_config"):
                 pipe.set_progress_bar_config(disable=True)
             self._edit_pipes[inpaint] = pipe
+
+    def edit_unsupported(self, inpaint: bool) -> str | None:
+        """Why this model cannot run that kind of edit, or None when it can."""
+        if inpaint in self._edit_pipes:
+            return None
+        return self._edit_errors.get(inpaint, "edit pipelines were not prepared")
+
+    def _edit_pipe(self, inpaint: bool) -> Any:
+        pipe = self._edit_pipes.get(inpaint)
+        if pipe is None:
+            raise RuntimeError(self.edit_unsupported(inpaint))
         return pipe
 
     def edit(
@@ -319,7 +338,9 @@ def load_model(cfg: WorkerConfig, model_dir: Path, vae_dir: Path | None) -> Load
             pipe.unet = compiled
         else:
             pipe.transformer = compiled
-    return LoadedModel(cfg, pipe, device, compat)
+    model = LoadedModel(cfg, pipe, device, compat)
+    model.prepare_edits()
+    return model
 
 
 def configure_torch(cfg: WorkerConfig) -> None:

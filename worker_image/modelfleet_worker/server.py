@@ -304,7 +304,7 @@ class WorkerServer:
         from .edits import validate_edit
         from .multipart import read_edit_form
 
-        if not callable(getattr(self.model, "edit", None)):
+        if not callable(getattr(self.model, "edit_unsupported", None)):
             self._count(request, "invalid")
             return error_response(
                 400, "unsupported_endpoint", "this worker's backend does not support edits", None
@@ -316,6 +316,11 @@ class WorkerServer:
             ed = await loop.run_in_executor(None, validate_edit, form.fields, form.files, limits)
         except RequestError as exc:
             return self._rejected(request, exc)
+        unsupported = self.model.edit_unsupported(ed.mask is not None)
+        if unsupported is not None:
+            self._count(request, "invalid")
+            param = "mask" if ed.mask is not None else "image"
+            return error_response(400, "unsupported_edit", f"cannot edit: {unsupported}", param)
         req = ed.gen
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32 - 8)
         jobs = [
