@@ -202,7 +202,8 @@ def main() -> int:
             f"{status} route={headers.get('X-ModelFleet-Route')} pool={headers.get('X-ModelFleet-Pool')} "
             f"fallback={headers.get('X-ModelFleet-Fallback')} png={len(png)}B{read}  <- {prompt!r}"
         )
-    fleet_ok = hosted_demo.run_story(f"http://127.0.0.1:{ROUTER_PORT}", NAMESPACE, say)
+    router_url = f"http://127.0.0.1:{ROUTER_PORT}"
+    fleet_ok = hosted_demo.run_story(api, router_url, NAMESPACE, say, gpu_priced=POOLS)
     outcomes = _canary_story(api)
     outcomes.append(_typography_story(api, cluster))
     outcomes.append(_replay_story(api, cluster, token))

@@ -1,7 +1,8 @@
 """`make demo`, the mixed fleet: hosted pools (OpenAI, Imagen, Gemini and Ideogram
 behind their strict local stand-ins) next to the tiny diffusers pools, one
 RoutingPolicy across them with fallbacks, real requests through the router, a 429
-storm on Ideogram answered by the diffusers fallback, and the cost per pool.
+storm on Ideogram answered by the diffusers fallback, Gemini's daily quota running
+out (the pool Degraded/QuotaExhausted, its route falling back), and the cost per pool.
 
 The stand-ins run in the pods' network namespace (like a sidecar: the adapters reach
 them on loopback there); each has a fresh key per run, in a 0600 file and a Secret,
@@ -23,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ Say = Callable[[str], None]
 PORT_BASE = int(os.environ.get("MODELFLEET_DEMO_STANDIN_PORT", "18090"))
 GPU_HOUR_PRICE = 2.5  # USD, the diffusers pools' spec.cost.gpuHourPrice
 POLICY_NAME = "fleet"
+DIFFUSERS = ("production", "preview")  # the diffusers pools the fleet's routes use
 
 
 @dataclass(frozen=True)
@@ -293,21 +295,82 @@ def pool_costs(router: str, namespace: str) -> dict[str, tuple[float, float]]:
     return {pool: (usd, images) for pool, (usd, images) in out.items()}
 
 
-def cost_table(costs: dict[str, tuple[float, float]]) -> list[str]:
-    """The per-pool cost lines, hosted and diffusers alike."""
+def cost_table(
+    costs: dict[str, tuple[float, float]], gpu_priced: Iterable[str] = DIFFUSERS
+) -> list[str]:
+    """The per-pool cost lines, hosted and diffusers alike (`gpu_priced`: the diffusers
+    pools given with_gpu_price; others have no price)."""
     kinds = {p.name: f"{p.backend} {p.model}" for p in HOSTED}
+    priced = set(gpu_priced)
     rows = [f"{'pool':<12} {'backend / model':<40} {'images':>6} {'USD':>9} {'USD/image':>9}"]
     for pool in sorted(costs, key=lambda k: (k not in kinds, k)):
         usd, images = costs[pool]
         per = f"{usd / images:.6f}" if images else "-"
-        kind = kinds.get(pool, f"diffusers (${GPU_HOUR_PRICE:g}/GPU-hour)")
+        gpu = f"${GPU_HOUR_PRICE:g}/GPU-hour" if pool in priced else "no gpuHourPrice"
+        kind = kinds.get(pool, f"diffusers ({gpu})")
         rows.append(f"{pool:<12} {kind:<40} {int(images):>6} {usd:>9.6f} {per:>9}")
     return rows
 
 
-def run_story(router: str, namespace: str, say: Say) -> bool:
-    """Requests across the fleet, a 429 storm on Ideogram, then cost per pool. True when
-    every request was answered 200 (the storm's through the fallback)."""
+def _condition(pool: dict[str, Any], kind: str) -> dict[str, Any]:
+    conditions = (pool.get("status") or {}).get("conditions") or []
+    return next((dict(c) for c in conditions if c.get("type") == kind), {})
+
+
+def quota_story(api: k8s.ApiClient, router: str, namespace: str, say: Say) -> bool:
+    """Gemini's daily quota runs out: the adapter goes unready until midnight Pacific,
+    the pool Degraded/QuotaExhausted, `texture` falls back to imagen; then a fresh
+    adapter (the quota back) makes the pool Ready again."""
+    custom, core = k8s.CustomObjectsApi(api), k8s.CoreV1Api(api)
+    control("google", "POST", "/_standin/faults", {"kind": "quota", "count": None})
+    say("google's stand-in now answers RESOURCE_EXHAUSTED for the daily quota")
+    prompt = "a rusty metal plate, seamless"
+    status, headers, body = _post(router, prompt, "texture", 1)
+    say("  " + _line(status, headers, body, prompt))
+    ok = status == 200
+
+    def degraded() -> dict[str, Any] | None:
+        pool = custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "modelpools", "nano-banana"
+        )
+        return pool if _condition(pool, "Degraded").get("reason") == "QuotaExhausted" else None
+
+    t0 = time.monotonic()
+    story.wait_until(degraded, 60, "nano-banana Degraded/QuotaExhausted")
+    pool = degraded() or {}
+    say(
+        f"  nano-banana: {(pool.get('status') or {}).get('phase')} after "
+        f"{time.monotonic() - t0:.0f}s: {_condition(pool, 'Degraded').get('message')}"
+    )
+    status, headers, body = _post(router, prompt, "texture", 1)
+    say("  " + _line(status, headers, body, prompt))
+    ok &= status == 200
+    control("google", "DELETE", "/_standin/faults")
+    pods = core.list_namespaced_pod(namespace, label_selector="modelfleet.io/pool=nano-banana")
+    for pod in pods.items:
+        core.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
+
+    def ready() -> bool:
+        pool = custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "modelpools", "nano-banana"
+        )
+        return bool((pool.get("status") or {}).get("phase") == "Ready")
+
+    story.wait_until(ready, 60, "nano-banana Ready again")
+    say("  quota back (in the demo: a fresh adapter pod), nano-banana Ready again")
+    return ok
+
+
+def run_story(
+    api: k8s.ApiClient,
+    router: str,
+    namespace: str,
+    say: Say,
+    gpu_priced: Iterable[str] = DIFFUSERS,
+) -> bool:
+    """Requests across the fleet, a 429 storm on Ideogram, Gemini's daily quota running
+    out, then cost per pool. True when every request was answered 200 (the storm's and
+    the quota's through the fallbacks)."""
     ok = True
     say(
         f"mixed fleet (RoutingPolicy {POLICY_NAME}): quoted text -> ideogram (V_3, TURBO), "
@@ -343,8 +406,9 @@ def run_story(router: str, namespace: str, say: Say) -> bool:
         + f"; the provider saw {limited} rate-limited call(s), not one per request"
     )
     control("ideogram", "DELETE", "/_standin/faults")
+    ok &= quota_story(api, router, namespace, say)
     say("cost per pool (router counters, answered requests):")
-    for row in cost_table(pool_costs(router, namespace)):
+    for row in cost_table(pool_costs(router, namespace), gpu_priced):
         say("  " + row)
     return ok
 
@@ -387,7 +451,7 @@ def main() -> int:
     ]
     try:
         model_dir = story.ensure_tiny_model(cluster.paths.root, say)
-        for name in ("production", "preview"):
+        for name in DIFFUSERS:
             manifest = with_gpu_price(story.pool_manifest(name, str(model_dir)))
             story.create_or_update(api, namespace, "modelpools", manifest)
         apply_secrets(api, namespace, keys)
@@ -404,7 +468,7 @@ def main() -> int:
             lambda: _post(router, "x", None, 1)[0] == 200, 60, "router serves the fleet"
         )
         say(f"{len(HOSTED)} hosted + 2 diffusers pools Ready in {time.monotonic() - t0:.0f}s")
-        ok = run_story(router, namespace, say)
+        ok = run_story(api, router, namespace, say)
         say(f"done in {time.monotonic() - t0:.0f}s")
         return 0 if ok else 1
     finally:

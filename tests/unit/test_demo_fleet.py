@@ -80,3 +80,5 @@ def test_cost_per_pool_from_the_router_counters(monkeypatch: pytest.MonkeyPatch)
     assert rows[1].split()[-2:] == ["0.090000", "0.030000"]
     assert rows[-1].startswith("production") and rows[-1].split()[-1] == "0.000003"
     assert rows[2].split()[-1] == "-"  # imagen: no images, no per-image cost
+    assert "$2.5/GPU-hour" in rows[-1]
+    assert "no gpuHourPrice" in hosted_demo.cost_table(costs, gpu_priced=())[-1]
