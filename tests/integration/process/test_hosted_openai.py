@@ -343,3 +343,16 @@ def test_x_ratelimit_remaining_0_on_a_success_holds_the_next_calls(
     finally:
         standin.budget = None
         w.stop()
+
+
+def test_edit_upload_limits_name_the_part(
+    gpt_nearest: Worker, standin: OpenAIImagesStandIn
+) -> None:
+    big = b"\x89PNG\r\n\x1a\n" + b"\0" * (25 * 1024 * 1024)
+    status, doc = _post_form(gpt_nearest, {"prompt": "p"}, {"image": png(8, 8, 1), "mask": big})
+    assert status == 413 and doc["error"]["param"] == "mask"
+    status, doc = _post_form(gpt_nearest, {"prompt": "p" * 70_000}, {"image": png(8, 8, 1)})
+    assert status == 400 and doc["error"]["param"] == "prompt"
+    status, doc = _post_form(gpt_nearest, {"prompt": "p"}, {})
+    assert status == 400 and doc["error"]["param"] == "image"
+    assert standin.calls_to("/images/edits") == []
