@@ -337,7 +337,9 @@ class WorkerServer:
             mode,
             ed.strength,
         )
-        return await self._render(request, engine, req, key, jobs)
+        # Diffusers denoises int(steps x strength) of the steps for an edit.
+        steps_run = max(1, int(req.steps * ed.strength))
+        return await self._render(request, engine, req, key, jobs, steps_run)
 
     async def _render(
         self,
@@ -346,6 +348,7 @@ class WorkerServer:
         req: GenerationRequest,
         key: BatchKey,
         jobs: list[Job],
+        steps_run: int | None = None,
     ) -> web.Response:
         if self.faults.should_fail():
             self._count(request, "injected_error")
@@ -429,7 +432,7 @@ class WorkerServer:
                     "queue_wait_ms": round(max(r.queue_wait_s for r in results) * 1000.0, 3),
                     "batch_size": max(r.batch_size for r in results),
                     "inference_ms": round(inference_ms, 3),
-                    "per_step_ms": round(inference_ms / req.steps, 3),
+                    "per_step_ms": round(inference_ms / (steps_run or req.steps), 3),
                 },
                 "model": self.cfg.model,
                 "pool": self.cfg.pool,

@@ -94,6 +94,8 @@ def test_image_to_image_is_seeded_and_uses_the_input(client: openai.OpenAI) -> N
     prov = (out.model_extra or {})["modelfleet"]
     assert prov["seeds"] == [5, 6] and prov["images"] == 2 and prov["revision"] == "r-7"
     assert raw.headers["X-ModelFleet-Revision"] == "r-7"
+    timing = (out.model_extra or {})["timing"]  # int(2 steps x strength 0.8) = 1 step ran
+    assert timing["per_step_ms"] == timing["inference_ms"]
     assert raw.headers["X-ModelFleet-Model"] == prov["model"] and prov["model"].startswith(
         "file://"
     )
