@@ -14,6 +14,7 @@ from modelfleet.routing.ladder import (
     Tried,
     client_error_body,
     exhausted,
+    parse_retry_after,
 )
 from modelfleet.routing.ladder import classify_response as classify
 
@@ -89,3 +90,36 @@ def test_exhausted(tried: list[Tried], status: int, code: str, outcome: Outcome)
     f = exhausted(tried, ("a", "b"))
     assert (f.status, f.code, f.outcome) == (status, code, outcome)
     assert "a, b" in f.message  # names the pools tried
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "ms", "expected"),
+    [
+        (None, None, None),
+        ("3", None, 3.0),
+        (" 2.5 ", None, 2.5),
+        ("3", "1500", 1.5),  # the OpenAI-style hint first, as the SDK reads it
+        ("3", "soon", 3.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None, None),  # workers send seconds
+        ("-1", None, None),
+        ("nan", None, None),
+        ("99999", None, None),
+    ],
+)
+def test_parse_retry_after(retry_after: str | None, ms: str | None, expected: float | None) -> None:
+    assert parse_retry_after(retry_after, ms) == expected
+
+
+@pytest.mark.parametrize(
+    ("hints", "expected"),
+    [
+        ([None, None], 1.0),  # no hint: the router's own 1 s
+        ([3.0, None], 3.0),  # a provider's rate limit must not be retried sooner
+        ([0.2, 7.5], 7.5),
+        ([0.2, 0.1], 1.0),
+    ],
+)
+def test_busy_keeps_the_longest_retry_after(hints: list[float | None], expected: float) -> None:
+    tried = [Tried("a", f"u{i}", Attempt.BUSY, h) for i, h in enumerate(hints)]
+    f = exhausted(tried, ("a",))
+    assert (f.status, f.retry_after_s) == (429, expected)

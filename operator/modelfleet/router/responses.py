@@ -3,6 +3,7 @@ the relay of a worker's answer."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
@@ -39,11 +40,16 @@ def relay(res: AttemptResult, headers: Mapping[str, str]) -> web.Response:
     )
 
 
-def rejected(code: str, message: str, headers: Mapping[str, str]) -> web.Response:
-    # Retry-After is whole seconds (RFC 9110); retry-after-ms is the OpenAI-style hint.
-    return error(
-        429, code, message, headers={**headers, "Retry-After": "1", "retry-after-ms": "1000"}
-    )
+def rejected(
+    code: str, message: str, headers: Mapping[str, str], retry_after_s: float = 1.0
+) -> web.Response:
+    # Retry-After is whole seconds (RFC 9110), rounded up so a client never comes back
+    # sooner than asked; retry-after-ms is the OpenAI-style hint (the SDK reads it first).
+    hint = {
+        "Retry-After": str(max(1, math.ceil(retry_after_s))),
+        "retry-after-ms": str(max(0, round(retry_after_s * 1000))),
+    }
+    return error(429, code, message, headers={**headers, **hint})
 
 
 @web.middleware

@@ -497,7 +497,7 @@ class Router:
         self._finish(ns, pname, route.name, "", outcome, start)
         out = {**headers, "X-ModelFleet-Fallback": "false"}
         if status == 429:
-            return rejected(code, message, out)
+            return rejected(code, message, out, f.retry_after_s)
         return _error(status, code, message, headers=out)
 
     def _finish(

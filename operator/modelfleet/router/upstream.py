@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-from modelfleet.routing.ladder import Attempt, classify_response
+from modelfleet.routing.ladder import Attempt, classify_response, parse_retry_after
 from modelfleet.routing.stats import (
     BATCH_SIZE_HEADER,
     COST_HEADER,
@@ -58,6 +58,8 @@ class AttemptResult:
     # and the images an ok answer holds.
     cost_usd: float | None = None
     images: int = 0
+    # A busy (429) worker's Retry-After, seconds.
+    retry_after_s: float | None = None
 
 
 def service_time(seconds: str | None, batch: str | None) -> tuple[float | None, int]:
@@ -153,6 +155,11 @@ class UpstreamClient:
                 )
                 rh = resp.headers
                 relayed = tuple((h, rh[h]) for h in PROVENANCE_HEADERS if h in rh)
+                retry_after = (
+                    parse_retry_after(rh.get("Retry-After"), rh.get("retry-after-ms"))
+                    if status == 429
+                    else None
+                )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # Nothing reached the worker: always safe to try another one.
             return AttemptResult(Attempt.CONNECT_ERROR, 0, b"", str(exc))
@@ -175,4 +182,5 @@ class UpstreamClient:
             headers=relayed,
             cost_usd=parse_cost(cost),
             images=images,
+            retry_after_s=retry_after,
         )

@@ -69,11 +69,32 @@ def client_error_body(status: int, body: bytes) -> bytes:
     return error_json("upstream_client_error", f"worker answered {status}: {text}")
 
 
+MAX_RETRY_AFTER_S = 3600.0
+DEFAULT_RETRY_AFTER_S = 1.0
+
+
+def parse_retry_after(retry_after: str | None, retry_after_ms: str | None = None) -> float | None:
+    """A worker's 429 hint in seconds (`retry-after-ms` first, as the OpenAI SDK reads it,
+    then `Retry-After` in seconds); None when absent or not a sane number (an HTTP date is
+    not taken: workers send seconds)."""
+    for raw, scale in ((retry_after_ms, 0.001), (retry_after, 1.0)):
+        if raw is None:
+            continue
+        try:
+            v = float(raw.strip()) * scale
+        except ValueError:
+            continue
+        if 0.0 <= v <= MAX_RETRY_AFTER_S:  # also rejects nan
+            return v
+    return None
+
+
 @dataclass(frozen=True)
 class Tried:
     pool: str
     endpoint: str | None  # None: the pool had no ready endpoint
     outcome: Attempt | None
+    retry_after_s: float | None = None  # a busy worker's hint
 
 
 @dataclass(frozen=True)
@@ -82,6 +103,9 @@ class Failure:
     code: str
     message: str
     outcome: Outcome
+    # For a 429: when the client may come back. The longest a busy worker asked for
+    # (a provider's rate limit must not be retried sooner), at least 1 s.
+    retry_after_s: float = DEFAULT_RETRY_AFTER_S
 
 
 def exhausted(tried: Sequence[Tried], ladder: Sequence[str]) -> Failure:
@@ -93,8 +117,13 @@ def exhausted(tried: Sequence[Tried], ladder: Sequence[str]) -> Failure:
             503, "no_endpoints", f"no ready endpoints in pool(s) {pools}", Outcome.UPSTREAM_ERROR
         )
     if all(t.outcome is Attempt.BUSY for t in attempts):
+        hints = [t.retry_after_s for t in attempts if t.retry_after_s is not None]
         return Failure(
-            429, "upstream_busy", f"every worker tried is busy (pools {pools})", Outcome.REJECTED
+            429,
+            "upstream_busy",
+            f"every worker tried is busy (pools {pools})",
+            Outcome.REJECTED,
+            max([DEFAULT_RETRY_AFTER_S, *hints]),
         )
     detail = "; ".join(f"{t.pool} {t.endpoint}: {t.outcome}" for t in attempts)
     if all(t.outcome is Attempt.TIMEOUT for t in attempts):

@@ -36,6 +36,7 @@ class Stand:
 
     name: str
     fail: bool = False
+    busy_retry_after: str | None = None  # set: answer 429 with this Retry-After
     seen: list[Seen] = field(default_factory=list)
     url: str = ""
 
@@ -44,6 +45,10 @@ class Stand:
         self.seen.append(Seen(request.path, request.headers.get("Content-Type", ""), raw))
         if self.fail:
             return web.json_response({"error": {"code": "internal", "message": "x"}}, status=500)
+        if self.busy_retry_after is not None:
+            err = {"error": {"code": "rate_limited", "message": "provider rate limit"}}
+            headers = {"Retry-After": self.busy_retry_after}
+            return web.json_response(err, status=429, headers=headers)
         meta = {"model": f"{self.name}-model", "revision": "rev-7", "seeds": [11],
                 "cost_usd": 0.0125, "images": 1}  # fmt: skip
         return web.json_response(
@@ -364,3 +369,17 @@ async def test_every_openai_field_accepted_and_forwarded(
     status, _, doc = await _gen(http, r, {"prompt": "a fox", "frobnicate": True})
     assert (status, doc["error"]["param"]) == (400, "frobnicate")
     assert "unknown field" in doc["error"]["message"]
+
+
+async def test_busy_workers_retry_after_is_relayed(
+    stands: Any, api_router: Any, http: aiohttp.ClientSession
+) -> None:
+    r, ws = await _fleet(stands, api_router)
+    ws["turbo"].busy_retry_after = "2.5"
+    status, h, doc = await _gen(http, r, {"prompt": "a fox", "model": "sd3.5-turbo"})
+    assert (status, doc["error"]["code"]) == (429, "upstream_busy")
+    # Rounded up: the client never comes back before the provider allows it.
+    assert (h["Retry-After"], h["retry-after-ms"]) == ("3", "2500")
+    ws["turbo"].busy_retry_after = "0"
+    status, h, _ = await _gen(http, r, {"prompt": "a fox", "model": "sd3.5-turbo"})
+    assert (status, h["Retry-After"], h["retry-after-ms"]) == (429, "1", "1000")
