@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -241,14 +243,22 @@ def test_limit_is_enforced_while_streaming(worker: Worker) -> None:
         f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
         f"Content-Length: {50 * 1024 * 1024}\r\n\r\n"
     ).encode()
+    payload = request + head + b"\x89PNG\r\n\x1a\n" + b"\x00" * (UPLOAD_LIMIT + 4 * 65536)
     with socket.create_connection(("127.0.0.1", worker.port), timeout=20) as s:
-        s.sendall(request + head + b"\x89PNG\r\n\x1a\n" + b"\x00" * (UPLOAD_LIMIT + 4 * 65536))
+        # Sent from a thread: once the worker stops reading, a blocking send could stall.
+        sender = threading.Thread(target=_send_quietly, args=(s, payload), daemon=True)
+        sender.start()
         reply = b""
         while b"\r\n\r\n" not in reply:
             chunk = s.recv(4096)
             assert chunk, "connection closed without a response"
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+
+
+def _send_quietly(s: socket.socket, payload: bytes) -> None:
+    with contextlib.suppress(OSError):  # the worker may close once it has answered
+        s.sendall(payload)
 
 
 def test_edit_metrics_by_endpoint(worker: Worker, client: openai.OpenAI) -> None:
