@@ -7,6 +7,7 @@ middle of the edits and comes back: no request fails, and stickiness returns wit
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 import time
@@ -20,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_client
 
 from conftest import LocalCluster
 from fixtures import DEFAULT_CANARY
+from modelfleet.router.assets import RedisAssetStore
+from modelfleet.routing.sticky import AssetRecord
 from modelfleet_dev.story import pool_manifest, single_route_policy
 from polling import wait_for
 from redis_fixture import RedisServer
@@ -67,6 +71,7 @@ class Reply:
     asset_pool: str
     moved: str
     image: str  # the first image's base64, the next edit's input
+    meta: dict[str, Any]  # the worker's provenance block (`modelfleet`)
 
 
 def _reply(req: urllib.request.Request) -> Reply:
@@ -84,6 +89,7 @@ def _reply(req: urllib.request.Request) -> Reply:
         h.get("X-ModelFleet-Asset-Pool", ""),
         h.get("X-ModelFleet-Asset-Moved", ""),
         image,
+        doc.get("modelfleet") or {},
     )
 
 
@@ -264,10 +270,25 @@ def test_assets_stick_through_a_live_canary_and_a_redis_outage(
     during = [(a, rep) for r, a, rep, up in replies if r == 2 and not up]
     assert errors() >= 1
     assert any(rep.pool != home[a] for a, rep in during), "the outage changed nothing?"
-    # Round 3's records are the first renders' ones: a missed lookup never rewrote one.
-    for a in assets[:20]:
-        rep = render(fleet, a, 4, last)
-        assert (rep.status, rep.pool) == (200, home[a])
+    # The records are the first renders' (pool, model, revision, seed, digest of the
+    # first image's bytes): neither an edit nor a missed lookup rewrote one.
+    raw = redis_client.Redis.from_url(redis.url)
+    try:
+        for a in assets[:20]:
+            stored = raw.get(RedisAssetStore.key(NS, a))
+            assert stored is not None, a
+            rec = AssetRecord.from_json(stored)
+            m = made[a]
+            assert rec.pool == home[a]
+            assert rec.digest == hashlib.sha256(base64.b64decode(m.image)).hexdigest()
+            assert (rec.model, rec.revision, rec.seed) == (
+                m.meta["model"],
+                m.meta.get("revision"),
+                m.meta["seeds"][0],
+            )
+            assert rec.model  # the worker said which model made it
+    finally:
+        raw.close()
     print(
         f"sticky e2e: {ASSETS} assets x {1 + EDITS} renders in {elapsed:.1f}s, "
         f"first renders {counts}, outage {outage.get('back', 0) - outage.get('killed', 0):.2f}s "
