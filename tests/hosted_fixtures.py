@@ -1,33 +1,14 @@
-"""Helpers for hosted-adapter tests: a provider stand-in serving from its own thread
-(sync tests script it and read what it saw) and the real adapter process."""
+"""The real adapter process as a worker_fixtures.Worker (its request/metric/log helpers),
+for hosted-adapter tests; serve the stand-in with modelfleet_dev.standins.common.in_thread."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-import threading
 from typing import Any
 
 import worker_fixtures
-from modelfleet_dev.standins.common import StandIn
 from worker_fixtures import Worker, free_port
-
-
-class Threaded:
-    """Runs `standin` on an event loop in a daemon thread until stop()."""
-
-    def __init__(self, standin: StandIn) -> None:
-        self.s = standin
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(standin.start(), self.loop).result(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.s.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 def start_adapter(

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 import hosted_fixtures
-from hosted_fixtures import Threaded
-from modelfleet_dev.standins.common import png, png_size
+from modelfleet_dev.standins.common import in_thread, png, png_size
 from modelfleet_dev.standins.openai_images import OpenAIImagesStandIn
 from polling import wait_for
 from worker_fixtures import Worker
@@ -27,9 +26,9 @@ KEY = "sk-test-" + uuid.uuid4().hex
 
 @pytest.fixture(scope="module")
 def standin() -> Iterator[OpenAIImagesStandIn]:
-    t = Threaded(OpenAIImagesStandIn(KEY))
-    yield t.s
-    t.stop()
+    with in_thread(OpenAIImagesStandIn(KEY)) as s:
+        assert isinstance(s, OpenAIImagesStandIn)
+        yield s
 
 
 @pytest.fixture(autouse=True)
@@ -355,4 +354,10 @@ def test_edit_upload_limits_name_the_part(
     assert status == 400 and doc["error"]["param"] == "prompt"
     status, doc = _post_form(gpt_nearest, {"prompt": "p"}, {})
     assert status == 400 and doc["error"]["param"] == "image"
+    status, doc = _post_form(gpt_nearest, {"prompt": "p"}, {"image": b"GIF89a not accepted"})
+    assert status == 400 and doc["error"]["param"] == "image"
+    status, _, raw = gpt_nearest.request(
+        "POST", "/v1/images/edits", raw=b"--x\r\nbroken", timeout=10
+    )  # Content-Type application/json: not multipart
+    assert status == 400 and json.loads(raw)["error"]["code"] == "invalid_request"
     assert standin.calls_to("/images/edits") == []

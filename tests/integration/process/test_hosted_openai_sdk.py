@@ -13,8 +13,7 @@ import openai
 import pytest
 
 import hosted_fixtures
-from hosted_fixtures import Threaded
-from modelfleet_dev.standins.common import png, png_size
+from modelfleet_dev.standins.common import in_thread, png, png_size
 from modelfleet_dev.standins.openai_images import OpenAIImagesStandIn
 from worker_fixtures import Worker
 
@@ -23,9 +22,9 @@ KEY = "sk-sdk-" + uuid.uuid4().hex
 
 @pytest.fixture(scope="module")
 def standin() -> Iterator[OpenAIImagesStandIn]:
-    t = Threaded(OpenAIImagesStandIn(KEY))
-    yield t.s
-    t.stop()
+    with in_thread(OpenAIImagesStandIn(KEY)) as s:
+        assert isinstance(s, OpenAIImagesStandIn)
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -1,59 +1,54 @@
-"""The edit's multipart form, streamed part by part with limits (aiohttp shell)."""
+"""An edit's multipart form for a provider: the worker's streaming reader
+(modelfleet_worker.multipart, shared with the diffusers worker) plus what forwarding
+needs — each file's name and Content-Type, and a magic-byte check so a file that is
+no image is refused before a provider call is spent on it."""
 
 from __future__ import annotations
 
-import aiohttp
+from typing import Any
+
 from aiohttp import web
 
+from ..edits import sniff_format
+from ..multipart import read_edit_form
+from ..validation import RequestError, form_to_body
 from .answers import Reject
 from .backend import EditInput
 
-MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # an edit's files together (the Images API's limit)
-MAX_FIELD_BYTES = 64 * 1024  # one text part
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # the whole form (the Images API's image limit)
+_TYPES = {
+    "PNG": ("image/png", "png"),
+    "JPEG": ("image/jpeg", "jpg"),
+    "WEBP": ("image/webp", "webp"),
+}
 
 
-async def read_edit_form(request: web.Request) -> tuple[dict[str, str], EditInput]:
-    """The edit's multipart form: text fields, image (or image[] repeated) and mask.
-    Files together may hold MAX_UPLOAD_BYTES; the first over it is named in the 413."""
-    if not request.content_type.startswith("multipart/"):
-        raise Reject(400, "invalid_request", "edits take multipart/form-data", "image")
-    reader = await request.multipart()
-    fields: dict[str, str] = {}
-    images: list[tuple[str, bytes, str]] = []
-    mask: tuple[str, bytes, str] | None = None
-    total = 0
-    while True:
-        part = await reader.next()
-        if part is None:
-            break
-        if not isinstance(part, aiohttp.BodyPartReader):
-            continue
-        name = part.name or ""
-        data = bytearray()
-        if part.filename is None:
-            while chunk := await part.read_chunk(64 * 1024):
-                data.extend(chunk)
-                if len(data) > MAX_FIELD_BYTES:
-                    raise Reject(400, "invalid_request", f"{name} is over 64 KiB", name or None)
-            fields[name] = data.decode("utf-8", "replace")
-            continue
-        while chunk := await part.read_chunk(256 * 1024):
-            data.extend(chunk)
-            if total + len(data) > MAX_UPLOAD_BYTES:
-                field = "mask" if name == "mask" else "image"
-                raise Reject(
-                    413,
-                    "body_too_large",
-                    f"uploads exceed {MAX_UPLOAD_BYTES} bytes",
-                    field,
-                    "too_large",
-                )
-        total += len(data)
-        entry = (part.filename, bytes(data), part.headers.get("Content-Type", "image/png"))
-        if name == "mask":
-            mask = entry
-        elif name in ("image", "image[]"):
-            images.append(entry)
-    if not images:
+def _reject(exc: RequestError) -> Reject:
+    outcome = "too_large" if exc.status == 413 else "invalid"
+    return Reject(exc.status, exc.code, exc.message, exc.param, outcome)
+
+
+async def read_edit(request: web.Request) -> tuple[dict[str, Any], EditInput]:
+    """(the form's text fields as a JSON-typed body, the uploads). Raises Reject."""
+    try:
+        form = await read_edit_form(request, MAX_UPLOAD_BYTES)
+        body = form_to_body(form.fields)
+    except RequestError as exc:
+        raise _reject(exc) from exc
+    uploads: dict[str, list[tuple[str, bytes, str]]] = {}
+    for param in ("image", "mask"):
+        for i, (data, (filename, _)) in enumerate(
+            zip(form.files.get(param, []), form.file_info.get(param, []), strict=True)
+        ):
+            raw = data.getvalue()
+            fmt = sniff_format(raw[:16])
+            if fmt is None:
+                raise Reject(400, "invalid_request", f"{param} must be a PNG, JPEG or WebP", param)
+            ctype, ext = _TYPES[fmt]
+            uploads.setdefault(param, []).append((filename or f"{param}{i}.{ext}", raw, ctype))
+    if not uploads.get("image"):
         raise Reject(400, "invalid_request", "image is required", "image")
-    return fields, EditInput(tuple(images), mask)
+    if len(uploads.get("mask", [])) > 1:
+        raise Reject(400, "invalid_request", "mask must be given once", "mask")
+    mask = uploads["mask"][0] if uploads.get("mask") else None
+    return body, EditInput(tuple(uploads["image"]), mask)

@@ -40,7 +40,7 @@ from .backend import (
     ProviderResult,
 )
 from .config import API_KEY_ENV, HostedConfig
-from .form import MAX_UPLOAD_BYTES, read_edit_form
+from .form import MAX_UPLOAD_BYTES, read_edit
 from .limits import Cooldown, TokenBucket, retry_after_header
 from .metrics import HostedMetrics
 from .registry import BackendSettings, make_backend
@@ -198,7 +198,7 @@ class HostedServer:
                 f"{self.backend.model} ({self.backend.name}) does not support image edits",
                 "image",
             )
-        fields, edit = await read_edit_form(request)
+        fields, edit = await read_edit(request)
         return await self._serve(fields, edit, "edits")
 
     async def _serve(self, body: Any, edit: EditInput | None, endpoint: str) -> web.Response:
