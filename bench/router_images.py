@@ -20,8 +20,9 @@ Method
   asyncio client in its own process that counts bytes without keeping them: throughput
   (MB/s of request + response bytes), latency at that load, the proxy's CPU seconds per
   request (user+system from /proc) and its peak RSS (VmRSS sampled every 10 ms).
-- Sticky: (1) RedisAssetStore.get (the router's own lookup and client) against a
-  redis-server on loopback, one at a time, records present; (2) end to end, small bodies:
+- Sticky: (1) the router's per-request call, StickyAssets.lookup on a RedisAssetStore
+  (pipelined GET+TTL, decode, sticky_choice) against a redis-server on loopback, one at a
+  time, records present; (2) end to end, small bodies:
   200 assets, each used 4 times, through a router with --asset-store redis and one with
   --asset-store none, interleaved; the first use records and is not counted.
 All processes share this machine's cores: absolute numbers depend on the host.
@@ -51,6 +52,7 @@ from httpbench import (
     free_port,
     raw_request,
     round_robin,
+    rss_mb,
     run_load,
     start_nginx,
     start_redis,
@@ -142,23 +144,30 @@ def start_router(
 
 
 async def store_lookups(url: str, n: int) -> dict[str, float]:
-    """The router's own Redis lookup (RedisAssetStore.get) of present records, one at a time."""
-    from modelfleet.router.assets import RedisAssetStore
+    """What the router does per request with an asset id, alone: StickyAssets.lookup on
+    Redis (one pipelined GET+TTL, the record's decode, sticky_choice), records present."""
+    from prometheus_client import CollectorRegistry
+
+    from modelfleet.router.assets import RedisAssetStore, StickyAssets
     from modelfleet.routing.sticky import AssetRecord
 
     store = RedisAssetStore(url)
+    sticky = StickyAssets(store, CollectorRegistry())
     rec = AssetRecord("fast", "bench-model", "r1", "ab" * 32, 1, time.time())
     try:
         for i in range(200):
             await store.put("bench", f"asset-{i}", rec)
         lat = []
+        ladder, live = ("other", "fast"), {"other", "fast"}
         for i in range(n):
             t0 = time.perf_counter()
-            got = await store.get("bench", f"asset-{i % 200}")
+            # The weights chose "other"; the record puts the asset's pool first.
+            ticket = await sticky.lookup("bench", f"asset-{i % 200}", ladder, live)
             lat.append(time.perf_counter() - t0)
-            assert got == rec
+            if not (ticket.lookup_ok and ticket.ladder[0] == "fast"):
+                raise RuntimeError(f"lookup missed: {ticket}")
     finally:
-        await store.close()
+        await sticky.close()
     lat.sort()
     return {
         "p50_ms": lat[len(lat) // 2] * 1000,
@@ -274,9 +283,10 @@ def measure(
         pid = pids.get(name)
         cpu0 = cpu_seconds(pid) if pid else 0.0
         if pid:
+            idle = rss_mb(pid)
             with RssSampler(pid) as rss:
                 par = run_load(port, path.encode(), body, ctype, args.inflight, args.seconds)
-            par["rss_mb"] = rss.peak
+            par["rss_mb"], par["rss_idle_mb"] = rss.peak, idle
             par["cpu_ms"] = (cpu_seconds(pid) - cpu0) / max(par["n"], 1) * 1000
         else:
             par = run_load(port, path.encode(), body, ctype, args.inflight, args.seconds)
@@ -304,7 +314,7 @@ def print_tables(
     )
     print(
         "| request | target | sequential p50 / p99 (ms) | added p50 / p99 (ms) | "
-        f"x{args.inflight} p50 / p99 (ms) | req/s | MB/s | CPU / request | peak RSS | errors |"
+        f"x{args.inflight} p50 / p99 (ms) | req/s | MB/s | CPU / request | peak RSS (idle) | errors |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for kind in ("generation", "edit"):
@@ -320,7 +330,7 @@ def print_tables(
                 else f"{s['p50_ms'] - d['p50_ms']:+.2f} / {s['p99_ms'] - d['p99_ms']:+.2f}"
             )
             cpu = f"{q['cpu_ms']:.2f} ms" if "cpu_ms" in q else "-"
-            rss = f"{q['rss_mb']:.0f} MB" if "rss_mb" in q else "-"
+            rss = f"{q['rss_mb']:.0f} MB ({q['rss_idle_mb']:.0f})" if "rss_mb" in q else "-"
             print(
                 f"| {kind} | {name} | {s['p50_ms']:.2f} / {s['p99_ms']:.2f} | {added} | "
                 f"{q['p50_ms']:.1f} / {q['p99_ms']:.1f} | {q['rps']:.0f} | {q['mb_s']:.0f} | "
@@ -349,7 +359,8 @@ def print_tables(
         print("\n| sticky lookup (Redis on loopback) | p50 (ms) | p99 (ms) |")
         print("|---|---:|---:|")
         print(
-            f"| RedisAssetStore.get, {st['n']:.0f} lookups one at a time | "
+            f"| StickyAssets.lookup on Redis (GET+TTL, decode, choice), {st['n']:.0f} one at "
+            f"a time | "
             f"{st['p50_ms']:.3f} | {st['p99_ms']:.3f} |"
         )
         print(
