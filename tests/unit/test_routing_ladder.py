@@ -12,6 +12,7 @@ from modelfleet.routing.ladder import (
     Attempt,
     Outcome,
     Tried,
+    busy_code,
     client_error_body,
     exhausted,
     parse_retry_after,
@@ -123,3 +124,34 @@ def test_busy_keeps_the_longest_retry_after(hints: list[float | None], expected:
     tried = [Tried("a", f"u{i}", Attempt.BUSY, h) for i, h in enumerate(hints)]
     f = exhausted(tried, ("a",))
     assert (f.status, f.retry_after_s) == (429, expected)
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [
+        (["rate_limited", "rate_limited"], "rate_limited"),
+        (["quota_exhausted"], "quota_exhausted"),
+        (["rate_limited", "quota_exhausted"], "upstream_busy"),  # no single reason
+        (["rate_limited", None], "upstream_busy"),
+        ([None], "upstream_busy"),
+    ],
+)
+def test_busy_reason_relayed_when_all_agree(codes: list[str | None], expected: str) -> None:
+    tried = [Tried("a", f"u{i}", Attempt.BUSY, None, c) for i, c in enumerate(codes)]
+    f = exhausted(tried, ("a",))
+    assert (f.status, f.code) == (429, expected)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"error": {"code": "quota_exhausted", "message": "m"}}', "quota_exhausted"),
+        (b'{"error": {"code": "rate_limited"}}', "rate_limited"),
+        (b'{"error": {"code": "queue_full"}}', None),  # a full worker: the router's own code
+        (b'{"error": "x"}', None),
+        (b"[1]", None),
+        (b"busy", None),
+    ],
+)
+def test_busy_code(body: bytes, expected: str | None) -> None:
+    assert busy_code(body) == expected

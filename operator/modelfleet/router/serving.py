@@ -113,7 +113,7 @@ class Ladder:
                 res = await self._attempt(
                     ns, pool, ep, payload, min(s.attempt_timeout_s, remaining), pinned
                 )
-                tried.append(Tried(pool, ep, res.outcome, res.retry_after_s))
+                tried.append(Tried(pool, ep, res.outcome, res.retry_after_s, res.busy_code))
                 if res.outcome is Attempt.OK or res.outcome is Attempt.CLIENT_ERROR:
                     return Served(pool, res, self._clock() - t0)
         return Unserved(tried, ladder, False)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-from modelfleet.routing.ladder import Attempt, classify_response, parse_retry_after
+from modelfleet.routing.ladder import Attempt, busy_code, classify_response, parse_retry_after
 from modelfleet.routing.stats import (
     BATCH_SIZE_HEADER,
     COST_HEADER,
@@ -58,8 +58,9 @@ class AttemptResult:
     # and the images an ok answer holds.
     cost_usd: float | None = None
     images: int = 0
-    # A busy (429) worker's Retry-After, seconds.
+    # A busy (429) worker's Retry-After, seconds, and its reason (ladder.busy_code).
     retry_after_s: float | None = None
+    busy_code: str | None = None
 
 
 def service_time(seconds: str | None, batch: str | None) -> tuple[float | None, int]:
@@ -183,4 +184,5 @@ class UpstreamClient:
             cost_usd=parse_cost(cost),
             images=images,
             retry_after_s=retry_after,
+            busy_code=busy_code(data) if status == 429 else None,
         )

@@ -71,6 +71,20 @@ def client_error_body(status: int, body: bytes) -> bytes:
 
 MAX_RETRY_AFTER_S = 3600.0
 DEFAULT_RETRY_AFTER_S = 1.0
+# A worker's 429 codes that say why (a hosted provider's limits): relayed to the client
+# when every busy attempt agrees, so it can tell "try again soon" from "quota gone".
+RELAYED_BUSY_CODES = frozenset({"rate_limited", "quota_exhausted"})
+
+
+def busy_code(body: bytes) -> str | None:
+    """The error code of a worker's 429 body, if it is one of RELAYED_BUSY_CODES."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    return code if code in RELAYED_BUSY_CODES else None
 
 
 def parse_retry_after(retry_after: str | None, retry_after_ms: str | None = None) -> float | None:
@@ -95,6 +109,7 @@ class Tried:
     endpoint: str | None  # None: the pool had no ready endpoint
     outcome: Attempt | None
     retry_after_s: float | None = None  # a busy worker's hint
+    code: str | None = None  # a busy worker's reason (RELAYED_BUSY_CODES)
 
 
 @dataclass(frozen=True)
@@ -118,10 +133,13 @@ def exhausted(tried: Sequence[Tried], ladder: Sequence[str]) -> Failure:
         )
     if all(t.outcome is Attempt.BUSY for t in attempts):
         hints = [t.retry_after_s for t in attempts if t.retry_after_s is not None]
+        codes = {t.code for t in attempts}
+        code = codes.pop() if len(codes) == 1 else None
+        why = f" ({code})" if code else ""
         return Failure(
             429,
-            "upstream_busy",
-            f"every worker tried is busy (pools {pools})",
+            code or "upstream_busy",
+            f"every worker tried is busy{why} (pools {pools})",
             Outcome.REJECTED,
             max([DEFAULT_RETRY_AFTER_S, *hints]),
         )

@@ -377,7 +377,7 @@ async def test_busy_workers_retry_after_is_relayed(
     r, ws = await _fleet(stands, api_router)
     ws["turbo"].busy_retry_after = "2.5"
     status, h, doc = await _gen(http, r, {"prompt": "a fox", "model": "sd3.5-turbo"})
-    assert (status, doc["error"]["code"]) == (429, "upstream_busy")
+    assert (status, doc["error"]["code"]) == (429, "rate_limited")  # the worker's reason
     # Rounded up: the client never comes back before the provider allows it.
     assert (h["Retry-After"], h["retry-after-ms"]) == ("3", "2500")
     ws["turbo"].busy_retry_after = "0"
