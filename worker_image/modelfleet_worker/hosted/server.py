@@ -164,6 +164,7 @@ class HostedServer:
         return web.json_response({"status": "ready"})
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
+        self._quota_left()  # a quota reset that passed since the last request shows as ready
         return web.Response(
             body=self.metrics.render(), headers={"Content-Type": self.metrics.content_type}
         )
