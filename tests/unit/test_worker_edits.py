@@ -278,3 +278,22 @@ def test_endpoint_label(path: str, label: str) -> None:
     from modelfleet_worker.metrics import endpoint_of
 
     assert endpoint_of(path) == label
+
+
+@pytest.mark.parametrize(
+    ("model", "revision", "expected"),
+    [
+        ("hf://org/name@abc123", "", "abc123"),
+        ("hf://org/name@abc123", "def", "abc123"),  # the URI's pin wins, as fetch does
+        ("hf://org/name", "def", "def"),
+        ("hf://org/name", "", None),
+        ("file:///models/x", "", None),
+        ("file:///models/x", "v2", "v2"),  # a label the operator may set for any scheme
+        ("", "", None),
+        ("", "v3", "v3"),
+    ],
+)
+def test_model_revision(model: str, revision: str, expected: str | None) -> None:
+    from modelfleet_worker.server import model_revision
+
+    assert model_revision(model, revision) == expected

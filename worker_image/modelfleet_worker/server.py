@@ -98,6 +98,7 @@ class WorkerServer:
         self._active = 0
         self._active_zero = asyncio.Event()
         self._cpu_per_image: dict[int, float] = {}  # id(Job) -> CPU s (service_clock cpu)
+        self._revision = model_revision(cfg.model, cfg.revision)
         self._active_zero.set()
 
     # ----- app wiring -------------------------------------------------------
@@ -452,7 +453,7 @@ class WorkerServer:
         """Brief contract 1: what made these images; OpenAI clients ignore the object."""
         return {
             "model": self.cfg.model,
-            "revision": self.cfg.revision or None,
+            "revision": self._revision,
             "seeds": seeds,
             "cost_usd": round(cost_usd, 9),
             "images": len(seeds),
@@ -492,6 +493,16 @@ class WorkerServer:
             await asyncio.wait_for(self._active_zero.wait(), left)
         except TimeoutError:
             log.warning("drain timed out with %d requests still open", self._active)
+
+
+def model_revision(model: str, revision: str) -> str | None:
+    """The revision provenance reports: hf://org/name@REV, else REVISION, else None."""
+    from .fetch import FetchError, parse_uri
+
+    try:
+        return parse_uri(model, revision).revision or revision or None
+    except FetchError:  # no model URI (dev backends): only an explicit REVISION
+        return revision or None
 
 
 def provenance_headers(prov: dict[str, Any]) -> dict[str, str]:
