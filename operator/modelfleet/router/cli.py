@@ -83,6 +83,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the part being read (default 25)",
     )
     p.add_argument(
+        "--max-uploads-in-flight-mb",
+        type=_positive,
+        default=512.0,
+        help="memory for edit uploads being read or served, all requests together; beyond "
+        "it: 429 overloaded (default 512)",
+    )
+    p.add_argument(
         "--retries-per-pool",
         type=int,
         default=1,
@@ -150,6 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         body_timeout_s=args.body_timeout_s,
         retries_per_pool=max(0, args.retries_per_pool),
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_upload_bytes_in_flight=int(args.max_uploads_in_flight_mb * 1024 * 1024),
     )
     try:
         import uvloop

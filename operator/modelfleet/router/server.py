@@ -68,6 +68,7 @@ class Router:
         self._rnd = (rng or random.Random()).random
         self._clock = clock
         self._gates: dict[str, tuple[PolicyTable, AdmissionGate]] = {}
+        self._upload_bytes = 0  # edit uploads held now (Settings.max_upload_bytes_in_flight)
         self.ladder = Ladder(self.settings, self.metrics, self.stats, self._rnd, clock)
         # Sticky assets (router.assets); None: asset_id is accepted and ignored.
         self.assets = (
@@ -199,17 +200,37 @@ class Router:
             boundary = boundary_of(ctype)
         except FormError as exc:
             return _error(400, "invalid_request", exc.message, exc.param)
-        got = await self._read_upload(request, boundary)
-        if isinstance(got, web.Response):
-            return got
+        # Uploads are read before admission (a slow client holds no slot), so their memory
+        # has its own budget: the most every edit being read or served may hold at once.
+        limit = self.settings.max_upload_bytes
+        length = request.content_length
+        held = limit if length is None else min(length, limit + 1)
+        budget = self.settings.max_upload_bytes_in_flight
+        if self._upload_bytes + held > budget:
+            return rejected(
+                "overloaded",
+                f"the router holds {budget} bytes of edit uploads at most; retry shortly",
+                {},
+            )
+        self._upload_bytes += held
         try:
-            form = scan_form(got, boundary)
-        except FormError as exc:
-            return _error(400, "invalid_request", exc.message, exc.param)
-        payload = Payload(got, EDITS_PATH, ctype)
-        return await self._route(
-            request, snap, start, lambda h: parse_edit_form(form.fields, form.files, h), payload
-        )
+            got = await self._read_upload(request, boundary)
+            if isinstance(got, web.Response):
+                return got
+            try:
+                form = scan_form(got, boundary)
+            except FormError as exc:
+                return _error(400, "invalid_request", exc.message, exc.param)
+            payload = Payload(got, EDITS_PATH, ctype)
+            return await self._route(
+                request,
+                snap,
+                start,
+                lambda h: parse_edit_form(form.fields, form.files, h),
+                payload,
+            )
+        finally:
+            self._upload_bytes -= held
 
     async def _read_upload(self, request: web.Request, boundary: bytes) -> bytes | web.Response:
         """The whole body, once (retries and fallbacks resend it), before taking a slot;

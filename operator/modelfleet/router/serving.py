@@ -33,6 +33,7 @@ class Settings:
     shadow_max_in_flight: int = 64  # beyond this, shadow copies are dropped
     max_connections: int = 4096
     max_upload_bytes: int = 25 * 1024 * 1024  # an edit's whole multipart body
+    max_upload_bytes_in_flight: int = 512 * 1024 * 1024  # all edits being read or served
 
 
 class Ladder:

@@ -5,6 +5,7 @@ in-process stand-in workers that record exactly what reached them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,7 @@ import yaml
 from aiohttp import web
 
 from modelfleet_dev.routerproc import RouterProcess, policy
+from polling import wait_for_async
 from router_client import metric, metrics
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,12 +39,15 @@ class Stand:
     name: str
     fail: bool = False
     busy_retry_after: str | None = None  # set: answer 429 with this Retry-After
+    hold: asyncio.Event | None = None  # set: answer once it is set
     seen: list[Seen] = field(default_factory=list)
     url: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
         self.seen.append(Seen(request.path, request.headers.get("Content-Type", ""), raw))
+        if self.hold is not None:
+            await self.hold.wait()
         if self.fail:
             return web.json_response({"error": {"code": "internal", "message": "x"}}, status=500)
         if self.busy_retry_after is not None:
@@ -383,3 +388,24 @@ async def test_busy_workers_retry_after_is_relayed(
     ws["turbo"].busy_retry_after = "0"
     status, h, _ = await _gen(http, r, {"prompt": "a fox", "model": "sd3.5-turbo"})
     assert (status, h["Retry-After"], h["retry-after-ms"]) == (429, "1", "1000")
+
+
+async def test_upload_memory_budget_sheds_with_429(
+    stands: Any, api_router: Any, http: aiohttp.ClientSession
+) -> None:
+    """Uploads are read before admission, so their memory has its own bound."""
+    r, ws = await _fleet(stands, api_router, "--max-uploads-in-flight-mb", "1")
+    ws["turbo"].hold = asyncio.Event()
+    first = asyncio.ensure_future(_edit(http, r, _form(model="sd3.5-turbo", size=600_000)))
+
+    async def held() -> bool:
+        return len(ws["turbo"].seen) == 1
+
+    await wait_for_async(held, timeout=10, interval=0.02)
+    status, h, doc, *_ = await _edit(http, r, _form(model="sd3.5-turbo", size=600_000))
+    assert (status, doc["error"]["code"], h["Retry-After"]) == (429, "overloaded", "1")
+    ws["turbo"].hold.set()
+    assert (await first)[0] == 200
+    # Released with the first: the next one fits again.
+    status, *_ = await _edit(http, r, _form(model="sd3.5-turbo", size=600_000))
+    assert status == 200
