@@ -38,6 +38,7 @@ class SdkWorker(FakeWorker):
         self.edit_types: list[str] = []  # each edit's Content-Type as it arrived
         self.busy_first = 0
         self.retry_after = "1"
+        self.busy_code = "rate_limited"  # or quota_exhausted (brief contract 3)
         self.arrivals: list[float] = []  # time.monotonic() of every request
 
     def app(self) -> web.Application:
@@ -51,7 +52,7 @@ class SdkWorker(FakeWorker):
             return None
         self.busy_first -= 1
         return web.json_response(
-            error_body("rate_limited", f"{self.name}: slow down"),
+            error_body(self.busy_code, f"{self.name}: slow down"),
             status=429,
             headers={"Retry-After": self.retry_after},
         )
@@ -486,9 +487,17 @@ async def test_worker_retry_after_reaches_the_sdk(workers_sdk: Any, start: Start
     with pytest.raises(openai.RateLimitError) as info:
         await sdk(r).images.generate(prompt="x")
     assert retry_after_s(info.value) >= 3, info.value.response.headers
+    assert info.value.code == "rate_limited"  # the provider's reason, not just "busy"
     w.busy_first, w.arrivals = 1, []
     assert (await sdk(r, max_retries=1).images.generate(prompt="x")).data
     assert len(w.arrivals) == 2 and w.arrivals[1] - w.arrivals[0] >= 2.9, w.arrivals
+    # An exhausted quota asks for an hour: beyond what the SDK waits, so it gives up at
+    # once instead of retrying into the same refusal.
+    w.busy_first, w.busy_code, w.retry_after, w.arrivals = 3, "quota_exhausted", "3600", []
+    with pytest.raises(openai.RateLimitError) as info:
+        await sdk(r, max_retries=2).images.generate(prompt="x")
+    assert info.value.code == "quota_exhausted" and retry_after_s(info.value) >= 3600
+    assert len(w.arrivals) == 1
 
 
 async def test_router_shedding_is_rate_limit_error_the_sdk_retries(
