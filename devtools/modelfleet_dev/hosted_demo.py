@@ -322,8 +322,12 @@ def quota_story(api: k8s.ApiClient, router: str, namespace: str, say: Say) -> bo
     the pool Degraded/QuotaExhausted, `texture` falls back to imagen; then a fresh
     adapter (the quota back) makes the pool Ready again."""
     custom, core = k8s.CustomObjectsApi(api), k8s.CoreV1Api(api)
-    control("google", "POST", "/_standin/faults", {"kind": "quota", "count": None})
-    say("google's stand-in now answers RESOURCE_EXHAUSTED for the daily quota")
+    fault = {"kind": "quota", "count": None, "model": "gemini-3-pro-image-preview"}
+    control("google", "POST", "/_standin/faults", fault)
+    say(
+        "google's stand-in now answers gemini-3-pro-image-preview RESOURCE_EXHAUSTED "
+        "(daily quota; Imagen's quota is its own)"
+    )
     prompt = "a rusty metal plate, seamless"
     status, headers, body = _post(router, prompt, "texture", 1)
     say("  " + _line(status, headers, body, prompt))

@@ -10,8 +10,9 @@ filter, the rest delivered), `error` (a 5xx, `status`), `slow` (answer normally 
 URLs). Each is
 answered `count` times (None: until cleared), in the order they were added. A prompt
 holding one of `blocked_words` is refused as the provider would, without a fault.
+A fault naming a `model` answers only requests for that provider model.
 Control over HTTP: `POST /_standin/faults {"kind", "count", "delay_s", "retry_after_s",
-"status"}`, `DELETE /_standin/faults`, `GET /_standin/calls` (what was asked of it)."""
+"status", "model"}`, `DELETE /_standin/faults`, `GET /_standin/calls` (what was asked of it)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class Fault:
     delay_s: float = 0.0  # `slow`; also before any other fault's answer
     retry_after_s: float = 2.0  # `rate_limit` / `quota`
     status: int = 500  # `error`
+    model: str | None = None  # only requests for this provider model (quotas are per model)
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -127,13 +129,16 @@ class StandIn:
             self.faults.clear()
             self.calls.clear()
 
-    def take_fault(self, kinds: tuple[str, ...] = FAULT_KINDS[:-1]) -> Fault | None:
-        """The first fault of `kinds` this request answers, if any (consumes one of its
-        answers). Generation requests take every kind but `slow_url`, downloads only it."""
+    def take_fault(
+        self, kinds: tuple[str, ...] = FAULT_KINDS[:-1], model: str | None = None
+    ) -> Fault | None:
+        """The first fault of `kinds` (and of `model`, for a fault that names one) this
+        request answers, if any (consumes one of its answers). Generation requests take
+        every kind but `slow_url`, downloads only it."""
         with self._lock:
             self.faults[:] = [f for f in self.faults if f.count is None or f.count > 0]
             for fault in self.faults:
-                if fault.kind not in kinds:
+                if fault.kind not in kinds or fault.model not in (None, model):
                     continue
                 if fault.count is not None:
                     fault.count -= 1

@@ -280,7 +280,7 @@ class GeminiStandIn(StandIn):
                     ],
                 )
             call.fields = parsed
-            fault = self.take_fault()
+            fault = self.take_fault(model=model)
             await self.delay(fault)
             if fault is not None and fault.kind in ("rate_limit", "quota"):
                 return self._limit(fault, method)

@@ -298,7 +298,7 @@ class IdeogramStandIn(StandIn):
     # -- answers ------------------------------------------------------------------
 
     async def _render(self, req: dict[str, Any], model: str) -> web.Response:
-        fault: Fault | None = self.take_fault()
+        fault: Fault | None = self.take_fault(model=model)
         await self.delay(fault)
         if fault is not None and fault.kind in ("rate_limit", "quota"):
             resp = self.error(429, "Too many requests")

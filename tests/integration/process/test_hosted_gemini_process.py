@@ -207,7 +207,8 @@ def test_daily_quota_makes_the_adapter_unready_until_midnight_pacific(
 ) -> None:
     adapter = _adapter(google, "gemini", PRO)
     try:
-        fresh.add_fault("quota", retry_after_s=20)  # the service's RetryInfo is not the reset
+        # Quotas are per model: Imagen's is not spent. RetryInfo is not the daily reset.
+        fresh.add_fault("quota", count=None, retry_after_s=20, model=PRO)
         status, headers, body = adapter.generate({"prompt": "a harbour"})
         now = time.time()
         assert status == 429, body
@@ -223,6 +224,11 @@ def test_daily_quota_makes_the_adapter_unready_until_midnight_pacific(
         status, _, body = adapter.generate({"prompt": "a harbour"})
         assert (status, body["error"]["code"]) == (429, "quota_exhausted")
         assert len(fresh.calls) == 1  # no call while the quota is spent
+        imagen = _adapter(google, "gemini-imagen", IMAGEN)
+        try:
+            assert imagen.generate({"prompt": "a harbour"})[0] == 200
+        finally:
+            imagen.stop()
     finally:
         adapter.stop()
 
