@@ -294,6 +294,31 @@ def test_endpoint_label(path: str, label: str) -> None:
     ],
 )
 def test_model_revision(model: str, revision: str, expected: str | None) -> None:
-    from modelfleet_worker.server import model_revision
+    from modelfleet_worker.response import model_revision
 
     assert model_revision(model, revision) == expected
+
+
+def test_provenance_object_and_headers() -> None:
+    from modelfleet_worker.response import provenance, provenance_headers, service_cost_usd
+
+    cost = service_cost_usd(per_image_s=0.5, images=4, gpu_hour_price=3.6)
+    assert cost == pytest.approx(0.002)  # 2 GPU-seconds at 0.001 USD/s
+    assert service_cost_usd(0.5, 4, 0.0) == 0.0
+    prov = provenance("hf://org/m@r1", "r1", [5, 6, 7, 8], cost)
+    assert prov == {
+        "model": "hf://org/m@r1",
+        "revision": "r1",
+        "seeds": [5, 6, 7, 8],
+        "cost_usd": 0.002,
+        "images": 4,
+    }
+    assert provenance_headers(prov) == {
+        "X-ModelFleet-Model": "hf://org/m@r1",
+        "X-ModelFleet-Revision": "r1",
+        "X-ModelFleet-Cost-USD": "0.002000000",
+    }
+    unnamed = provenance("file:///m/\u00e9t\u00e9\n", None, [1], 0.0)
+    headers = provenance_headers(unnamed)
+    assert "X-ModelFleet-Revision" not in headers
+    assert headers["X-ModelFleet-Model"] == "file:///m/?t??"  # header-safe ASCII

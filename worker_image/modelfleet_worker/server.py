@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import io
 import logging
 import os
 import secrets
@@ -26,9 +24,17 @@ from .engine import Engine, Job, JobResult, QueueFullError
 from .faults import FaultInjector, FaultSettings
 from .memory import margin_bytes, memory_batch_cap, scaled_profile
 from .metrics import WorkerMetrics, endpoint_of
+from .response import (
+    encode_image,
+    image_item,
+    model_revision,
+    provenance,
+    provenance_headers,
+    service_cost_usd,
+    text_summary_headers,
+)
 from .validation import (
     MAX_BODY_BYTES,
-    OUTPUT_FORMATS,
     GenerationRequest,
     Limits,
     RequestError,
@@ -62,20 +68,6 @@ def error_response(
         status=status,
         headers=headers or None,
     )
-
-
-def encode_png(image: Any) -> str:
-    return encode_image(image, "png", None)
-
-
-def encode_image(image: Any, fmt: str, compression: int | None) -> str:
-    """base64 of the image as OpenAI's output_format; compression 0-100 (jpeg/webp)."""
-    buf = io.BytesIO()
-    kwargs: dict[str, Any] = {}
-    if compression is not None:
-        kwargs["quality"] = 100 - compression
-    image.save(buf, format=OUTPUT_FORMATS[fmt], **kwargs)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 class WorkerServer:
@@ -416,9 +408,8 @@ class WorkerServer:
             cpu = [self._cpu_per_image.pop(id(j), None) for j in jobs]
             if None not in cpu:
                 per_image_s = sum(c for c in cpu if c is not None) / len(cpu)
-        # One device per worker: GPU-seconds are the images' service seconds.
-        cost = per_image_s * len(results) * self.cfg.gpu_hour_price / 3600.0
-        prov = self.provenance([j.seed for j in jobs], cost)
+        cost = service_cost_usd(per_image_s, len(results), self.cfg.gpu_hour_price)
+        prov = provenance(self.cfg.model, self._revision, [j.seed for j in jobs], cost)
         self.metrics.cost_usd.inc(cost)
         for _ in results:
             self.metrics.cost_per_image.observe(cost / len(results))
@@ -426,7 +417,7 @@ class WorkerServer:
             {
                 "created": int(time.time()),
                 "data": [
-                    _image_item(png, job.seed, check)
+                    image_item(png, job.seed, check)
                     for png, job, check in zip(pngs, jobs, checks, strict=True)
                 ],
                 "timing": {
@@ -448,16 +439,6 @@ class WorkerServer:
                 **text_summary_headers(checks),
             },
         )
-
-    def provenance(self, seeds: list[int], cost_usd: float) -> dict[str, Any]:
-        """Brief contract 1: what made these images; OpenAI clients ignore the object."""
-        return {
-            "model": self.cfg.model,
-            "revision": self._revision,
-            "seeds": seeds,
-            "cost_usd": round(cost_usd, 9),
-            "images": len(seeds),
-        }
 
     async def _verify(
         self, images: Sequence[Any], expected: tuple[str, ...], threshold: float | None = None
@@ -493,53 +474,6 @@ class WorkerServer:
             await asyncio.wait_for(self._active_zero.wait(), left)
         except TimeoutError:
             log.warning("drain timed out with %d requests still open", self._active)
-
-
-def model_revision(model: str, revision: str) -> str | None:
-    """The revision provenance reports: hf://org/name@REV, else REVISION, else None."""
-    from .fetch import FetchError, parse_uri
-
-    try:
-        return parse_uri(model, revision).revision or revision or None
-    except FetchError:  # no model URI (dev backends): only an explicit REVISION
-        return revision or None
-
-
-def provenance_headers(prov: dict[str, Any]) -> dict[str, str]:
-    """The provenance object's headers; X-ModelFleet-Revision only when one is known."""
-    headers = {
-        "X-ModelFleet-Model": _header_safe(str(prov["model"])),
-        "X-ModelFleet-Cost-USD": f"{prov['cost_usd']:.9f}",
-    }
-    if prov.get("revision"):
-        headers["X-ModelFleet-Revision"] = _header_safe(str(prov["revision"]))
-    return headers
-
-
-def _header_safe(value: str) -> str:
-    # Header values are latin-1 without control characters; a model URI may hold others.
-    return "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in value)
-
-
-def text_summary_headers(checks: Sequence[Verification | None]) -> dict[str, str]:
-    """Verification in three headers, so the router can count it per pool for canaries
-    without parsing the body (it reads bodies only on verify routes). Verified renders
-    are those the OCR read and scored; unreadable ones count in neither."""
-    scored = [c.score for c in checks if c is not None and c.score is not None]
-    if not scored:
-        return {}
-    return {
-        "X-ModelFleet-Text-Verified": str(len(scored)),
-        "X-ModelFleet-Text-Passed": str(sum(1 for s in scored if s.passed)),
-        "X-ModelFleet-Text-Accuracy-Sum": f"{sum(s.word_accuracy for s in scored):.6f}",
-    }
-
-
-def _image_item(png: str, seed: int, check: Verification | None) -> dict[str, Any]:
-    item: dict[str, Any] = {"b64_json": png, "seed": seed}
-    if check is not None:
-        item["modelfleet"] = check.block()
-    return item
 
 
 def load_diffusers(cfg: WorkerConfig) -> Any:
