@@ -103,6 +103,16 @@ def test_no_route_without_model_is_none() -> None:
     assert available(policy, NAMES) == []
 
 
+def test_policy_without_any_names_routes_by_intent() -> None:
+    """A fleet that never named its models keeps serving SDK clients that send one."""
+    policy = PolicyTable(
+        "team", "p", (_route("pre", {"a": 100}, tiers=("preview",)), _route("all", {"b": 100}))
+    )
+    got = route_for(policy, Intent(tier="preview"), "gpt-image-1", {})
+    assert isinstance(got, RouteEntry) and got.name == "pre"
+    assert route_for(policy, Intent(), "gpt-image-1", NAMES) is not None  # a, b: no names
+
+
 def test_models_list_shape_and_dates() -> None:
     doc = models_list(POLICY, NAMES)
     assert doc["object"] == "list"

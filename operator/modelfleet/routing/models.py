@@ -66,13 +66,18 @@ def route_for(
 ) -> RouteEntry | ModelNotFound | None:
     """No model: intent routing (match_route). A model: the routes serving that name; of
     those, the first whose match holds (tier, tags, prompt, headers refine the choice),
-    else the first of them: the name is the client's explicit choice. None only when no
-    model was given and no route matches."""
+    else the first of them: the name is the client's explicit choice. A policy whose pools
+    declare no names at all takes `model` as intent routing too: a fleet that has not
+    named its models keeps serving clients that send one by habit. None only when intent
+    routing finds no route."""
     if model is None:
         return match_route(policy.routes, intent)
     serving = [r for r in policy.routes if model in route_names(policy, r, names)]
     if not serving:
-        return ModelNotFound(model, tuple(available(policy, names)))
+        served = available(policy, names)
+        if not served:
+            return match_route(policy.routes, intent)
+        return ModelNotFound(model, tuple(served))
     return match_route(serving, intent) or serving[0]
 
 
