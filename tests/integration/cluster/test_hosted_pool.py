@@ -6,6 +6,7 @@ Degraded/QuotaExhausted; the key shows up in none of the pool's objects or the l
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import secrets
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
 
 from conftest import LocalCluster, wait_for
 from modelfleet import LOCAL_RUN_ANNOTATION
@@ -214,3 +216,33 @@ def test_hosted_pool_runs_cpu_only_and_reports_exhausted_quota(
         timeout=60,
         what="pool Ready again",
     )
+
+
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+@pytest.mark.parametrize("namespace", [RESTRICTED], indirect=True)
+def test_adapter_pods_satisfy_restricted(cluster: LocalCluster, namespace: str) -> None:
+    from modelfleet.api.modelpool import ModelPool
+    from modelfleet.builders import modelpool as build
+
+    doc = _pool(9)
+    doc["metadata"].update({"namespace": namespace, "uid": "x"})
+    template = build.deployment(ModelPool.model_validate(doc), build.BuildSettings())["spec"][
+        "template"
+    ]
+    core = k8s.CoreV1Api(cluster.api)
+    created = core.create_namespaced_pod(
+        namespace, {"metadata": {"name": "adapter"}, "spec": template["spec"]}
+    )
+    assert created.spec.containers[0].args[:2] == ["--backend", "openai"]
+    # Control: the namespace really enforces (a root pod is refused).
+    spec = copy.deepcopy(template["spec"])
+    spec["securityContext"]["runAsNonRoot"] = False
+    spec["containers"][0]["securityContext"]["runAsNonRoot"] = False
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_pod(namespace, {"metadata": {"name": "root"}, "spec": spec})
+    assert "violates PodSecurity" in err.value.body
