@@ -184,6 +184,27 @@ def test_exif_rotation_is_applied() -> None:
     assert ed.image.size == (32, 64)
 
 
+def test_large_jpeg_decodes_at_a_reduced_scale() -> None:
+    from modelfleet_worker.edits import decode_upload_scaled
+
+    big = encoded(noise(1024, 768), "JPEG")
+    img, size = decode_upload_scaled(big, "image", 128)
+    assert size == (1024, 768)  # the upload's own size, for the mask check
+    assert img.size == (256, 192)  # 1/4: the smallest scale still >= 128 on both sides
+    big.seek(0)
+    full, _ = decode_upload_scaled(big, "image", None)
+    assert full.size == (1024, 768)
+    # The edit still sees the full size: mask check and output size use it.
+    mask = encoded(half_mask(1024, 768), "PNG")
+    big.seek(0)
+    ed = validate_edit(form(), files(big, mask), LIMITS)
+    assert ed.image.size == ed.mask.size == (128, 96)
+    with pytest.raises(RequestError) as e:
+        big.seek(0)
+        validate_edit(form(), files(big, encoded(half_mask(256, 192), "PNG")), LIMITS)
+    assert e.value.param == "mask"
+
+
 def test_mask_is_converted_and_resized_with_the_image() -> None:
     ed = validate_edit(
         form(size="32x32"),

@@ -29,6 +29,7 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"WEBP", 8, "WEBP"),  # RIFF....WEBP
 )
 MAX_UPLOAD_PIXELS = 8192 * 8192  # refuse decompression bombs before decoding
+_ORIENTATION = 0x0112  # EXIF tag
 DEFAULT_STRENGTH = 0.8  # image-to-image: how far from the input the result may go
 DEFAULT_INPAINT_STRENGTH = 1.0  # inpainting: the masked area is repainted fully
 
@@ -57,6 +58,15 @@ def sniff_format(head: bytes) -> str | None:
 
 def decode_upload(data: io.BytesIO, param: str) -> Any:
     """Decode an uploaded PNG/JPEG/WebP; 400 naming `param` for anything else."""
+    return decode_upload_scaled(data, param, None)[0]
+
+
+def decode_upload_scaled(
+    data: io.BytesIO, param: str, max_side: int | None
+) -> tuple[Any, tuple[int, int]]:
+    """(image, its upright full size). With `max_side`, a JPEG is decoded at the
+    smallest 1/2^k scale still at least max_side on both sides (libjpeg's draft
+    mode: a 12 MP photo for a 1024 px model decodes at a quarter of the pixels)."""
     head = data.getbuffer()[:16].tobytes()
     fmt = sniff_format(head)
     if fmt is None:
@@ -66,6 +76,10 @@ def decode_upload(data: io.BytesIO, param: str) -> Any:
         w, h = img.size
         if w * h > MAX_UPLOAD_PIXELS:
             raise _invalid(param, f"{param} is {w}x{h}: more than {MAX_UPLOAD_PIXELS} pixels")
+        if img.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # stored sideways
+            w, h = h, w
+        if fmt == "JPEG" and max_side is not None and img.mode in ("RGB", "L"):
+            img.draft(img.mode, (max_side, max_side))
         img.load()
         # Phone JPEGs store rotation as EXIF: edit what the user sees.
         upright = ImageOps.exif_transpose(img)
@@ -73,7 +87,7 @@ def decode_upload(data: io.BytesIO, param: str) -> Any:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise _invalid(param, f"{param} is not a decodable {fmt} file: {exc}") from exc
-    return upright if upright is not None else img
+    return (upright if upright is not None else img), (w, h)
 
 
 def has_alpha(img: Any) -> bool:
@@ -130,17 +144,17 @@ def validate_edit(
     if len(masks) > 1:
         raise _invalid("mask", f"mask must be given once, got {len(masks)}")
     body = form_to_body(fields)
-    image = decode_upload(images[0], "image")
+    image, size = decode_upload_scaled(images[0], "image", limits.max_resolution)
     mask = decode_upload(masks[0], "mask") if masks else None
-    if mask is not None and mask.size != image.size:
+    if mask is not None and mask.size != size:
         raise _invalid(
             "mask",
-            f"mask is {mask.size[0]}x{mask.size[1]} but image is {image.size[0]}x{image.size[1]}"
+            f"mask is {mask.size[0]}x{mask.size[1]} but image is {size[0]}x{size[1]}"
             "; they must be the same size",
         )
     repaint = repaint_mask(mask) if mask is not None else None
     if body.get("size") in (None, "auto"):
-        w, h = output_size(image.size, limits)
+        w, h = output_size(size, limits)
         body["size"] = f"{w}x{h}"
     gen = validate_request(body, limits)
     strength = _strength(body, gen.steps, repaint is not None)
