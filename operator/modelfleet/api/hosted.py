@@ -159,13 +159,18 @@ class ProviderSpec(ApiModel):
         default_factory=ProviderDefaults, description="Request defaults."
     )
     max_concurrency: int = Field(
-        default=4, ge=1, le=256, description="Provider calls in flight per adapter pod (1-256)."
+        default=4,
+        ge=1,
+        le=256,
+        description="Provider calls in flight per adapter pod (1-256); the pool's cap is "
+        "this times its replicas.",
     )
     requests_per_minute: int | None = Field(
         default=None,
         ge=1,
         le=100000,
-        description="Token bucket per adapter pod; no limit when empty.",
+        description="The pool's request limit, shared evenly by its adapter pods (each a "
+        "token bucket of rate / replicas, at least 1); no limit when empty.",
     )
     size_policy: Literal["reject", "nearest"] = Field(
         default="reject",
