@@ -327,6 +327,11 @@ async def test_models_list(workers_sdk: Any, start: Start, sdk: Any) -> None:
     # The names listed are the names that work.
     for mid in ids:
         assert (await c.images.generate(model=mid, prompt="x")).data
+    one = await c.models.retrieve("flux.1-dev")
+    assert (one.id, one.object) == ("flux.1-dev", "model")
+    with pytest.raises(openai.NotFoundError) as info:
+        await c.models.retrieve("tiny-1")  # served by the other policy only
+    assert info.value.code == "model_not_found"
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -476,6 +481,55 @@ async def test_edit_errors(workers_sdk: Any, start: Start, sdk: Any) -> None:
     w.busy_first = 1
     with pytest.raises(openai.RateLimitError):
         await c.images.edit(image=("a.png", png()), prompt="x")
+    # Over the router's upload limit: 413 naming the part, the worker never sees it.
+    small = start([policy([{"name": "all", "pool": "big"}])], {"big": [w.url]}, NAMES,
+                  "--max-upload-mb", "1")  # fmt: skip
+    edits = len(w.edits)
+    big = png() + bytes(1024 * 1024)  # a PNG head and 1 MiB more: over 1 MB
+    with pytest.raises(openai.APIStatusError) as info:
+        await sdk(small).images.edit(image=("big.png", big, "image/png"), prompt="x")
+    exc = info.value
+    assert exc.status_code == 413 and exc.code == "body_too_large" and exc.param == "image"
+    assert len(w.edits) == edits
+
+
+async def test_assets_stay_on_their_pool_under_canary_weights(
+    workers_sdk: Any, start: Start, sdk: Any
+) -> None:
+    """asset_id as an SDK user sends it (extra_body or the header): each asset's later
+    generations and edits go where its first render went, whatever the 50/50 weights say."""
+    ws = await fleet(workers_sdk, "stable", "canary")
+    weights = [{"name": "sd", "pools": [{"pool": "stable", "weight": 50},
+                                        {"pool": "canary", "weight": 50}]}]  # fmt: skip
+    r = start(
+        [policy([{"name": "sd", "pool": "stable"}], status_routes=weights)],
+        {p: [w.url] for p, w in ws.items()},
+        {"stable": ["sd3.5-medium"], "canary": ["sd3.5-medium"]},
+    )
+    c = sdk(r)
+    homes: dict[str, str] = {}
+    for i in range(20):
+        raw = await c.images.with_raw_response.generate(
+            model="sd3.5-medium", prompt=f"asset {i}", extra_body={"asset_id": f"a-{i}"}
+        )
+        homes[f"a-{i}"] = raw.headers["X-ModelFleet-Pool"]
+        assert raw.headers["X-ModelFleet-Asset-Pool"] == homes[f"a-{i}"]
+    assert set(homes.values()) == {"stable", "canary"}  # both sides made assets (p = 2^-19)
+    for round_ in range(3):
+        for asset, home in homes.items():
+            if round_ % 2:
+                raw = await c.images.with_raw_response.edit(
+                    model="sd3.5-medium",
+                    image=("in.png", png(), "image/png"),
+                    prompt="again",
+                    extra_headers={"X-ModelFleet-Asset": asset},
+                )
+            else:
+                raw = await c.images.with_raw_response.generate(
+                    model="sd3.5-medium", prompt="again", extra_body={"asset_id": asset}
+                )
+            assert raw.headers["X-ModelFleet-Pool"] == home, (asset, round_)
+            assert raw.headers["X-ModelFleet-Asset-Moved"] == "false"
 
 
 async def test_worker_retry_after_reaches_the_sdk(workers_sdk: Any, start: Start, sdk: Any) -> None:
