@@ -24,6 +24,7 @@ from modelfleet_common.errors import error_body
 from modelfleet_common.prices import PriceTable, load_table
 
 from ..metrics import endpoint_of
+from ..response import provenance, provenance_headers
 from ..validation import MAX_BODY_BYTES, RequestError, parse_body
 from .answers import PRECEDENCE, Reject, provider_outcome, reject_for
 from .backend import (
@@ -431,13 +432,10 @@ class HostedServer:
             if im.revised_prompt is not None:
                 item["revised_prompt"] = im.revised_prompt
             data.append(item)
-        prov = {
-            "model": self.backend.model,
-            "revision": None,
-            "seeds": made.seeds,
-            "cost_usd": round(made.cost_usd, 9),
-            "images": len(made.images),
-        }
+        # Brief contract 1, built as the diffusers worker builds it; seeds are null
+        # where the provider takes none.
+        # (ignore: response.provenance types seeds list[int]; contract 1 allows null)
+        prov = provenance(self.backend.model, None, made.seeds, made.cost_usd)  # type: ignore[arg-type]
         return web.json_response(
             {
                 "created": int(self.wall()),
@@ -447,8 +445,7 @@ class HostedServer:
                 "modelfleet": prov,
             },
             headers={
-                "X-ModelFleet-Model": _header_safe(self.backend.model),
-                "X-ModelFleet-Cost-USD": f"{made.cost_usd:.9f}",
+                **provenance_headers(prov),
                 # The router's canary latency: the adapter's wall time per image.
                 "X-ModelFleet-Service-Time": f"{elapsed_s / max(1, len(made.images)):.6f}",
             },
@@ -463,10 +460,6 @@ class HostedServer:
             await asyncio.wait_for(self._idle.wait(), self.cfg.drain_timeout_s)
         except TimeoutError:
             log.warning("drain timed out with %d requests open", self._active)
-
-
-def _header_safe(value: str) -> str:
-    return "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in value)
 
 
 # ----- process -------------------------------------------------------------------------
