@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from modelfleet_worker.edits import (
@@ -343,3 +345,59 @@ def test_provenance_object_and_headers() -> None:
     headers = provenance_headers(unnamed)
     assert "X-ModelFleet-Revision" not in headers
     assert headers["X-ModelFleet-Model"] == "file:///m/?t??"  # header-safe ASCII
+
+
+_NAMES = [
+    "prompt",
+    "n",
+    "size",
+    "seed",
+    "steps",
+    "guidance_scale",
+    "strength",
+    "negative_prompt",
+    "output_format",
+    "output_compression",
+    "response_format",
+    "stream",
+    "text",
+    "tags[]",
+    "min_word_accuracy",
+    "model",
+]
+_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            "1",
+            "0",
+            "-1",
+            "2.5",
+            "1e400",
+            "nan",
+            "inf",
+            "64x64",
+            "auto",
+            "true",
+            "jpeg",
+            "b64_json",
+            "url",
+            "999999999999999999999",
+            "0.0001",
+            "x" * 5000,
+        ]
+    ),
+    st.text(max_size=12),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(_NAMES), st.lists(_VALUES, min_size=1, max_size=2)))
+def test_any_form_is_an_edit_or_a_named_400(fields: dict[str, list[str]]) -> None:
+    try:
+        ed = validate_edit(fields, files(), LIMITS)
+    except RequestError as exc:
+        assert exc.status == 400 and exc.param, exc.message
+    else:
+        assert ed.image.size == (ed.gen.width, ed.gen.height)
+        assert 0 < ed.strength <= 1 and int(ed.gen.steps * ed.strength) >= 1
