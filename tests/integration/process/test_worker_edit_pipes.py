@@ -1,6 +1,7 @@
-"""A pipeline diffusers has no image-to-image or inpainting variant for: the worker
-records it at load and answers edits 400 naming the reason, instead of a 500 from
-the inference thread. Real WorkerServer on loopback, real (tiny) DDPM pipeline."""
+"""Models that cannot edit, on a real WorkerServer on loopback. A pipeline diffusers
+has no image-to-image or inpainting variant for (a tiny DDPM one): the worker records
+it at load and answers edits 400 naming the reason, instead of a 500 from the
+inference thread. A backend without edits at all (the text-drawing one): 400 too."""
 
 from __future__ import annotations
 
@@ -82,3 +83,24 @@ async def test_edit_without_a_variant_is_400(
         text = await m.text()
     assert 'modelfleet_worker_requests_total{endpoint="edits",outcome="invalid"} 1.0' in text
     assert 'modelfleet_worker_requests_total{endpoint="edits",outcome="error"} 0.0' in text
+
+
+async def test_backend_without_edits_says_so() -> None:
+    from modelfleet_dev.textrender import TextRenderModel
+
+    cfg = WorkerConfig(device="cpu", verify=False)
+    server = WorkerServer(cfg)
+    server.attach_model(TextRenderModel(0.0, 64, 64))
+    server.state = "ready"
+    try:
+        async with (
+            TestClient(TestServer(server.app(), host="127.0.0.1")) as c,
+            c.post("/v1/images/edits", data=upload(False)) as r,
+        ):
+            body = await r.json()
+            assert r.status == 400, body
+    finally:
+        assert server.engine is not None
+        await server.engine.close()
+    assert body["error"]["code"] == "unsupported_endpoint"
+    assert "does not support edits" in body["error"]["message"]
