@@ -215,3 +215,25 @@ def test_flags(tmp_path: Path) -> None:
         with pytest.raises(AssetConfigError, match=msg) as exc:
             asset_store_from_args(parse(*argv))
         assert "pw@" not in str(exc.value) and "s3cret" not in str(exc.value)
+
+
+def test_password_file_is_read_per_connection(tmp_path: Path) -> None:
+    from modelfleet.router.assets import PasswordFile
+
+    pw = tmp_path / "pw"
+    pw.write_text("one\n")
+    creds = PasswordFile(pw)
+    assert creds.get_credentials() == ("one",)
+    pw.write_text("two\n")  # a rotated Secret
+    assert creds.get_credentials() == ("two",)
+    assert PasswordFile(pw, "app").get_credentials() == ("app", "two")
+    pw.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        creds.get_credentials()
+    # A username in the URL goes to the provider (redis-py refuses both at once).
+    pw.write_text("two\n")
+    store = RedisAssetStore("redis://app@127.0.0.1:1/3", password_file=pw)
+    kw = store._redis.connection_pool.connection_kwargs
+    assert kw.get("username") is None and kw.get("password") is None
+    assert kw["credential_provider"].get_credentials() == ("app", "two")
+    assert kw["db"] == 3

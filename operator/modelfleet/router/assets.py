@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -107,6 +107,7 @@ class RedisAssetStore:
         url: str,
         *,
         password: str | None = None,
+        password_file: Path | None = None,
         ttl_s: float = DEFAULT_TTL_S,
         socket_timeout_s: float = 0.25,
         max_connections: int = 256,
@@ -121,9 +122,16 @@ class RedisAssetStore:
         # Renew a record's TTL when it has run down by this much (a day, or a tenth of it).
         self.refresh_s = max(1, min(86400, self.ttl_s // 10))
         self.url = url
+        auth: dict[str, object] = {"password": password}
+        if password_file is not None:
+            # Read at each new connection: a rotated Secret is used from the next one on.
+            parts = urlsplit(url)
+            host = parts.netloc.rpartition("@")[2]
+            url = urlunsplit(parts._replace(netloc=host))
+            auth = {"credential_provider": PasswordFile(password_file, parts.username)}
         self._redis = Redis.from_url(
             url,
-            password=password,
+            **auth,  # type: ignore[arg-type]
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
             retry=Retry(NoBackoff(), 0),
@@ -181,6 +189,24 @@ class RedisAssetStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class PasswordFile:
+    """redis-py credential provider: the password from a mounted Secret key, read when a
+    connection is made (never cached in the client's kwargs, never logged)."""
+
+    def __init__(self, path: Path, username: str | None = None) -> None:
+        self.path = path
+        self.username = username
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        password = self.path.read_text().strip()
+        if not password:
+            raise ValueError(f"{self.path}: empty password file")
+        return (self.username, password) if self.username else (password,)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()
 
 
 class FailOpenStore:
@@ -357,7 +383,8 @@ def add_asset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--asset-store-password-file",
         metavar="FILE",
-        help="Redis password (a mounted Secret key); never pass it in the URL",
+        help="Redis password (a mounted Secret key), read again for each new connection, so a "
+        "rotated Secret is used without a restart; never pass it in the URL",
     )
     p.add_argument(
         "--asset-ttl",
@@ -395,9 +422,11 @@ def asset_store_from_args(args: argparse.Namespace) -> AssetStore | None:
     if db and not db.isdigit():
         raise AssetConfigError(f"--asset-store: database {db!r} is not a number")
     password = None
+    password_file = None
     if args.asset_store_password_file:
+        password_file = Path(args.asset_store_password_file)
         try:
-            password = Path(args.asset_store_password_file).read_text().strip() or None
+            password = password_file.read_text().strip() or None
         except OSError as exc:
             raise AssetConfigError(
                 f"--asset-store-password-file {args.asset_store_password_file}: {exc.strerror}"
@@ -406,7 +435,8 @@ def asset_store_from_args(args: argparse.Namespace) -> AssetStore | None:
             raise AssetConfigError(
                 f"--asset-store-password-file {args.asset_store_password_file}: empty"
             )
-    return RedisAssetStore(spec, password=password, ttl_s=ttl)
+    # Checked here so a missing Secret stops the router at start; read again per connection.
+    return RedisAssetStore(spec, password_file=password_file, ttl_s=ttl)
 
 
 def describe(store: AssetStore | None) -> str:

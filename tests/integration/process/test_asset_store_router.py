@@ -186,6 +186,31 @@ async def test_redis_password_from_a_file_never_shown(
         async with http.get(r.url + "/metrics") as resp:
             assert secret not in await resp.text()
         assert secret not in r.logs()
+        # The Secret rotates: Redis takes a new password, the file changes, connections drop.
+        # The router reads the file again for its next connection: no restart.
+        from redis.asyncio import Redis
+
+        admin = Redis.from_url(redis.url, password=secret)
+        rotated = "pw-" + "1b2d4e" * 4
+        await admin.config_set("requirepass", rotated)
+        pw.write_text(rotated + "\n")
+        await admin.client_kill_filter(_type="normal", skipme=True)
+        await admin.aclose()
+        before = metric(await metrics(http, r), "modelfleet_router_asset_store_seconds_count")
+
+        async def lookups_ok() -> float:
+            status, _h, _doc = await render(http, r, "p-1")
+            assert status == 200  # rotation or not, requests never fail
+            return metric(await metrics(http, r), "modelfleet_router_asset_store_seconds_count")
+
+        await wait_for_async(
+            lookups_ok,
+            until=lambda n: n > before,
+            what="lookups with the rotated password",
+            timeout=10,
+            interval=0.1,
+        )
+        assert rotated not in r.logs() and secret not in r.logs()
         # A wrong password: requests still succeed, the misses are counted, never shown.
         pw.write_text("wrong\n")
         r2 = router(
