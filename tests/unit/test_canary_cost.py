@@ -12,12 +12,18 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
-from modelfleet.api.canary import MetricResult, MetricSpec
+from modelfleet.api.canary import CanarySpec, MetricResult, MetricSpec
 from modelfleet.canary import MetricObservation, judge_metric
+from modelfleet.canary.measure import collect_analysis
 from modelfleet.canary.ports import Measurement
 from modelfleet.canary.types import AnalysisPlan
 from modelfleet.providers.prometheus import builtin_query, samples_query
-from modelfleet.providers.router_stats import StatsFormatError, measurement_for, merge_stats
+from modelfleet.providers.router_stats import (
+    RouterStatsProvider,
+    StatsFormatError,
+    measurement_for,
+    merge_stats,
+)
 from modelfleet.router.metrics import RouterMetrics
 from modelfleet.router.upstream import UpstreamClient
 from modelfleet.routing.ladder import Attempt
@@ -323,3 +329,56 @@ async def test_upstream_result_carries_cost_and_images(worker: str) -> None:
         assert (bad.outcome, bad.images, bad.cost_usd) == (Attempt.CLIENT_ERROR, 0, None)
     finally:
         await client.close()
+
+
+# -- measuring: both pools, through the router provider over a real /v1/stats ----------
+
+
+@pytest.fixture
+async def stats_router() -> AsyncIterator[str]:
+    """A /v1/stats endpoint serving what AttemptStats (the router's own) counted: the
+    stable at 0.04 USD an image, the candidate at 0.03 (two images an answer)."""
+    s = AttemptStats()
+    for i in range(20):
+        s.record("ns", "stable", Attempt.OK, 0.2, 100.0 + i)
+        s.record_cost("ns", "stable", Attempt.OK, 100.0 + i, 0.04, 1)
+        s.record("ns", "cand", Attempt.OK, 0.2, 100.0 + i)
+        s.record_cost("ns", "cand", Attempt.OK, 100.0 + i, 0.06, 2)
+
+    async def stats(request: web.Request) -> web.Response:
+        window = int(request.query.get("window", "60"))
+        pools = [w.wire(s.bounds) for w in s.window(window, 120.0)]
+        return web.json_response({"window_seconds": window, "pools": pools})
+
+    app = web.Application()
+    app.router.add_get("/v1/stats", stats)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def test_max_only_cost_check_measures_both_pools(stats_router: str) -> None:
+    spec = CanarySpec.model_validate(
+        {
+            "routingPolicy": "p",
+            "route": "all",
+            "stablePool": "stable",
+            "candidatePool": "cand",
+            "analysis": {"metrics": [COST_MAX.model_dump(by_alias=True, exclude_none=True)]},
+        }
+    )
+    plan = AnalysisPlan("full", 0, "t", 60, tuple(spec.analysis.metrics))
+    provider = RouterStatsProvider([stats_router])
+    try:
+        obs = await collect_analysis(provider, plan, spec, "ns")
+    finally:
+        await provider.close()
+    cost = obs.metrics["cost"]
+    assert cost.stable is not None
+    assert (cost.candidate.value, cost.candidate.samples) == (pytest.approx(0.03), 40)
+    assert (cost.stable.value, cost.stable.samples) == (pytest.approx(0.04), 20)
+    r = judge_metric(COST_MAX, cost, spec.analysis.min_requests)
+    assert (r.result, r.stable_value, r.threshold) == ("pass", pytest.approx(0.04), 0.05)
+    assert r.ratio == pytest.approx(0.75)
