@@ -34,7 +34,7 @@ from modelfleet.routing.sticky import (
 log = logging.getLogger("modelfleet.router.assets")
 
 DEFAULT_TTL_S = 30 * 24 * 3600.0
-DEFAULT_MEMORY_ENTRIES = 200_000
+DEFAULT_MEMORY_ENTRIES = 100_000  # about 60 MB when full (~625 bytes per record)
 KEY_PREFIX = "modelfleet:asset:"
 T = TypeVar("T")
 
