@@ -328,6 +328,9 @@ def test_provenance_object_and_headers() -> None:
     cost = service_cost_usd(per_image_s=0.5, images=4, gpu_hour_price=3.6)
     assert cost == pytest.approx(0.002)  # 2 GPU-seconds at 0.001 USD/s
     assert service_cost_usd(0.5, 4, 0.0) == 0.0
+    assert service_cost_usd(0.5, 4, 3.6, gpus=2) == pytest.approx(0.004)  # 2 GPUs held
+    assert service_cost_usd(0.5, 4, 3.6, gpus=0) == 0.0  # a CPU-only pool
+    assert provenance("m", None, [None, 3], 0.0)["seeds"] == [None, 3]
     prov = provenance("hf://org/m@r1", "r1", [5, 6, 7, 8], cost)
     assert prov == {
         "model": "hf://org/m@r1",

@@ -125,8 +125,9 @@ SETTINGS: tuple[Setting, ...] = (
         "gpu_hour_price",
         _price,
         0.0,
-        "USD per GPU-hour; each response's cost = its images' service seconds x this / 3600",
+        "USD per GPU-hour; a response's cost = its images' service seconds x GPUS x this / 3600",
     ),
+    Setting("gpus", _non_negative_int, 1, "GPUs the pod holds (spec.gpu.count), for cost only"),
     Setting(
         "max_upload_bytes",
         _positive_int,
@@ -175,6 +176,7 @@ class WorkerConfig:
     cpu_threads: int = 0
     service_clock: str = "wall"
     gpu_hour_price: float = 0.0
+    gpus: int = 1
     max_upload_bytes: int = 25 * 1024 * 1024
     drain_timeout_s: float = 300.0
     memory_margin_fraction: float = 0.10

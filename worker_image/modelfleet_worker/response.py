@@ -26,19 +26,23 @@ def encode_image(image: Any, fmt: str, compression: int | None) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def service_cost_usd(per_image_s: float, images: int, gpu_hour_price: float) -> float:
-    """One device per worker: GPU-seconds are the images' service seconds."""
-    return per_image_s * images * gpu_hour_price / 3600.0
+def service_cost_usd(
+    per_image_s: float, images: int, gpu_hour_price: float, gpus: int = 1
+) -> float:
+    """GPU-seconds (the images' service seconds x the pod's GPUs, which it holds
+    all the while) x the price per GPU-hour."""
+    return per_image_s * images * gpus * gpu_hour_price / 3600.0
 
 
 def provenance(
-    model: str, revision: str | None, seeds: list[int], cost_usd: float
+    model: str, revision: str | None, seeds: Sequence[int | None], cost_usd: float
 ) -> dict[str, Any]:
-    """The `modelfleet` object of a response; OpenAI clients ignore it."""
+    """The `modelfleet` object of a response; OpenAI clients ignore it. A seed is
+    None where the backend takes none (hosted providers)."""
     return {
         "model": model,
         "revision": revision,
-        "seeds": seeds,
+        "seeds": list(seeds),
         "cost_usd": round(cost_usd, 9),
         "images": len(seeds),
     }

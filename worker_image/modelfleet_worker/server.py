@@ -408,7 +408,7 @@ class WorkerServer:
             cpu = [self._cpu_per_image.pop(id(j), None) for j in jobs]
             if None not in cpu:
                 per_image_s = sum(c for c in cpu if c is not None) / len(cpu)
-        cost = service_cost_usd(per_image_s, len(results), self.cfg.gpu_hour_price)
+        cost = service_cost_usd(per_image_s, len(results), self.cfg.gpu_hour_price, self.cfg.gpus)
         prov = provenance(self.cfg.model, self._revision, [j.seed for j in jobs], cost)
         self.metrics.cost_usd.inc(cost)
         for _ in results:

@@ -38,6 +38,7 @@ def worker() -> Iterator[Worker]:
         max_steps=4,
         max_upload_bytes=UPLOAD_LIMIT,
         gpu_hour_price=GPU_HOUR_PRICE,
+        gpus=2,
         revision="r-7",
     ) as w:
         yield w
@@ -150,7 +151,7 @@ def test_cost_is_service_time_times_price(worker: Worker, client: openai.OpenAI)
     )
     prov = (raw.parse().model_extra or {})["modelfleet"]
     service = float(raw.headers["X-ModelFleet-Service-Time"])
-    expected = service * 2 * GPU_HOUR_PRICE / 3600.0
+    expected = service * 2 * 2 * GPU_HOUR_PRICE / 3600.0  # 2 images x 2 GPUs
     assert prov["cost_usd"] > 0
     assert prov["cost_usd"] == pytest.approx(expected, rel=1e-3)
     assert float(raw.headers["X-ModelFleet-Cost-USD"]) == pytest.approx(prov["cost_usd"])
