@@ -124,6 +124,17 @@ def test_generate_is_the_workers_image_with_provenance(
     assert raw.parse().data[0].b64_json == out.data[0].b64_json  # type: ignore[index]
 
 
+def test_null_fields_mean_the_defaults(client: openai.OpenAI) -> None:
+    """The SDK sends None as JSON null; router and worker read it as "not given"."""
+    nulls = dict.fromkeys(
+        ("n", "size", "quality", "style", "response_format", "output_format", "user")
+    ) | dict.fromkeys(("output_compression", "background", "moderation", "partial_images"))
+    out = client.images.generate(model=MODEL, prompt="x", extra_body={**STEPS, "seed": 2}, **nulls)
+    plain = client.images.generate(model=MODEL, prompt="x", extra_body={**STEPS, "seed": 2})
+    assert len(out.data or []) == 1
+    assert out.data[0].b64_json == plain.data[0].b64_json  # type: ignore[index]
+
+
 @pytest.mark.parametrize(("fmt", "magic"), [("jpeg", b"\xff\xd8\xff"), ("webp", b"RIFF")])
 def test_output_format_honoured_through_the_router(
     client: openai.OpenAI, fmt: Any, magic: bytes
