@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -434,9 +434,7 @@ class HostedServer:
             data.append(item)
         # Brief contract 1, built as the diffusers worker builds it; seeds are null
         # where the provider takes none.
-        # (cast: response.provenance types seeds list[int]; contract 1 allows null)
-        seeds = cast(list[int], made.seeds)
-        prov = provenance(self.backend.model, None, seeds, made.cost_usd)
+        prov = provenance(self.backend.model, None, made.seeds, made.cost_usd)
         return web.json_response(
             {
                 "created": int(self.wall()),
