@@ -2,7 +2,8 @@
 pools of real tiny-model workers, the real router (`--kube`) keeps its asset records in a
 real redis-server, and 200 assets are rendered once and then edited three times. None
 moves while its pool exists, whatever the 50/50 weights say; Redis is killed in the
-middle of the edits and comes back: no request fails, and stickiness returns with it."""
+middle of the edits and comes back: no request fails, and stickiness returns with it.
+Then the candidate pool is deleted: its assets move to the stable, once, and say so."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 import redis as redis_client
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import LocalCluster
 from fixtures import DEFAULT_CANARY
@@ -146,6 +148,19 @@ def render(fleet: Fleet, asset: str, round_: int, last: dict[str, str]) -> Reply
     if reply.status == 200:
         last[asset] = reply.image
     return reply
+
+
+def known_pools(fleet: Fleet) -> set[str]:
+    """The pools of the router's current config (its endpoints gauge has one series per
+    known pool, ready endpoints or not)."""
+    with urllib.request.urlopen(fleet.router.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {
+        smp.labels["pool"]
+        for fam in text_string_to_metric_families(text)
+        for smp in fam.samples
+        if smp.name == "modelfleet_router_endpoints" and smp.labels.get("namespace") == NS
+    }
 
 
 def test_assets_stick_through_a_live_canary_and_a_redis_outage(
@@ -289,6 +304,34 @@ def test_assets_stick_through_a_live_canary_and_a_redis_outage(
             assert rec.model  # the worker said which model made it
     finally:
         raw.close()
+    # The candidate pool is gone (its canary deleted, then the pool itself): its assets
+    # move to the route's current pool, once, and the answer says so.
+    fleet.delete("canaries", "sticky")
+    fleet.delete("modelpools", "cand")
+    wait_for(
+        lambda: known_pools(fleet),
+        until=lambda pools: "cand" not in pools and "stable" in pools,
+        timeout=60,
+        interval=0.2,
+        what="the router to forget the deleted pool cand",
+    )
+    movers = [a for a in assets if home[a] == "cand"][:20]
+    for a in movers:
+        rep = render(fleet, a, 5, last)
+        assert (rep.status, rep.pool, rep.asset_pool, rep.moved) == (
+            200,
+            "stable",
+            "stable",
+            "true",
+        )
+    for a in movers + [a for a in assets if home[a] == "stable"][:5]:
+        rep = render(fleet, a, 6, last)
+        assert (rep.status, rep.pool, rep.asset_pool, rep.moved) == (
+            200,
+            "stable",
+            "stable",
+            "false",
+        )
     print(
         f"sticky e2e: {ASSETS} assets x {1 + EDITS} renders in {elapsed:.1f}s, "
         f"first renders {counts}, outage {outage.get('back', 0) - outage.get('killed', 0):.2f}s "
