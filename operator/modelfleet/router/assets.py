@@ -168,7 +168,7 @@ class RedisAssetStore:
         raw, ttl = await self._dropping_idle_on_error(self._get_and_ttl(key))
         if raw is None:
             return None
-        if 0 <= ttl < self.ttl_s - self.refresh_s:
+        if ttl == -1 or 0 <= ttl < self.ttl_s - self.refresh_s:  # -1: set without expiry
             # A use slides the expiry, but lookups stay reads: a write per lookup (GETEX)
             # costs an AOF append each, so the TTL is renewed at most once per refresh_s.
             await self._dropping_idle_on_error(self._redis.expire(key, self.ttl_s))
@@ -183,9 +183,6 @@ class RedisAssetStore:
         await self._dropping_idle_on_error(
             self._redis.set(self.key(namespace, asset_id), record.to_json(), ex=self.ttl_s)
         )
-
-    async def ping(self) -> bool:
-        return bool(await self._redis.ping())
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -47,6 +47,10 @@ async def test_ttl_is_set_and_slides_on_read(redis_server: RedisServer) -> None:
         await raw.expire(key, 5)  # as if most of the TTL had passed
         assert await s.get("ns", "a") == rec("p")
         assert 95 <= await raw.ttl(key) <= 100  # a use renews it
+        # A record written without an expiry (by hand, an old version) gets one when used.
+        await raw.set(RedisAssetStore.key("ns", "forever"), rec("p").to_json())
+        assert await s.get("ns", "forever") == rec("p")
+        assert 95 <= await raw.ttl(RedisAssetStore.key("ns", "forever")) <= 100
         # A record expires: Redis drops it at its TTL.
         short = RedisAssetStore(redis_server.url, ttl_s=1)
         try:
