@@ -56,6 +56,7 @@ TYPOGRAPHY = 'a shop sign that says "OPEN LATE"'
 SIZE = "64x64"
 HOSTED_SIZE = "1024x1024"  # the nearest of 64x64 at every provider here (square, smallest)
 PRICES = load_table()
+GPU_HOUR_PRICE = 720.0  # the diffusers pool's: 0.2 USD per GPU-second
 
 # ---- stand-ins inside the pods' network namespace ------------------------------------
 
@@ -197,6 +198,7 @@ def _fleet(
     # diffusers pool, the hosted ones follow.
     model = str(tiny_model_dir())
     sd = pool_manifest("sd", model)
+    sd["spec"]["cost"] = {"gpuHourPrice": GPU_HOUR_PRICE}
     core = k8s.CoreV1Api(cluster.api)
     custom = k8s.CustomObjectsApi(cluster.api)
     with start_fleet(cluster, operator, NS, [sd], single_route_policy("base", "sd")) as f:
@@ -305,6 +307,11 @@ def test_typography_route_on_ideogram_falls_back_to_diffusers(
     images = fleet.router_counter("modelfleet_router_images_total", namespace=NS, pool="ideogram")
     usd = fleet.router_counter("modelfleet_router_cost_usd_total", namespace=NS, pool="ideogram")
     assert images >= 3 and usd == pytest.approx(images * v3)
+    # The diffusers fallback bills its measured GPU time (one GPU, one image an answer):
+    # what the router counted equals its service time times the pool's price.
+    gpu_s = fleet.router_counter("modelfleet_router_service_time_seconds_sum", pool="sd")
+    sd_usd = fleet.router_counter("modelfleet_router_cost_usd_total", namespace=NS, pool="sd")
+    assert gpu_s > 0 and sd_usd == pytest.approx(gpu_s * GPU_HOUR_PRICE / 3600, rel=1e-3)
 
 
 def test_429_storm_falls_back_without_client_errors_or_hammering(
