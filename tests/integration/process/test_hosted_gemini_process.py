@@ -62,12 +62,17 @@ def images(body: dict[str, Any]) -> list[bytes]:
 
 
 def metric(adapter: Adapter, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels` (others, e.g. an
+    endpoint label, are summed over)."""
     _, _, text = adapter.get("/metrics")
-    for fam in text_string_to_metric_families(text.decode()):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    raise AssertionError(f"no sample {name} {labels}")
+    found = [
+        float(s.value)
+        for fam in text_string_to_metric_families(text.decode())
+        for s in fam.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    assert found, f"no sample {name} {labels}"
+    return sum(found)
 
 
 def test_imagen_splits_n_above_four_and_answers_the_size_asked(
