@@ -166,3 +166,56 @@ def test_errors(status: int, headers: dict[str, str], body: Any, kind: type, det
     elif isinstance(err.value, ProviderError):
         assert err.value.status == detail
         assert "secret" not in err.value.message
+
+
+def _png(size: tuple[int, int], mode: str = "RGBA", fill: Any = (0, 0, 0, 255)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new(mode, size, fill).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_images_api_mask_becomes_ideograms_black_and_white_mask() -> None:
+    import io
+
+    from PIL import Image
+
+    mask = Image.new("RGBA", (8, 4), (255, 255, 255, 255))
+    for x in range(4):  # the left half transparent: the part to edit
+        for y in range(4):
+            mask.putpixel((x, y), (0, 0, 0, 0))
+    raw = io.BytesIO()
+    mask.save(raw, format="PNG")
+    got = Image.open(io.BytesIO(ideogram.ideogram_mask(raw.getvalue(), _png((8, 4), "RGB", 0))))
+    assert got.mode == "L" and got.size == (8, 4)
+    assert [got.getpixel((x, 0)) for x in range(8)] == [0] * 4 + [255] * 4
+
+
+@pytest.mark.parametrize(
+    ("mask", "image", "text"),
+    [
+        (_png((8, 8)), _png((8, 4)), "same size"),
+        (_png((8, 4), "RGB", 0), _png((8, 4)), "alpha"),
+        (b"not an image", _png((8, 4)), "PNG, JPEG or WebP"),
+    ],
+)
+def test_bad_masks_are_400_naming_mask(mask: bytes, image: bytes, text: str) -> None:
+    with pytest.raises(ProviderError) as err:
+        ideogram.ideogram_mask(mask, image)
+    assert (err.value.status, err.value.param) == (400, "mask")
+    assert text in err.value.message
+
+
+def test_edit_fields_and_which_models_edit() -> None:
+    fields = ideogram.edit_fields(req(n=2, seed=4, quality="high", extra={"style_type": "DESIGN"}))
+    assert fields == [
+        ("prompt", 'a sign that says "OPEN"'),
+        ("num_images", "2"),
+        ("rendering_speed", "QUALITY"),
+        ("seed", "4"),
+    ]  # no size (the image's) and no style_type (the edit endpoint takes none)
+    assert ideogram.capabilities("V_3").edits
+    assert not ideogram.capabilities("V_2").edits

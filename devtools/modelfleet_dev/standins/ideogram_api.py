@@ -9,6 +9,10 @@ https://developer.ideogram.ai/api-reference:
   V_2A_TURBO (and V_1*): `aspect_ratio` ASPECT_W_H or `resolution` RESOLUTION_W_H,
   `magic_prompt_option`, `num_images`, `seed`, `style_type`, `negative_prompt` (not on
   V_2A*), `color_palette` (not on V_1* / V_2A*).
+- `POST /v1/ideogram-v3/edit`, multipart/form-data: `image` and `mask` files (JPEG,
+  PNG or WebP, at most 10MB, the same size; the mask black and white, black = edit),
+  `prompt`, `num_images`, `seed`, `rendering_speed`, `magic_prompt`; the edits are
+  drawn at the image's size.
 
 Both answer `{"created", "data": [{"url", "prompt", "resolution", "is_image_safe",
 "seed", "style_type"}]}`; the URLs are this server's own
@@ -24,11 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import json
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -115,6 +120,27 @@ def _size(field: str, value: str) -> tuple[int, int]:
     return w, h
 
 
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+def _decode(field: str, data: bytes) -> Image.Image:
+    """An upload as Ideogram takes it: JPEG, PNG or WebP, decodable. (Pillow comes with
+    the worker extra; only edits need it.)"""
+    from PIL import Image
+
+    if not (
+        data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff" or data[8:12] == b"WEBP"
+    ):
+        raise Invalid(field, f"{field}: only JPEG, WebP and PNG are supported")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (OSError, ValueError):
+        raise Invalid(field, f"{field} cannot be decoded") from None
+    return img
+
+
 class IdeogramStandIn(StandIn):
     def __init__(self, api_key: str, host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(api_key, host, port)
@@ -125,6 +151,7 @@ class IdeogramStandIn(StandIn):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/ideogram-v3/generate", self._v3)
+        app.router.add_post("/v1/ideogram-v3/edit", self._v3_edit)
         app.router.add_post("/generate", self._legacy)
         app.router.add_get("/api/images/ephemeral/{name}", self._image)
 
@@ -167,6 +194,81 @@ class IdeogramStandIn(StandIn):
             return await self._render(req, "V_3")
 
         return await self.tracked(call, answer)
+
+    async def _v3_edit(self, request: web.Request) -> web.StreamResponse:
+        call = Call(path=request.path, fields={})
+
+        async def answer() -> web.StreamResponse:
+            denied = self._denied(request)
+            if denied is not None:
+                return denied
+            if not request.content_type.startswith("multipart/form-data"):
+                return self.error(415, "Content-Type must be multipart/form-data")
+            form: dict[str, str] = {}
+            files: dict[str, bytes] = {}
+            try:
+                reader = await request.multipart()
+                async for part in reader:
+                    name = getattr(part, "name", None) or ""
+                    if name in form or name in files:
+                        return self.error(400, f"{name}: given more than once")
+                    if name in ("image", "mask", "style_reference_images"):
+                        files[name] = bytes(await part.read())  # type: ignore[union-attr]
+                    else:
+                        form[name] = await part.text()  # type: ignore[union-attr]
+                req = self._parse_edit(form, files)
+            except Invalid as exc:
+                call.fields = {"invalid": exc.field}
+                return self.error(400, f"Invalid input: {exc.message}")
+            call.fields = req
+            return await self._render(req, "V_3")
+
+        return await self.tracked(call, answer)
+
+    def _parse_edit(self, form: dict[str, str], files: dict[str, bytes]) -> dict[str, Any]:
+        known = {
+            "prompt",
+            "magic_prompt",
+            "num_images",
+            "seed",
+            "rendering_speed",
+            "color_palette",
+            "style_codes",
+        }
+        for name in form:
+            if name not in known:
+                raise Invalid(name, f"unknown field {name!r}")
+        for name in ("image", "mask"):
+            if name not in files:
+                raise Invalid(name, f"{name} is required")
+            if len(files[name]) > 10 * 1024 * 1024:
+                raise Invalid(name, f"{name} is larger than 10MB")
+        image, mask = _decode("image", files["image"]), _decode("mask", files["mask"])
+        if image.size != mask.size:
+            raise Invalid("mask", "mask must be the same size as the image")
+        gray = mask.convert("L")
+        hist = gray.histogram()
+        if sum(hist[1:255]):
+            raise Invalid("mask", "mask must be black and white")
+        black = hist[0] / (gray.size[0] * gray.size[1])
+        if not black:
+            raise Invalid("mask", "mask has no black region to edit")
+        prompt = form.get("prompt", "")
+        if not prompt.strip():
+            raise Invalid("prompt", "prompt is required")
+        return {
+            "prompt": prompt,
+            "size": image.size,
+            "black_fraction": round(black, 4),
+            "num_images": _int("num_images", form.get("num_images", "1"), 1, 8),
+            "seed": _int("seed", form["seed"], 0, SEED_MAX) if "seed" in form else None,
+            "rendering_speed": _enum(
+                "rendering_speed", form.get("rendering_speed", "DEFAULT"), RENDERING_SPEEDS
+            ),
+            "magic_prompt": _enum("magic_prompt", form.get("magic_prompt", "AUTO"), MAGIC),
+            "style_type": "GENERAL",
+            "negative_prompt": None,
+        }
 
     def _parse_v3(self, form: dict[str, str]) -> dict[str, Any]:
         known = {

@@ -222,6 +222,76 @@ def test_a_wrong_key_is_a_credentials_error_and_the_key_is_never_echoed(
         good.stop()
 
 
+def _image(size: tuple[int, int], transparent_left: bool = False) -> bytes:
+    import io
+
+    from PIL import Image
+
+    img = Image.new("RGBA", size, (200, 30, 30, 255))
+    if transparent_left:
+        for x in range(size[0] // 2):
+            for y in range(size[1]):
+                img.putpixel((x, y), (0, 0, 0, 0))
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _edit(adapter: Adapter, fields: dict[str, str], files: dict[str, bytes]) -> tuple[int, Any]:
+    b = "editboundary"
+    parts = [
+        f'--{b}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts += [
+        f'--{b}\r\nContent-Disposition: form-data; name="{k}"; filename="{k}.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for k, data in files.items()
+    ]
+    req = urllib.request.Request(
+        f"{adapter.url}/v1/images/edits",
+        data=b"".join(parts) + f"--{b}--\r\n".encode(),
+        headers={"Content-Type": f"multipart/form-data; boundary={b}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_v3_edit_sends_the_mask_as_ideogram_reads_it(
+    ideo: IdeogramStandIn, v3: Adapter, fresh: IdeogramStandIn
+) -> None:
+    image, mask = _image((320, 192)), _image((320, 192), transparent_left=True)
+    fields = {"prompt": "paint the left half blue", "n": "2", "seed": "9"}
+    status, body = _edit(v3, fields, {"image": image, "mask": mask})
+    assert status == 200, body
+    (call,) = fresh.calls_to("/v1/ideogram-v3/edit")
+    # The Images API's transparent half is the black half of Ideogram's mask.
+    assert call.fields["black_fraction"] == 0.5
+    assert (call.fields["size"], call.fields["num_images"], call.fields["seed"]) == (
+        (320, 192),
+        2,
+        9,
+    )
+    assert [png_size(i) for i in images(body)] == [(320, 192)] * 2
+    assert body["modelfleet"]["cost_usd"] == pytest.approx(2 * 0.06)
+    # No mask, a mask of another size: 400 naming mask, before any call.
+    for files in ({"image": image}, {"image": image, "mask": _image((64, 64), True)}):
+        status, body = _edit(v3, {"prompt": "x"}, files)
+        assert (status, body["error"]["param"]) == (400, "mask"), body
+    assert len(fresh.calls) == 1
+    legacy = _adapter(ideo, "V_2")
+    try:
+        status, body = _edit(legacy, {"prompt": "x"}, {"image": image, "mask": mask})
+        assert (status, body["error"]["code"]) == (400, "edits_unsupported")
+    finally:
+        legacy.stop()
+
+
 # -- the stand-in is as strict as the service ----------------------------------------
 
 
