@@ -1,6 +1,6 @@
 """Backend `ideogram`: Ideogram 3.0 (provider model `V_3`, `POST /v1/ideogram-v3/generate`,
 multipart) and the legacy models V_2, V_2_TURBO, V_2A, V_2A_TURBO (`POST /generate`,
-JSON `{"image_request": {...}}`).
+JSON `{"image_request": {...}}`); V_3 edits go to `POST /v1/ideogram-v3/edit`.
 
 Wire format (https://developer.ideogram.ai/api-reference): header `Api-Key: KEY`; base
 URL https://api.ideogram.ai. The size goes as `resolution` (WxH for V3,
