@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -237,3 +238,24 @@ def test_password_file_is_read_per_connection(tmp_path: Path) -> None:
     assert kw.get("username") is None and kw.get("password") is None
     assert kw["credential_provider"].get_credentials() == ("app", "two")
     assert kw["db"] == 3
+
+
+async def test_racing_first_renders_keep_the_first_record() -> None:
+    """n variations of a new asset sent at once: each looked up no record; the first one
+    recorded is the asset's, and every later answer names that pool."""
+    reg, inner = CollectorRegistry(), MemoryAssetStore()
+    sa = StickyAssets(inner, reg)
+    tickets = [await sa.lookup("ns", "a", ("p1", "p2"), {"p1", "p2"}) for _ in range(3)]
+    assert all(t.choice.record_pool is None for t in tickets)
+    h1 = await sa.recorded(tickets[0], "p2", body_of(b"first"), {})
+    h2 = await sa.recorded(tickets[1], "p1", body_of(b"second"), {})
+    h3 = await sa.recorded(tickets[2], "p2", body_of(b"third"), {})
+    assert [h["X-ModelFleet-Asset-Pool"] for h in (h1, h2, h3)] == ["p2", "p2", "p2"]
+    stored = await inner.get("ns", "a")
+    assert stored is not None and stored.pool == "p2"
+    assert stored.digest == hashlib.sha256(b"first").hexdigest()
+    # A move still overwrites (the recorded pool is gone).
+    t = await sa.lookup("ns", "a", ("p1",), {"p1"})
+    assert (await sa.recorded(t, "p1", body_of(b"moved"), {}))["X-ModelFleet-Asset-Moved"] == "true"
+    moved = await inner.get("ns", "a")
+    assert moved is not None and moved.pool == "p1"

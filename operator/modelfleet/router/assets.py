@@ -47,6 +47,13 @@ class AssetStore(Protocol):
 
     async def put(self, namespace: str, asset_id: str, record: AssetRecord) -> None: ...
 
+    async def put_new(
+        self, namespace: str, asset_id: str, record: AssetRecord
+    ) -> AssetRecord | None:
+        """Write only if there is no record yet (a first render). Returns the record that
+        was there, unchanged, when another render got in first; None when written."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -90,6 +97,15 @@ class MemoryAssetStore:
         self._items.move_to_end(key)
         while len(self._items) > self.max_entries:
             self._items.popitem(last=False)
+
+    async def put_new(
+        self, namespace: str, asset_id: str, record: AssetRecord
+    ) -> AssetRecord | None:
+        existing = await self.get(namespace, asset_id)
+        if existing is not None:
+            return existing
+        await self.put(namespace, asset_id, record)
+        return None
 
     async def close(self) -> None:
         self._items.clear()
@@ -183,6 +199,18 @@ class RedisAssetStore:
         await self._dropping_idle_on_error(
             self._redis.set(self.key(namespace, asset_id), record.to_json(), ex=self.ttl_s)
         )
+
+    async def put_new(
+        self, namespace: str, asset_id: str, record: AssetRecord
+    ) -> AssetRecord | None:
+        key = self.key(namespace, asset_id)
+        # SET NX, then GET only when it was refused (SET NX GET needs Redis 7).
+        done = await self._dropping_idle_on_error(
+            self._redis.set(key, record.to_json(), ex=self.ttl_s, nx=True)
+        )
+        if done:
+            return None
+        return await self.get(namespace, asset_id)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -282,6 +310,23 @@ class FailOpenStore:
         self.latency.labels("put").observe(self._clock() - t0)
         return True
 
+    async def put_new(
+        self, namespace: str, asset_id: str, record: AssetRecord
+    ) -> tuple[AssetRecord | None, bool]:
+        """(the record another render wrote first, or None; whether the store answered)."""
+        if self._clock() < self._paused_until:
+            self._missed("put", None)
+            return None, False
+        t0 = self._clock()
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                existing = await self.inner.put_new(namespace, asset_id, record)
+        except Exception as exc:
+            self._missed("put", exc)
+            return None, False
+        self.latency.labels("put").observe(self._clock() - t0)
+        return existing, True
+
     async def close(self) -> None:
         try:
             await self.inner.close()
@@ -345,13 +390,18 @@ class StickyAssets:
         move (and the lookup was not missed: a record we could not read must not be
         overwritten), and the response headers that say where the asset lives."""
         choice = ticket.choice
+        pool = choice.asset_pool(served_pool) if ticket.lookup_ok else served_pool
         if ticket.lookup_ok and choice.should_record:
             rec = record_from_response(served_pool, body, headers, self._wall())
-            if rec is not None:
+            if rec is not None and choice.moved:
                 await self.store.put(ticket.namespace, ticket.asset_id, rec)
-                if choice.moved:
-                    self.moves.labels(ticket.namespace).inc()
-        pool = choice.asset_pool(served_pool) if ticket.lookup_ok else served_pool
+                self.moves.labels(ticket.namespace).inc()
+            elif rec is not None:
+                # First renders racing (n variations sent at once): the first one written
+                # is the asset's; the others' answers say where it lives.
+                first, _ok = await self.store.put_new(ticket.namespace, ticket.asset_id, rec)
+                if first is not None:
+                    pool = first.pool
         return {
             ASSET_POOL_HEADER: pool,
             ASSET_MOVED_HEADER: "true" if choice.moved and ticket.lookup_ok else "false",

@@ -27,6 +27,10 @@ async def test_put_get_round_trip(redis_server: RedisServer) -> None:
         assert await s.get("other", "a1") == rec("canary", None)
         await s.put("ns", "a1", rec("moved"))
         assert await s.get("ns", "a1") == rec("moved")
+        # put_new writes only a first record, and answers the one that was there.
+        assert await s.put_new("ns", "fresh", rec("first")) is None
+        assert await s.put_new("ns", "fresh", rec("second")) == rec("first")
+        assert await s.get("ns", "fresh") == rec("first")
     finally:
         await s.close()
 
