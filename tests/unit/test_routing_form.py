@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelfleet.routing.form import (
     MAX_TEXT_PART_BYTES,
@@ -11,6 +13,7 @@ from modelfleet.routing.form import (
     part_being_read,
     scan_form,
 )
+from modelfleet.routing.intent import RequestError, parse_edit_form
 
 B = b"XyZb0undary"
 
@@ -86,3 +89,33 @@ def test_part_being_read_names_the_upload_cut_short() -> None:
     assert part_being_read(head, B) == "image"
     assert part_being_read(b"--" + B + b"\r\nContent-Disp", B) is None
     assert part_being_read(b"nothing", B) is None
+
+
+_names = st.sampled_from(
+    ["prompt", "n", "size", "model", "tier", "tags[]", "text[]", "strength", "seed", "stream",
+     "quality", "image", "image[]", "mask", "svg[model]", "bogus", "asset_id", "user"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(_names, st.text(max_size=12), st.booleans()), max_size=8),
+    st.binary(max_size=64),
+)
+def test_fuzz_scan_and_parse_only_their_errors(
+    parts: list[tuple[str, str, bool]], junk: bytes
+) -> None:
+    """Any form (text or file parts of any name and value), and junk, gives a parsed
+    request, a FormError or a 400 RequestError: never another exception."""
+    body = _body(*(_part(n, v.encode(), "f.png" if is_file else None) for n, v, is_file in parts))
+    for raw in (body, junk, body[: len(body) // 2]):
+        try:
+            scan = scan_form(raw, B)
+        except FormError:
+            continue
+        try:
+            p = parse_edit_form(scan.fields, scan.files, {})
+        except RequestError as exc:
+            assert exc.status == 400 and exc.param is not None
+        else:
+            assert p.intent.prompt.strip()
