@@ -51,6 +51,13 @@ class Invalid:
 DELETE = object()
 POOL, POLICY, CANARY = "modelpool-production.yaml", "routingpolicy.yaml", "canary.yaml"
 HOSTED, OPENAI = "modelpool-ideogram.yaml", "modelpool-openai.yaml"
+AUTO = "modelpool-autoscaled.yaml"
+_AS = ("spec", "autoscaling")
+
+
+def _auto(id: str, key: str, value: Any, field: str | None = None) -> Invalid:
+    return Invalid(id, AUTO, (*_AS, key), value, field or f"spec.autoscaling.{key}")
+
 
 INVALID: list[Invalid] = [
     # ModelPool
@@ -110,6 +117,20 @@ INVALID: list[Invalid] = [
         [f"m{i}" for i in range(17)],
         "spec.modelNames",
     ),
+    # ModelPool: spec.autoscaling
+    _auto("pool-autoscaling-min-over-max", "minReplicas", 5),
+    _auto("pool-autoscaling-min-negative", "minReplicas", -1),
+    _auto("pool-autoscaling-max-zero", "maxReplicas", 0),
+    _auto("pool-autoscaling-max-required", "maxReplicas", DELETE, "maxReplicas"),
+    _auto("pool-autoscaling-target-zero", "target", 0),
+    _auto("pool-autoscaling-metric-enum", "metric", "cpu"),
+    _auto("pool-autoscaling-window-format", "stableWindow", "a minute"),
+    _auto("pool-autoscaling-panic-window-long", "panicWindow", "2m"),
+    _auto("pool-autoscaling-panic-threshold", "panicThreshold", 0.5),
+    _auto("pool-autoscaling-zero-delay-max", "scaleToZeroDelay", "25h"),
+    _auto("pool-autoscaling-step-zero", "maxScaleDownStep", 0),
+    _auto("pool-autoscaling-unknown-field", "minimum", 1, "minimum"),
+    Invalid("pool-autoscaling-replicas-over-max", AUTO, ("spec", "replicas"), 9, "spec.replicas"),
     # ModelPool: diffusers vs hosted fields, credentials only by Secret reference
     Invalid("pool-backend-enum", HOSTED, ("spec", "backend"), "midjourney", "spec.backend"),
     Invalid("pool-diffusers-needs-model", POOL, ("spec", "model"), DELETE, "spec.model"),

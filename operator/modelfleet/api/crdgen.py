@@ -56,6 +56,12 @@ CRDS: tuple[CrdInfo, ...] = (
         printer_columns=(
             _col("Ready", "integer", ".status.readyReplicas", "Ready worker pods."),
             _col("Replicas", "integer", ".spec.replicas", "Desired worker pods."),
+            _col(
+                "Desired",
+                "integer",
+                ".status.desiredReplicas",
+                "Replicas the autoscaler wants (spec.autoscaling).",
+            ),
             _col("Backend", "string", ".spec.backend", "diffusers or a hosted provider API."),
             _col("Model", "string", ".spec.model.source", "Model source."),
             _col("Family", "string", ".spec.model.family", "Model family.", priority=1),

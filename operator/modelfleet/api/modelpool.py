@@ -8,7 +8,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from modelfleet.api.common import ApiModel, Condition, ObjectMeta, cel
+from modelfleet.api.common import (
+    DURATION_PATTERN,
+    ApiModel,
+    Condition,
+    ObjectMeta,
+    cel,
+    parse_duration,
+)
 from modelfleet.api.hosted import (
     HOSTED_BACKENDS,
     IDEOGRAM_MODELS,
@@ -106,6 +113,111 @@ class LimitsSpec(ApiModel):
         default=1024, ge=64, le=8192, description="Largest width or height in pixels (64-8192)."
     )
     max_steps: int = Field(default=50, ge=1, le=500, description="Most denoising steps (1-500).")
+
+
+_DURATIONS: tuple[tuple[str, str, str], ...] = (
+    # (field, default, what it is) — wire names are camelCase of the field.
+    ("stable_window", "60s", "Window the stable (smoothed) demand average is taken over"),
+    ("panic_window", "6s", "Short window whose average triggers panic mode"),
+    ("scale_up_stabilization", "0s", "Scale up to the lowest recommendation of this window"),
+    ("scale_down_stabilization", "60s", "Scale down to the highest recommendation of this window"),
+    ("scale_to_zero_delay", "5m", "Zero demand this long before a pool at minReplicas 0 goes to 0"),
+)
+
+
+def _duration(default: str, what: str, wire: str) -> Any:
+    return Field(
+        default=default,
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "duration(self) <= duration('24h')",
+                    f"spec.autoscaling.{wire} must be at most 24h",
+                )
+            ]
+        },
+        description=f"{what} (e.g. {default}; at most 24h).",
+    )
+
+
+class AutoscalingSpec(ApiModel):
+    """Replicas that follow the routers' live demand (in flight + queued/held requests)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "spec.autoscaling.minReplicas must not exceed spec.autoscaling.maxReplicas",
+                    ".minReplicas",
+                ),
+                cel(
+                    "duration(self.panicWindow) <= duration(self.stableWindow)",
+                    "spec.autoscaling.panicWindow must not exceed spec.autoscaling.stableWindow",
+                    ".panicWindow",
+                ),
+            ]
+        }
+    )
+
+    min_replicas: int = Field(
+        default=1, ge=0, le=1000, description="Fewest worker pods (0 allows scale to zero)."
+    )
+    max_replicas: int = Field(ge=1, le=1000, description="Most worker pods (1-1000).")
+    metric: Literal["inFlight", "queueDepth"] = Field(
+        default="inFlight",
+        description=(
+            "inFlight: requests at the workers plus queued/held in the routers, per replica; "
+            "queueDepth: only the queued/held ones."
+        ),
+    )
+    target: float = Field(
+        default=4,
+        gt=0,
+        le=10000,
+        description="Demand each replica should carry (requests per replica, > 0).",
+    )
+    stable_window: str = _duration("60s", _DURATIONS[0][2], "stableWindow")
+    panic_window: str = _duration("6s", _DURATIONS[1][2], "panicWindow")
+    panic_threshold: float = Field(
+        default=2.0,
+        ge=1,
+        le=100,
+        description=(
+            "Panic (scale up on the short window, never down) when the panic window's "
+            "demand needs this many times the ready replicas (1-100)."
+        ),
+    )
+    scale_up_stabilization: str = _duration("0s", _DURATIONS[2][2], "scaleUpStabilization")
+    scale_down_stabilization: str = _duration("60s", _DURATIONS[3][2], "scaleDownStabilization")
+    max_scale_up_step: int = Field(
+        default=4, ge=1, le=1000, description="Most replicas added by one change (1-1000)."
+    )
+    max_scale_down_step: int = Field(
+        default=1, ge=1, le=1000, description="Most replicas removed by one change (1-1000)."
+    )
+    scale_to_zero_delay: str = _duration("5m", _DURATIONS[4][2], "scaleToZeroDelay")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                "spec.autoscaling.minReplicas must not exceed spec.autoscaling.maxReplicas"
+            )
+        for name, _, _ in _DURATIONS:
+            if parse_duration(getattr(self, name)).total_seconds() > 86400:
+                raise ValueError(f"spec.autoscaling.{name} must be at most 24h")
+        if parse_duration(self.panic_window) > parse_duration(self.stable_window):
+            raise ValueError(
+                "spec.autoscaling.panicWindow must not exceed spec.autoscaling.stableWindow"
+            )
+        return self
+
+    def seconds(self, name: str) -> float:
+        """A duration field in seconds (stable_window, panic_window, ...)."""
+        return parse_duration(getattr(self, name)).total_seconds()
 
 
 _NO_SECRET = "keys reach the worker only from a Secret (spec.provider.credentials)"
@@ -236,6 +348,15 @@ def _spec_rules() -> list[Any]:
             ".provider.model",
         ),
     ]
+    rules.append(
+        cel(
+            "!has(self.autoscaling) || self.replicas <= self.autoscaling.maxReplicas",
+            "spec.replicas must not exceed spec.autoscaling.maxReplicas (with autoscaling, "
+            "spec.replicas is the autoscaler's output: omit it or keep it within "
+            "[minReplicas, maxReplicas])",
+            ".replicas",
+        )
+    )
     for name in DIFFUSERS_ONLY:
         rules.append(
             cel(
@@ -268,7 +389,19 @@ class ModelPoolSpec(ApiModel):
         max_length=512,
         description="Worker container image; the operator's default when empty.",
     )
-    replicas: int = Field(default=1, ge=0, le=1000, description="Worker pods (0-1000).")
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description=(
+            "Worker pods (0-1000). With spec.autoscaling the operator writes it through the "
+            "scale subresource; a literal value must not exceed maxReplicas."
+        ),
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None,
+        description="Follow the routers' live demand between minReplicas and maxReplicas.",
+    )
     gpu: GpuSpec | None = Field(
         default=None, description="GPUs per worker pod (diffusers pools; 1 GPU when empty)."
     )
@@ -333,6 +466,17 @@ class ModelPoolSpec(ApiModel):
         return v
 
     @model_validator(mode="after")
+    def _replicas_within_autoscaling(self) -> ModelPoolSpec:
+        a = self.autoscaling
+        if a is not None and self.replicas > a.max_replicas:
+            raise ValueError(
+                "spec.replicas must not exceed spec.autoscaling.maxReplicas (with autoscaling, "
+                "spec.replicas is the autoscaler's output: omit it or keep it within "
+                "[minReplicas, maxReplicas])"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _backend_fields(self) -> ModelPoolSpec:
         """The CEL rules above, for the router's file loader and the operator."""
         if not self.hosted:
@@ -371,6 +515,19 @@ class ModelPoolSpec(ApiModel):
         return self
 
 
+class GpuCapacity(ApiModel):
+    """GPUs of one product: what the pool asks for against what the nodes offer."""
+
+    product: str = Field(
+        description="nvidia.com/gpu.product ('any' when spec.gpu.product is unset)."
+    )
+    requested: int = Field(description="GPUs the pool's desired replicas ask for.")
+    schedulable: int = Field(
+        description="Allocatable GPUs of this product on schedulable nodes (all pools share them)."
+    )
+    pending_pods: int = Field(default=0, description="Pool pods the scheduler cannot place.")
+
+
 class ModelPoolStatus(ApiModel):
     """Observed state of a ModelPool."""
 
@@ -386,8 +543,24 @@ class ModelPoolStatus(ApiModel):
         default=None, description="The generation this status describes."
     )
     service: str | None = Field(default=None, description="The pool's Service name.")
+    desired_replicas: int | None = Field(
+        default=None, description="Replicas the autoscaler wants (spec.autoscaling)."
+    )
+    last_scale_time: str | None = Field(
+        default=None, description="When the autoscaler last changed spec.replicas (RFC 3339)."
+    )
+    scale_reason: str | None = Field(
+        default=None,
+        description="Why the autoscaler chose desiredReplicas (demand, window, bounds).",
+    )
+    demand: float | None = Field(
+        default=None, description="Live demand the autoscaler last read from the routers."
+    )
+    gpus: list[GpuCapacity] = Field(
+        default_factory=list, description="GPUs requested vs schedulable, per product."
+    )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Progressing, Degraded."
+        default_factory=list, description="Ready, Progressing, Degraded, CapacityStarved."
     )
 
 
