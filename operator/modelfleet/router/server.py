@@ -204,8 +204,9 @@ class Router:
         # has its own budget: the most every edit being read or served may hold at once.
         limit = self.settings.max_upload_bytes
         length = request.content_length
-        held = limit if length is None else min(length, limit + 1)
         budget = self.settings.max_upload_bytes_in_flight
+        # At most the whole budget: one upload alone always gets its turn.
+        held = min(limit if length is None else min(length, limit + 1), budget)
         if self._upload_bytes + held > budget:
             return rejected(
                 "overloaded",
