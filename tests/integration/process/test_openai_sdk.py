@@ -558,7 +558,7 @@ async def test_router_shedding_is_rate_limit_error_the_sdk_retries(
     workers_sdk: Any, start: Start, sdk: Any
 ) -> None:
     w = await workers_sdk("big")
-    w.delay_s = 0.6
+    w.delay_s = 1.0  # the second request arrives while the first holds the only slot
     adm = {"maxInFlight": 1, "maxQueue": 0}
     r = start([policy([{"name": "all", "pool": "big"}], admission=adm)], {"big": [w.url]})
     c = sdk(r)
