@@ -38,7 +38,7 @@ class SdkWorker(FakeWorker):
         self.edit_types: list[str] = []  # each edit's Content-Type as it arrived
         self.busy_first = 0
         self.retry_after = "1"
-        self.busy_code = "rate_limited"  # or quota_exhausted (brief contract 3)
+        self.busy_code = "rate_limited"  # or quota_exhausted: a hosted provider's limits
         self.arrivals: list[float] = []  # time.monotonic() of every request
 
     def app(self) -> web.Application:
@@ -533,7 +533,7 @@ async def test_assets_stay_on_their_pool_under_canary_weights(
 
 
 async def test_worker_retry_after_reaches_the_sdk(workers_sdk: Any, start: Start, sdk: Any) -> None:
-    """A provider's rate limit (the worker's 429, brief contract 3) asks for 2 s: the client
+    """A provider's rate limit (the hosted worker's 429 rate_limited) asks for 2 s: the client
     must not be told to come back sooner, or its retries spend the provider's quota."""
     w = await workers_sdk("big")
     r = start([policy([{"name": "all", "pool": "big"}])], {"big": [w.url]}, NAMES)
