@@ -164,3 +164,56 @@ def test_record_from_response_falls_back_on_headers() -> None:
 )
 def test_record_from_response_without_an_image(body: bytes) -> None:
     assert record_from_response("p", body, {}, 1.0) is None
+
+
+@pytest.mark.parametrize(
+    ("model_pools", "first", "out_ladder", "moved", "record_pool"),
+    [
+        # The request's model is served by both canary pools: stickiness as without one.
+        ({"stable", "canary"}, "stable", ("stable", "canary"), False, "stable"),
+        # The client asked for a model the asset's pool does not serve: that model's
+        # ladder serves this request; the record stays (not moved, not rewritten).
+        ({"canary"}, None, ("canary", "stable"), False, "stable"),
+        # No pool serves it (names unknown): the same, the record untouched.
+        (set(), None, ("canary", "stable"), False, "stable"),
+    ],
+)
+def test_sticky_choice_with_a_model(
+    model_pools: set[str],
+    first: str | None,
+    out_ladder: tuple[str, ...],
+    moved: bool,
+    record_pool: str,
+) -> None:
+    c = sticky_choice(rec("stable"), ("canary", "stable"), {"stable", "canary"}, model_pools)
+    assert (c.pool_first, c.ladder, c.moved, c.record_pool) == (
+        first,
+        out_ladder,
+        moved,
+        record_pool,
+    )
+    assert not c.should_record and c.asset_pool("canary") == "stable"
+
+
+def test_sticky_choice_with_a_model_when_the_pool_is_gone() -> None:
+    c = sticky_choice(rec("old"), ("new",), {"new"}, {"new"})
+    assert (c.pool_first, c.moved, c.should_record) == (None, True, True)
+
+
+def test_model_pools() -> None:
+    from modelfleet.routing.models import PoolModels
+    from modelfleet.routing.sticky import model_pools
+
+    names = {
+        ("ns", "stable"): PoolModels(("sd3.5-medium",)),
+        ("ns", "canary"): PoolModels(("sd3.5-medium", "sd3.5-next")),
+        ("ns", "unnamed"): PoolModels(()),
+        ("other", "x"): PoolModels(("sd3.5-medium",)),
+    }
+    assert model_pools(None, "ns", names) is None
+    assert model_pools("sd3.5-medium", "ns", names) == frozenset({"stable", "canary"})
+    assert model_pools("sd3.5-next", "ns", names) == frozenset({"canary"})
+    assert model_pools("nope", "ns", names) == frozenset()
+    # A namespace whose pools name no models routes `model` by intent: no restriction.
+    assert model_pools("sd3.5-medium", "bare", names) is None
+    assert model_pools("sd3.5-medium", "ns", {("ns", "u"): PoolModels(())}) is None

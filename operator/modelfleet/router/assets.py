@@ -375,9 +375,12 @@ class StickyAssets:
         asset_id: str,
         ladder: tuple[str, ...],
         live_pools: Collection[str],
+        model_pools: Collection[str] | None = None,
     ) -> AssetTicket:
+        """model_pools: the pools serving the request's `model` (None: it named none)."""
         record, ok = await self.store.get(namespace, asset_id)
-        return AssetTicket(namespace, asset_id, sticky_choice(record, ladder, live_pools), ok)
+        choice = sticky_choice(record, ladder, live_pools, model_pools)
+        return AssetTicket(namespace, asset_id, choice, ok)
 
     async def recorded(
         self,

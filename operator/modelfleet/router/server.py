@@ -33,6 +33,7 @@ from modelfleet.routing.models import (
 )
 from modelfleet.routing.pin import PINNED_HEADER, POOL_HEADER, PinRefused, check_pin
 from modelfleet.routing.stats import HORIZON_S, AttemptStats
+from modelfleet.routing.sticky import model_pools
 from modelfleet.routing.table import (
     PolicyTable,
     RouteEntry,
@@ -353,7 +354,8 @@ class Router:
             ticket = None
             if parsed.asset_id is not None and self.assets is not None:
                 live = {p for n, p in snap.endpoints if n == ns}
-                ticket = await self.assets.lookup(ns, parsed.asset_id, ladder, live)
+                serving = model_pools(parsed.model, ns, snap.model_names)
+                ticket = await self.assets.lookup(ns, parsed.asset_id, ladder, live, serving)
                 ladder, chosen = ticket.ladder, ticket.choice.pool_first or chosen
             return await self._forward(
                 snap, ns, pname, route, chosen, ladder, payload, start, route_headers, text_gate,

@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 ASSET_FIELD = "asset_id"
 ASSET_HEADER = "X-ModelFleet-Asset"
@@ -106,18 +106,46 @@ class StickyChoice:
 
 
 def sticky_choice(
-    record: AssetRecord | None, ladder: tuple[str, ...], live_pools: Collection[str]
+    record: AssetRecord | None,
+    ladder: tuple[str, ...],
+    live_pools: Collection[str],
+    model_pools: Collection[str] | None = None,
 ) -> StickyChoice:
     """The recorded pool goes first while it is live (known in this namespace), whether or
     not the route weighs it (a canary's old stable at weight 0, or even a pool of another
     route: the asset's pixels came from there). Gone: the ladder as the weights made it,
-    and the record moves to whichever pool serves."""
+    and the record moves to whichever pool serves.
+
+    model_pools: the request named a `model`, served by these pools. A recorded pool that
+    does not serve it is passed over for this request (the client asked for another
+    model), and its record stays: the next request without that model sticks again."""
     if record is None:
         return StickyChoice(None, ladder, False, None)
+    if model_pools is not None and record.pool not in model_pools and record.pool in live_pools:
+        return StickyChoice(None, ladder, False, record.pool)
     if record.pool in live_pools:
         rest = tuple(p for p in ladder if p != record.pool)
         return StickyChoice(record.pool, (record.pool, *rest), False, record.pool)
     return StickyChoice(None, ladder, True, record.pool)
+
+
+class _Named(Protocol):  # routing.models.PoolModels (not imported: it imports intent)
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+
+def model_pools(
+    model: str | None, namespace: str, names: Mapping[tuple[str, str], _Named]
+) -> frozenset[str] | None:
+    """The pools of `namespace` serving `model`, for sticky_choice. None when the request
+    named no model, or when no pool there declares names (routing.models then routes
+    `model` by intent, and the record must not be passed over for it)."""
+    if model is None:
+        return None
+    named = {p: pm.names for (ns, p), pm in names.items() if ns == namespace and pm.names}
+    if not named:
+        return None
+    return frozenset(p for p, ns_names in named.items() if model in ns_names)
 
 
 def asset_id_of(body: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:

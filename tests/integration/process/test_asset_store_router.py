@@ -10,8 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
-from modelfleet_dev.routerproc import policy, write_config
+from modelfleet_dev.routerproc import RouterProcess, policy, write_config
 from polling import wait_for_async
 from redis_fixture import RedisServer
 from router_client import metric, metrics, post
@@ -100,6 +101,58 @@ async def test_assets_stick_against_the_weights_and_move_when_their_pool_goes(
         ), asset
     m = await metrics(http, r)
     assert metric(m, "modelfleet_router_asset_moves_total") == len(moved_b)
+
+
+async def test_an_explicit_other_model_passes_the_record_over_and_keeps_it(
+    workers: Any, http: aiohttp.ClientSession, router: Any, tmp_path: Path
+) -> None:
+    """Clients that send `model` every time keep stickiness across a canary of that model
+    (both pools serve the name); asking for another model for an asset renders it there
+    without rewriting the asset's record."""
+    a, b, c = await workers("a"), await workers("b"), await workers("c")
+    pol = policy(
+        [{"name": "main", "pool": "a"}, {"name": "next", "match": {"tags": ["x"]}, "pool": "c"}],
+        status_routes=[
+            {"name": "main", "pools": [{"pool": "a", "weight": 50}, {"pool": "b", "weight": 50}]}
+        ],
+    )
+    cfg = tmp_path / "models.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "policies": [pol],
+                "endpoints": {"a": [a.url], "b": [b.url], "c": [c.url]},
+                "modelNames": {"a": ["m1"], "b": ["m1"], "c": ["m2"]},
+            }
+        )
+    )
+    r = RouterProcess(cfg, ["--asset-store", "memory"]).start()
+    try:
+        home: dict[str, str] = {}
+        for i in range(20):
+            body = {"prompt": "x", "model": "m1", "asset_id": f"m-{i}"}
+            status, h, doc, _ = await post(http, r, body)
+            assert status == 200, doc
+            home[f"m-{i}"] = h["X-ModelFleet-Pool"]
+        assert set(home.values()) == {"a", "b"}
+        for asset, pool in home.items():
+            status, h, doc, _ = await post(
+                http, r, {"prompt": "x", "model": "m1", "asset_id": asset}
+            )
+            assert (status, h["X-ModelFleet-Pool"]) == (200, pool), doc
+            status, h, doc, _ = await post(
+                http, r, {"prompt": "x", "model": "m2", "asset_id": asset}
+            )
+            assert (status, h["X-ModelFleet-Pool"], h["X-ModelFleet-Asset-Pool"]) == (
+                200,
+                "c",
+                pool,
+            )
+            assert h["X-ModelFleet-Asset-Moved"] == "false"
+            status, h, doc, _ = await post(http, r, {"prompt": "x", "asset_id": asset})
+            assert (status, h["X-ModelFleet-Pool"]) == (200, pool), doc
+    finally:
+        r.stop()
 
 
 async def test_malformed_asset_id_is_a_400_naming_it(
