@@ -50,7 +50,7 @@ def ts(text: str) -> float:
         ("imagen-4.0-generate-001", Size(896, 1280), "3:4", "1K"),
         ("imagen-4.0-ultra-generate-001", Size(2560, 1792), "4:3", "2K"),
         ("imagen-4.0-ultra-generate-001", Size(2048, 2048), "1:1", "2K"),
-        ("imagen-4.0-fast-generate-001", Size(1280, 896), "4:3", None),  # Fast: no imageSize
+        ("imagen-4.0-fast-generate-001", Size(1280, 896), "4:3", None),  # Fast: no size param
     ],
 )
 def test_imagen_size_becomes_aspect_ratio_and_image_size(
@@ -61,7 +61,8 @@ def test_imagen_size_becomes_aspect_ratio_and_image_size(
     params = body["parameters"]
     assert params["sampleCount"] == 3
     assert params["aspectRatio"] == ratio
-    assert params.get("imageSize") == image_size
+    assert params.get("sampleImageSize") == image_size  # :predict's name for it
+    assert "imageSize" not in params
     assert params["includeRaiReason"] is True  # so a filtered image says why
     assert "seed" not in params  # the Gemini API takes no seed for Imagen
 

@@ -3,7 +3,7 @@
 https://ai.google.dev/gemini-api/docs/imagen and .../docs/image-generation:
 
 - `POST /v1beta/models/{imagen model}:predict` (Imagen): `{"instances": [{"prompt"}],
-  "parameters": {"sampleCount" 1-4, "aspectRatio", "imageSize" 1K|2K (not on the Fast
+  "parameters": {"sampleCount" 1-4, "aspectRatio", "sampleImageSize" 1K|2K (not on the Fast
   model), "personGeneration", ...}}` -> `{"predictions": [{"bytesBase64Encoded",
   "mimeType"}]}`; filtered images are `{"raiFilteredReason"}` entries when
   `includeRaiReason` is set, else left out. The Gemini API takes no seed, negativePrompt
@@ -36,7 +36,7 @@ from aiohttp import web
 
 from modelfleet_dev.standins.common import Call, Fault, StandIn, main, png, random_seed
 
-# Imagen 4 output pixels per (aspectRatio, imageSize) (Vertex AI Imagen model docs).
+# Imagen 4 output pixels per (aspectRatio, sampleImageSize) (Vertex AI Imagen model docs).
 IMAGEN_SIZES: dict[tuple[str, str], tuple[int, int]] = {
     ("1:1", "1K"): (1024, 1024),
     ("3:4", "1K"): (896, 1280),
@@ -49,7 +49,7 @@ IMAGEN_SIZES: dict[tuple[str, str], tuple[int, int]] = {
     ("9:16", "2K"): (1536, 2816),
     ("16:9", "2K"): (2816, 1536),
 }
-IMAGEN_MODELS = {  # model -> takes imageSize
+IMAGEN_MODELS = {  # model -> takes sampleImageSize
     "imagen-4.0-generate-001": True,
     "imagen-4.0-ultra-generate-001": True,
     "imagen-4.0-fast-generate-001": False,
@@ -311,7 +311,7 @@ class GeminiStandIn(StandIn):
             {
                 "sampleCount": int,
                 "aspectRatio": str,
-                "imageSize": str,
+                "sampleImageSize": str,
                 "personGeneration": str,
                 "includeRaiReason": bool,
                 "includeSafetyAttributes": bool,
@@ -332,13 +332,15 @@ class GeminiStandIn(StandIn):
                 f"Unsupported aspect ratio {ratio!r}; supported: {', '.join(ratios)}.",
                 "aspectRatio",
             )
-        size = params.get("imageSize")
+        size = params.get("sampleImageSize")
         if size is not None:
             if not IMAGEN_MODELS[model]:
-                raise GeminiBadRequest(f"imageSize is not supported for {model}.", "imageSize")
+                raise GeminiBadRequest(
+                    f"sampleImageSize is not supported for {model}.", "sampleImageSize"
+                )
             if size not in ("1K", "2K"):
                 raise GeminiBadRequest(
-                    f"Unsupported image size {size!r}; supported: 1K, 2K.", "imageSize"
+                    f"Unsupported image size {size!r}; supported: 1K, 2K.", "sampleImageSize"
                 )
         person = params.get("personGeneration")
         if person is not None and person not in PERSON_GENERATION:
@@ -357,13 +359,13 @@ class GeminiStandIn(StandIn):
             "prompt": prompt,
             "sampleCount": n,
             "aspectRatio": ratio,
-            "imageSize": size or "1K",
+            "sampleImageSize": size or "1K",
             "personGeneration": person,
             "includeRaiReason": params.get("includeRaiReason", False),
         }
 
     def _predict(self, model: str, req: dict[str, Any], fault: Fault | None) -> web.Response:
-        width, height = IMAGEN_SIZES[(req["aspectRatio"], req["imageSize"])]
+        width, height = IMAGEN_SIZES[(req["aspectRatio"], req["sampleImageSize"])]
         refused = (fault is not None and fault.kind == "refuse") or self.blocked(req["prompt"])
         predictions: list[dict[str, Any]] = []
         for i in range(req["sampleCount"]):

@@ -83,7 +83,9 @@ def test_imagen_splits_n_above_four_and_answers_the_size_asked(
     assert [png_size(i) for i in images(body)] == [(1408, 768)] * 6
     calls = fresh.calls_to(":predict")
     assert sorted(c.fields["sampleCount"] for c in calls) == [2, 4]
-    assert {(c.fields["aspectRatio"], c.fields["imageSize"]) for c in calls} == {("16:9", "1K")}
+    assert {(c.fields["aspectRatio"], c.fields["sampleImageSize"]) for c in calls} == {
+        ("16:9", "1K")
+    }
     mf = body["modelfleet"]
     assert (mf["model"], mf["images"], mf["seeds"]) == (IMAGEN, 6, [None] * 6)
     assert mf["cost_usd"] == pytest.approx(6 * 0.04)
@@ -341,10 +343,17 @@ def _post(url: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
         ),
         (
             "imagen-4.0-fast-generate-001:predict",
+            {"instances": [{"prompt": "x"}], "parameters": {"sampleImageSize": "2K"}},
+            None,
+            400,
+            "sampleImageSize",
+        ),
+        (  # generateContent's name, not :predict's
+            f"{IMAGEN}:predict",
             {"instances": [{"prompt": "x"}], "parameters": {"imageSize": "2K"}},
             None,
             400,
-            "imageSize",
+            'Unknown name "imageSize"',
         ),
         (
             f"{PRO}:generateContent",

@@ -4,7 +4,7 @@
 Wire format (https://ai.google.dev/gemini-api/docs/imagen, .../docs/image-generation):
 header `x-goog-api-key: KEY`; base URL https://generativelanguage.googleapis.com, API
 version v1beta. Imagen: `{"instances": [{"prompt"}], "parameters": {"sampleCount",
-"aspectRatio", "imageSize"?, "personGeneration"?, "includeRaiReason": true}}` ->
+"aspectRatio", "sampleImageSize"?, "personGeneration"?, "includeRaiReason": true}}` ->
 `{"predictions": [{"bytesBase64Encoded", "mimeType"} | {"raiFilteredReason"}]}`.
 Gemini: `{"contents": [{"role": "user", "parts": [{"text"}, {"inlineData"}...]}],
 "generationConfig": {"responseModalities": ["TEXT", "IMAGE"], "imageConfig":
@@ -46,7 +46,7 @@ DEFAULT_ENDPOINT = "https://generativelanguage.googleapis.com"
 API_VERSION = "v1beta"
 PERSON_GENERATION = ("dont_allow", "allow_adult", "allow_all")
 
-# Imagen 4: Size -> (aspectRatio, imageSize). The Fast model renders 1K only.
+# Imagen 4: Size -> (aspectRatio, sampleImageSize). The Fast model renders 1K only.
 _IMAGEN_1K = {
     Size(1024, 1024): ("1:1", "1K"),
     Size(896, 1280): ("3:4", "1K"),
@@ -66,7 +66,7 @@ IMAGEN_MODELS: dict[str, dict[Size, tuple[str, str]]] = {
     "imagen-4.0-ultra-generate-001": {**_IMAGEN_1K, **_IMAGEN_2K},
     "imagen-4.0-fast-generate-001": dict(_IMAGEN_1K),
 }
-IMAGEN_SIZE_PARAM = {"imagen-4.0-fast-generate-001": False}  # others take imageSize
+IMAGEN_SIZE_PARAM = {"imagen-4.0-fast-generate-001": False}  # others take sampleImageSize
 
 _PRO_1K = {
     "1:1": (1024, 1024),
@@ -105,6 +105,7 @@ _CLIENT_PARAM = {
     "sampleCount": "n",
     "aspectRatio": "size",
     "imageSize": "size",
+    "sampleImageSize": "size",
     "imageConfig.aspectRatio": "size",
     "imageConfig.imageSize": "size",
     "personGeneration": "person_generation",
@@ -314,7 +315,8 @@ class GeminiImagen(_GoogleBackend):
             "includeRaiReason": True,
         }
         if IMAGEN_SIZE_PARAM.get(self.model, True):
-            params["imageSize"] = image_size
+            # :predict names it sampleImageSize (the SDKs' image_size maps to it).
+            params["sampleImageSize"] = image_size
         person = req.extra.get("person_generation")
         if person is not None:
             if person not in PERSON_GENERATION:
