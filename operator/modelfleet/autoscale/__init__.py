@@ -1,0 +1,1 @@
+"""Pure autoscaling decisions: desired replicas from demand samples (no I/O)."""
