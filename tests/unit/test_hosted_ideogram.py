@@ -120,6 +120,27 @@ def test_sizes_split_seeds_and_qualities() -> None:
 def test_resolutions_are_the_ones_the_provider_renders() -> None:
     assert [(s.width, s.height) for s in ideogram.RESOLUTIONS] == list(standin.RESOLUTIONS)
     assert len(ideogram.RESOLUTIONS) == 69
+    legacy = ideogram.LEGACY_RESOLUTIONS
+    assert [(s.width, s.height) for s in legacy] == list(standin.LEGACY_RESOLUTIONS)
+    assert len(legacy) == 78
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "ok"),
+    [
+        ("V_3", "800x1280", True),
+        ("V_2", "800x1280", False),  # not in the legacy enum
+        ("V_3", "1280x720", False),
+        ("V_2A_TURBO", "1280x720", True),
+    ],
+)
+def test_each_endpoint_takes_its_own_resolutions(model: str, size: str, ok: bool) -> None:
+    caps = make_backend("ideogram", BackendSettings(model)).capabilities
+    if ok:
+        assert str(plan_calls(1, size, None, caps, "reject").size) == size
+    else:
+        with pytest.raises(TranslationError):
+            plan_calls(1, size, None, caps, "reject")
 
 
 def _item(**kw: Any) -> dict[str, Any]:

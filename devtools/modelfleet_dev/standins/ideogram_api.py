@@ -54,6 +54,21 @@ _RESOLUTION_TEXT = (
 RESOLUTIONS: tuple[tuple[int, int], ...] = tuple(
     (int(r.split("x")[0]), int(r.split("x")[1])) for r in _RESOLUTION_TEXT.split()
 )
+# The legacy endpoint's RESOLUTION_W_H enum, a list of its own.
+_LEGACY_TEXT = (
+    "512x1536 576x1408 576x1472 576x1536 640x1024 640x1344 640x1408 640x1472 640x1536 "
+    "704x1152 704x1216 704x1280 704x1344 704x1408 704x1472 720x1280 736x1312 768x1024 "
+    "768x1088 768x1152 768x1216 768x1232 768x1280 768x1344 832x960 832x1024 832x1088 "
+    "832x1152 832x1216 832x1248 864x1152 896x960 896x1024 896x1088 896x1120 896x1152 "
+    "960x832 960x896 960x1024 960x1088 1024x640 1024x768 1024x832 1024x896 1024x960 "
+    "1024x1024 1088x768 1088x832 1088x896 1088x960 1120x896 1152x704 1152x768 1152x832 "
+    "1152x864 1152x896 1216x704 1216x768 1216x832 1232x768 1248x832 1280x704 1280x720 "
+    "1280x768 1280x800 1312x736 1344x640 1344x704 1344x768 1408x576 1408x640 1408x704 "
+    "1472x576 1472x640 1472x704 1536x512 1536x576 1536x640"
+)
+LEGACY_RESOLUTIONS: tuple[tuple[int, int], ...] = tuple(
+    (int(r.split("x")[0]), int(r.split("x")[1])) for r in _LEGACY_TEXT.split()
+)
 # What an aspect ratio renders at (V3 names; legacy ASPECT_W_H are the same ratios).
 ASPECT_SIZES: dict[str, tuple[int, int]] = {
     "1x1": (1024, 1024),
@@ -72,10 +87,7 @@ ASPECT_SIZES: dict[str, tuple[int, int]] = {
     "5x4": (1120, 896),
     "4x5": (896, 1120),
 }
-LEGACY_ASPECTS = {
-    f"ASPECT_{r.replace('x', '_')}": r
-    for r in ("1x1", "16x9", "9x16", "4x3", "3x4", "3x2", "2x3", "16x10", "10x16", "3x1", "1x3")
-}
+LEGACY_ASPECTS = {f"ASPECT_{r.replace('x', '_')}": r for r in ASPECT_SIZES}
 LEGACY_MODELS = ("V_1", "V_1_TURBO", "V_2", "V_2_TURBO", "V_2A", "V_2A_TURBO")
 RENDERING_SPEEDS = ("FLASH", "TURBO", "DEFAULT", "QUALITY")
 MAGIC = ("AUTO", "ON", "OFF")
@@ -110,12 +122,14 @@ def _int(field: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
-def _size(field: str, value: str) -> tuple[int, int]:
+def _size(
+    field: str, value: str, allowed: tuple[tuple[int, int], ...] = RESOLUTIONS
+) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in value.split("x"))
     except ValueError:
         raise Invalid(field, f"{field} must be one of the supported resolutions") from None
-    if (w, h) not in RESOLUTIONS:
+    if (w, h) not in allowed:
         raise Invalid(field, f"{field} {value} is not a supported resolution")
     return w, h
 
@@ -369,7 +383,8 @@ class IdeogramStandIn(StandIn):
                 raise Invalid("resolution", "resolution must be RESOLUTION_W_H")
             if model.startswith("V_1"):
                 raise Invalid("resolution", f"resolution is not supported by {model}")
-            size = _size("resolution", res.removeprefix("RESOLUTION_").replace("_", "x"))
+            wh = res.removeprefix("RESOLUTION_").replace("_", "x")
+            size = _size("resolution", wh, LEGACY_RESOLUTIONS)
         else:
             aspect = _enum(
                 "aspect_ratio", ir.get("aspect_ratio", "ASPECT_1_1"), tuple(LEGACY_ASPECTS)
