@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 import pytest
 
@@ -71,7 +72,7 @@ def test_step_bound_limits_each_change() -> None:
     p = params(maxReplicas=10, maxScaleUpStep=2)
     steps = simulate(p, lambda t: flat(0 if t < 10 else 20), 20, start=1)
     sizes = [s.desired for s in steps]
-    assert max(b - a for a, b in zip(sizes, sizes[1:], strict=False)) <= 2
+    assert max(b - a for a, b in pairwise(sizes)) <= 2
     assert sizes[-1] == 10
 
 
@@ -90,10 +91,10 @@ def test_panic_never_scales_down_until_a_calm_stable_window() -> None:
 def test_scale_down_waits_for_stabilization_window_and_steps_by_one() -> None:
     p = params(stableWindow="10s", panicWindow="2s", scaleDownStabilization="20s")
     steps = simulate(p, lambda t: flat(8 if t < 30 else 0), 90, start=4)
-    downs = [s for a, s in zip(steps, steps[1:], strict=False) if s.desired < a.desired]
+    downs = [s for a, s in pairwise(steps) if s.desired < a.desired]
     assert downs, "it scales down"
     assert downs[0].t >= 30 + 20 - 1  # the highest recommendation of the last 20 s rules
-    assert all(a.desired - s.desired <= 1 for a, s in zip(steps, steps[1:], strict=False))
+    assert all(a.desired - s.desired <= 1 for a, s in pairwise(steps))
     assert steps[-1].desired == 1
 
 

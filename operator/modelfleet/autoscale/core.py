@@ -132,7 +132,7 @@ def decide(
     since = state.since if state.since is not None else now
     value = demand.value(p.queue_only)
     keep_from = now - p.stable_s
-    samples = tuple(s for s in state.samples if s[0] > keep_from) + ((now, value),)
+    samples = (*(s for s in state.samples if s[0] > keep_from), (now, value))
     last_demand = now if (value > 0 or demand.held > 0) else state.last_demand
     stable = _avg(samples, keep_from)
     panic = _avg(samples, now - p.panic_s)
@@ -160,7 +160,7 @@ def decide(
     rec = min(max(rec, floor), p.max_replicas)
 
     horizon = now - max(p.up_stabilization_s, p.down_stabilization_s)
-    recs = tuple(r for r in state.recommendations if r[0] > horizon) + ((now, rec),)
+    recs = (*(r for r in state.recommendations if r[0] > horizon), (now, rec))
     new_state = State(
         since=since,
         samples=samples,

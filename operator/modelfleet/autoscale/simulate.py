@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 
 from modelfleet.autoscale.core import Decision, Demand, Params, State, decide
 
@@ -47,4 +48,4 @@ def simulate(
 def changes(steps: list[Step], after: float = 0.0) -> int:
     """How many times the replicas changed after `after` seconds."""
     kept = [s for s in steps if s.t >= after]
-    return sum(1 for a, b in zip(kept, kept[1:], strict=False) if a.desired != b.desired)
+    return sum(1 for a, b in pairwise(kept) if a.desired != b.desired)
