@@ -468,9 +468,20 @@ def main() -> int:
             return len(phases) == len(HOSTED) + 2 and all(ph == "Ready" for ph in phases)
 
         story.wait_until(ready, 180, "fleet pools Ready")
-        story.wait_until(
-            lambda: _post(router, "x", None, 1)[0] == 200, 60, "router serves the fleet"
-        )
+
+        def serves() -> bool:
+            for name, proc in zip(("router", "operator"), procs, strict=True):
+                if proc.poll() is not None:
+                    raise SystemExit(
+                        f"[fleet] the {name} exited {proc.returncode}: see "
+                        f"{cluster.paths.logs / f'fleet-{name}.log'}"
+                    )
+            try:
+                return _post(router, "x", None, 1)[0] == 200
+            except OSError:  # not listening yet
+                return False
+
+        story.wait_until(serves, 60, "router serves the fleet")
         say(f"{len(HOSTED)} hosted + 2 diffusers pools Ready in {time.monotonic() - t0:.0f}s")
         ok = run_story(api, router, namespace, say)
         say(f"done in {time.monotonic() - t0:.0f}s")
