@@ -203,7 +203,7 @@ def test_hosted_key_never_in_args_or_env_even_when_the_user_tries() -> None:
                 "MODELFLEET_WORKER_MAX_CONCURRENCY": "16",
                 "MODELFLEET_WORKER_SIZE_POLICY": "nearest",
                 "MODELFLEET_WORKER_REQUEST_TIMEOUT_S": "30",
-                "MODELFLEET_WORKER_REQUESTS_PER_MINUTE": "45",  # 90 a minute over 2 pods
+                "MODELFLEET_WORKER_REQUESTS_PER_MINUTE": "90",
                 "MODELFLEET_WORKER_PROVIDER_DEFAULTS": json.dumps(
                     {"background": "transparent", "quality": "high"}
                 ),
@@ -253,13 +253,14 @@ def test_diffusers_cost_counts_every_gpu_of_a_pod(gpu: dict[str, Any] | None, gp
     assert (env["MODELFLEET_WORKER_GPU_HOUR_PRICE"], env["MODELFLEET_WORKER_GPUS"]) == ("3", gpus)
 
 
-@pytest.mark.parametrize(
-    ("rpm", "replicas", "per_pod"),
-    [(120, 1, 120), (120, 2, 60), (100, 3, 33), (2, 5, 1), (60, 0, 60)],
-)
-def test_pool_request_limit_is_shared_by_its_pods(rpm: int, replicas: int, per_pod: int) -> None:
-    assert build.pod_requests_per_minute(rpm, replicas) == per_pod
-    assert per_pod * max(replicas, 1) <= rpm or per_pod == 1
+def test_pod_template_does_not_follow_replicas() -> None:
+    # Scaling (kubectl scale, the autoscaler) must not restart the adapters.
+    one, four = hosted(requestsPerMinute=120), hosted(requestsPerMinute=120)
+    four.spec.replicas = 4
+    templates = [
+        build.deployment(p, build.BuildSettings())["spec"]["template"] for p in (one, four)
+    ]
+    assert templates[0] == templates[1]
 
 
 def test_hosted_pool_skips_gpu_placement() -> None:

@@ -169,8 +169,8 @@ class ProviderSpec(ApiModel):
         default=None,
         ge=1,
         le=100000,
-        description="The pool's request limit, shared evenly by its adapter pods (each a "
-        "token bucket of rate / replicas, at least 1); no limit when empty.",
+        description="Token bucket per adapter pod (the pool's ceiling is this times its "
+        "replicas); no limit when empty.",
     )
     size_policy: Literal["reject", "nearest"] = Field(
         default="reject",

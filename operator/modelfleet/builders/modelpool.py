@@ -140,12 +140,6 @@ def _number(value: float) -> str:
     return format(value, ".12g")
 
 
-def pod_requests_per_minute(pool_rpm: int, replicas: int) -> int:
-    """Each adapter's share of the pool's limit: together they stay within it (at least
-    one request a minute each, so a pool with more pods than its limit still serves)."""
-    return max(1, pool_rpm // max(replicas, 1))
-
-
 def adapter_args(pool: ModelPool) -> list[str]:
     """The adapter's flags: which API and model; never the key (it comes from a Secret)."""
     provider = pool.spec.hosted_provider()
@@ -166,9 +160,9 @@ def adapter_env(pool: ModelPool) -> list[dict[str, Any]]:
         "MODELFLEET_WORKER_REQUEST_TIMEOUT_S": str(provider.timeout_seconds),
     }
     if provider.requests_per_minute is not None:
-        values["MODELFLEET_WORKER_REQUESTS_PER_MINUTE"] = str(
-            pod_requests_per_minute(provider.requests_per_minute, pool.spec.replicas)
-        )
+        # Per pod, not divided by replicas: a value that followed spec.replicas would
+        # restart every adapter on each scale (the autoscaler writes replicas often).
+        values["MODELFLEET_WORKER_REQUESTS_PER_MINUTE"] = str(provider.requests_per_minute)
     defaults = provider.defaults.model_dump(exclude_none=True, mode="json")
     if defaults:
         values["MODELFLEET_WORKER_PROVIDER_DEFAULTS"] = json.dumps(defaults, sort_keys=True)
