@@ -21,6 +21,7 @@ from modelfleet.router.assets import (
     describe,
 )
 from modelfleet.router.config import ConfigError, Snapshot, load_static_config
+from modelfleet.routing.hold import HoldLimits
 from modelfleet.routing.pin import read_credential
 
 if TYPE_CHECKING:
@@ -104,6 +105,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "pre-flight replay); re-read when the file changes. Without it no request may pin "
         "[env MODELFLEET_OPERATOR_TOKEN_FILE]",
     )
+    p.add_argument(
+        "--max-held-per-pool",
+        type=int,
+        default=256,
+        help="requests held at once for one pool at zero replicas while it starts (its "
+        "ModelPool has spec.autoscaling.minReplicas 0); beyond: not held, the ladder falls "
+        "back or answers 503 with Retry-After; 0: never hold (default 256)",
+    )
+    p.add_argument(
+        "--max-hold-s",
+        type=_positive,
+        default=300.0,
+        help="longest a request is held for a pool at zero; the policy's "
+        "admission.queueTimeoutMs and the request deadline bound it too (default 300)",
+    )
     add_asset_args(p)  # sticky assets: --asset-store, --asset-store-password-file, --asset-ttl
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -158,6 +174,7 @@ def _run(args: argparse.Namespace) -> int:
         retries_per_pool=max(0, args.retries_per_pool),
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_upload_bytes_in_flight=int(args.max_uploads_in_flight_mb * 1024 * 1024),
+        hold=HoldLimits(max(0, args.max_held_per_pool), args.max_hold_s),
     )
     try:
         import uvloop

@@ -28,6 +28,9 @@ class Snapshot:
     endpoints: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     # (namespace, pool) -> the names clients pass as `model` (ModelPool spec.modelNames).
     model_names: Mapping[tuple[str, str], PoolModels] = field(default_factory=dict)
+    # (namespace, pool) of pools autoscaled with minReplicas 0: a request for one with no
+    # endpoint is held until its first worker is ready (router.holds).
+    scale_from_zero: frozenset[tuple[str, str]] = frozenset()
 
 
 class ConfigError(Exception):
@@ -43,6 +46,8 @@ class StaticConfig(BaseModel):
     endpoints: dict[str, list[str]] = Field(default_factory=dict)
     # POOL -> names, as a ModelPool's spec.modelNames says them.
     model_names: dict[str, list[ModelName]] = Field(default_factory=dict, alias="modelNames")
+    # Pools autoscaled to zero elsewhere: requests for them wait for an endpoint (SIGHUP).
+    scale_from_zero: list[str] = Field(default_factory=list, alias="scaleFromZero")
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -66,7 +71,9 @@ def format_validation_error(exc: ValidationError) -> str:
 def parse_static_config(doc: Any) -> Snapshot:
     """Validate a parsed YAML document with the API models and build a Snapshot."""
     if not isinstance(doc, dict):
-        raise ConfigError("config must be a mapping with keys policies, endpoints and modelNames")
+        raise ConfigError(
+            "config must be a mapping with keys policies, endpoints, modelNames and scaleFromZero"
+        )
     try:
         cfg = StaticConfig.model_validate(doc)
     except ValidationError as exc:
@@ -106,7 +113,10 @@ def parse_static_config(doc: Any) -> Snapshot:
         for pool, names in cfg.model_names.items()
         if names
     }
-    return Snapshot(policies=policies, endpoints=endpoints, model_names=model_names)
+    zero = frozenset((ns, pool) for ns in namespaces for pool in cfg.scale_from_zero)
+    return Snapshot(
+        policies=policies, endpoints=endpoints, model_names=model_names, scale_from_zero=zero
+    )
 
 
 def load_static_config(path: Path) -> Snapshot:

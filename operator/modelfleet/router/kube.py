@@ -1,5 +1,5 @@
 """Kubernetes config source: watch RoutingPolicies, EndpointSlices and ModelPools (for
-their spec.modelNames), build Snapshots.
+their spec.modelNames and whether they scale from zero), build Snapshots.
 
 The translations (API objects as JSON dicts -> models -> Snapshot) are pure functions; the
 shell is two list+watch threads (the `kubernetes` client is synchronous) that hand every
@@ -111,6 +111,17 @@ def model_names_from_pools(pools: Iterable[Mapping[str, Any]]) -> dict[Key, Pool
     return out
 
 
+def scale_from_zero_pools(pools: Iterable[Mapping[str, Any]]) -> frozenset[Key]:
+    """Pools whose spec.autoscaling.minReplicas is 0 (an absent minReplicas is 1, the
+    API's default): the router holds their requests while they have no endpoint."""
+    out = set()
+    for obj in pools:
+        auto = (obj.get("spec") or {}).get("autoscaling")
+        if isinstance(auto, Mapping) and auto.get("minReplicas", 1) == 0:
+            out.add(object_key(obj))
+    return frozenset(out)
+
+
 def build_snapshot(
     policies: Mapping[Key, Mapping[str, Any]],
     slices: Mapping[Key, Mapping[str, Any]],
@@ -128,6 +139,7 @@ def build_snapshot(
         policies=tuple(tables),
         endpoints=endpoints_from_slices(slices.values()),
         model_names=model_names_from_pools((pools or {}).values()),
+        scale_from_zero=scale_from_zero_pools((pools or {}).values()),
     )
 
 

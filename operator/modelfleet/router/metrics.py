@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -19,6 +19,8 @@ from modelfleet.routing.stats import (
 )
 
 PREFIX = "modelfleet_router_"
+# Scale from zero: a pod start plus a model load, seconds to minutes.
+COLD_START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 
 
 class RouterMetrics:
@@ -139,6 +141,35 @@ class RouterMetrics:
             "no valid operator credential); they are not in the upstream series or "
             "/v1/stats, which judge canaries.",
             ["namespace", "pool", "outcome"],
+            registry=r,
+        )
+        # Scale from zero (router.holds; docs/router.md#scale-from-zero).
+        self.held = Gauge(
+            PREFIX + "held_requests",
+            "Requests held now for a pool at zero replicas, waiting for its first worker.",
+            ["namespace", "pool"],
+            registry=r,
+        )
+        self.held_requests = Counter(
+            PREFIX + "holds_total",
+            "Ends of holds for pools at zero: served (a worker came), expired (none came "
+            "in time), hold_limit (not held: too many held), no_time, cancelled (client left).",
+            ["namespace", "pool", "outcome"],
+            registry=r,
+        )
+        self.hold_seconds = Histogram(
+            PREFIX + "hold_seconds",
+            "How long served held requests waited for their pool's first worker.",
+            ["namespace", "pool"],
+            buckets=COLD_START_BUCKETS,
+            registry=r,
+        )
+        self.cold_start_seconds = Histogram(
+            PREFIX + "cold_start_seconds",
+            "A pool's cold start as the router sees it: its first held request to its "
+            "first ready endpoint.",
+            ["namespace", "pool"],
+            buckets=COLD_START_BUCKETS,
             registry=r,
         )
         # labels() takes a lock and builds a key per call: a visible share of a

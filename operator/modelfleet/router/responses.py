@@ -41,7 +41,11 @@ def relay(res: AttemptResult, headers: Mapping[str, str]) -> web.Response:
 
 
 def rejected(
-    code: str, message: str, headers: Mapping[str, str], retry_after_s: float = 1.0
+    code: str,
+    message: str,
+    headers: Mapping[str, str],
+    retry_after_s: float = 1.0,
+    status: int = 429,
 ) -> web.Response:
     # Retry-After is whole seconds (RFC 9110), rounded up so a client never comes back
     # sooner than asked; retry-after-ms is the OpenAI-style hint (the SDK reads it first).
@@ -49,7 +53,7 @@ def rejected(
         "Retry-After": str(max(1, math.ceil(retry_after_s))),
         "retry-after-ms": str(max(0, round(retry_after_s * 1000))),
     }
-    return error(429, code, message, headers={**headers, **hint})
+    return error(status, code, message, headers={**headers, **hint})
 
 
 @web.middleware

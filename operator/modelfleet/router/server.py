@@ -22,8 +22,9 @@ from modelfleet.router.serving import Ladder, Settings
 from modelfleet.router.textgate import GateRequest, Served, TextGate, Unserved
 from modelfleet.router.upstream import EDITS_PATH, Payload
 from modelfleet.routing.form import FormError, boundary_of, part_being_read, scan_form
+from modelfleet.routing.hold import demand_rows
 from modelfleet.routing.intent import ParsedRequest, RequestError, parse_edit_form, parse_request
-from modelfleet.routing.ladder import Attempt, Outcome, Tried, exhausted
+from modelfleet.routing.ladder import Attempt, Outcome, exhausted
 from modelfleet.routing.models import (
     ModelNotFound,
     available,
@@ -70,7 +71,12 @@ class Router:
         self._clock = clock
         self._gates: dict[str, tuple[PolicyTable, AdmissionGate]] = {}
         self._upload_bytes = 0  # edit uploads held now (Settings.max_upload_bytes_in_flight)
-        self.ladder = Ladder(self.settings, self.metrics, self.stats, self._rnd, clock)
+        self.ladder = Ladder(
+            self.settings, self.metrics, self.stats, self._rnd, clock, lambda: self.snapshot
+        )
+        # (namespace, pool) -> requests waiting for an admission slot, by the pool the
+        # route's weights picked for them (GET /v1/demand).
+        self._queued: dict[tuple[str, str], int] = {}
         # Sticky assets (router.assets); None: asset_id is accepted and ignored.
         self.assets = (
             None if asset_store is None else StickyAssets(asset_store, self.metrics.registry)
@@ -100,6 +106,7 @@ class Router:
         self._gates = gates
         self.ladder.keep_only(u for urls in snapshot.endpoints.values() for u in urls)
         self.snapshot = snapshot
+        self.ladder.holds.wake(snapshot)  # requests held for pools that now have workers
 
     # -- app -------------------------------------------------------------------------
 
@@ -113,6 +120,7 @@ class Router:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/v1/stats", self.stats_handler)
+        app.router.add_get("/v1/demand", self.demand)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -169,6 +177,11 @@ class Router:
                 "pools": [p.wire(self.stats.bounds, self.stats.service_bounds) for p in pools],
             }
         )
+
+    async def demand(self, _request: web.Request) -> web.Response:
+        """Live demand per pool, summed by the operator's autoscaler over every router."""
+        rows = demand_rows(self.ladder.pool_in_flight, self._queued, self.ladder.holds.held)
+        return web.json_response({"time": time.time(), "pools": rows})
 
     # -- the data path ---------------------------------------------------------------
 
@@ -315,6 +328,10 @@ class Router:
         if entry is None:  # config swapped between lines above; treat as the new one
             return _error(503, "not_ready", "configuration changed, retry")
         gate = entry[1]
+        # Picked before admission so a queued request counts as demand for its pool.
+        chosen = choose_pool(route.pools, self._rnd)
+        qkey = (ns, chosen or "")  # none (every weight 0): counted, not reported
+        self._queued[qkey] = self._queued.get(qkey, 0) + 1
         try:
             await gate.acquire(parsed.intent.tier)
         except Rejected:
@@ -333,6 +350,12 @@ class Router:
                 f"{gate.limits.queue_timeout_s * 1000:.0f} ms",
                 route_headers,
             )
+        finally:
+            n = self._queued[qkey] - 1
+            if n:
+                self._queued[qkey] = n
+            else:
+                del self._queued[qkey]
         try:
             text_gate: GateRequest | None = None
             if edit is not None:
@@ -346,7 +369,6 @@ class Router:
                 payload = Payload(json.dumps(fwd, separators=(",", ":")).encode())
             else:
                 payload = Payload(_generation_body(parsed))
-            chosen = choose_pool(route.pools, self._rnd)
             if route.shadow is not None and self._rnd() * 100 < route.shadow.percent:
                 self.ladder.shadow(snap, ns, route.shadow.pool, payload)
             # The ladder is built here so a preferred pool (sticky assets) can go first.
@@ -359,7 +381,7 @@ class Router:
                 ladder, chosen = ticket.ladder, ticket.choice.pool_first or chosen
             return await self._forward(
                 snap, ns, pname, route, chosen, ladder, payload, start, route_headers, text_gate,
-                ticket,
+                ticket, gate.limits.queue_timeout_s,
             )  # fmt: skip
         except asyncio.CancelledError:
             # The client went away; the attempt was cancelled with it.
@@ -453,11 +475,14 @@ class Router:
         headers: dict[str, str],
         gate: GateRequest | None = None,
         ticket: AssetTicket | None = None,
+        hold_s: float = 0.0,
     ) -> web.Response:
         deadline = start + self.settings.request_timeout_s
-        got = await self.ladder.serve(snap, ns, route.name, ladder, payload, deadline)
+        got = await self.ladder.serve(
+            snap, ns, route.name, ladder, payload, deadline, hold_s=hold_s
+        )
         if isinstance(got, Unserved):
-            return self._fail(ns, pname, route, ladder, got.tried, start, headers, got.deadline_hit)
+            return self._fail(ns, pname, route, ladder, got, start, headers)
         pool, res = got.pool, got.res
         out_headers = {
             **headers,
@@ -505,13 +530,19 @@ class Router:
         pname: str,
         route: RouteEntry,
         ladder: tuple[str, ...],
-        tried: list[Tried],
+        got: Unserved,
         start: float,
         headers: dict[str, str],
-        deadline_hit: bool,
     ) -> web.Response:
+        tried = got.tried
+        out = {**headers, "X-ModelFleet-Fallback": "false"}
+        if got.cold is not None and all(t.outcome is None for t in tried):
+            # Only pools without workers, one of them scaling from zero: come back later.
+            c = got.cold
+            self._finish(ns, pname, route.name, "", Outcome.UPSTREAM_ERROR, start)
+            return rejected(c.code, c.message, out, c.retry_after_s, status=c.status)
         f = exhausted(tried, ladder)
-        if deadline_hit:
+        if got.deadline_hit:
             status, code, outcome = 504, "timeout", Outcome.TIMEOUT
             message = (
                 f"request deadline of {self.settings.request_timeout_s:g}s passed; {f.message}"
@@ -519,7 +550,6 @@ class Router:
         else:
             status, code, outcome, message = f.status, f.code, f.outcome, f.message
         self._finish(ns, pname, route.name, "", outcome, start)
-        out = {**headers, "X-ModelFleet-Fallback": "false"}
         if status == 429:
             return rejected(code, message, out, f.retry_after_s)
         return _error(status, code, message, headers=out)

@@ -9,12 +9,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modelfleet.router.config import Snapshot
+from modelfleet.router.holds import HoldEnded, Holds
 from modelfleet.router.metrics import RouterMetrics
 from modelfleet.router.textgate import Served, Unserved
 from modelfleet.router.upstream import AttemptResult, Payload, UpstreamClient
+from modelfleet.routing.hold import ColdFailure, HoldLimits
 from modelfleet.routing.ladder import Attempt, Tried
 from modelfleet.routing.stats import AttemptStats
 from modelfleet.routing.table import choose_endpoint
@@ -34,6 +36,7 @@ class Settings:
     max_connections: int = 4096
     max_upload_bytes: int = 25 * 1024 * 1024  # an edit's whole multipart body
     max_upload_bytes_in_flight: int = 512 * 1024 * 1024  # all edits being read or served
+    hold: HoldLimits = field(default_factory=HoldLimits)  # requests held for pools at zero (routing.hold)
 
 
 class Ladder:
@@ -47,6 +50,7 @@ class Ladder:
         stats: AttemptStats,
         rnd: Callable[[], float],
         clock: Callable[[], float] = time.monotonic,
+        latest: Callable[[], Snapshot | None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -54,6 +58,9 @@ class Ladder:
         self._rnd = rnd
         self._clock = clock
         self.outstanding: dict[str, int] = {}
+        # (namespace, pool) -> attempts at its workers now (GET /v1/demand; no shadows).
+        self.pool_in_flight: dict[tuple[str, str], int] = {}
+        self.holds = Holds(settings.hold, metrics, latest, clock)
         self._ejected_until: dict[str, float] = {}
         self._shadow_in_flight = 0
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -84,13 +91,23 @@ class Ladder:
         payload: Payload,
         deadline: float,
         pinned: bool = False,
+        hold_s: float = 0.0,
     ) -> Served | Unserved:
-        """Walk the ladder until a worker answers ok or with a 4xx."""
+        """Walk the ladder until a worker answers ok or with a 4xx. hold_s > 0: a pool at
+        zero replicas (Snapshot.scale_from_zero) with no endpoint is waited for that long
+        at most (the policy's queue timeout) before the walk moves on."""
         s = self.settings
         tried: list[Tried] = []
         prev: str | None = None
+        cold: HoldEnded | None = None
         for pool in ladder:
             endpoints = snap.endpoints.get((ns, pool), ())
+            if not endpoints and hold_s > 0:
+                got = await self.holds.hold(snap, ns, pool, hold_s, deadline)
+                if isinstance(got, Snapshot):
+                    snap, endpoints = got, got.endpoints.get((ns, pool), ())
+                elif got is not None:
+                    cold = cold or got
             if prev is not None and endpoints:
                 self.metrics.fallbacks.labels(ns, route_name, prev, pool).inc()
             prev = pool
@@ -104,7 +121,7 @@ class Ladder:
                 t0 = self._clock()
                 remaining = deadline - t0
                 if remaining <= 0:
-                    return Unserved(tried, ladder, True)
+                    return Unserved(tried, ladder, True, _failure(cold))
                 ep = choose_endpoint(endpoints, self.outstanding, used, ejected, self._rnd)
                 if ep is None:
                     break
@@ -117,7 +134,7 @@ class Ladder:
                 tried.append(Tried(pool, ep, res.outcome, res.retry_after_s, res.busy_code))
                 if res.outcome is Attempt.OK or res.outcome is Attempt.CLIENT_ERROR:
                     return Served(pool, res, self._clock() - t0)
-        return Unserved(tried, ladder, False)
+        return Unserved(tried, ladder, False, _failure(cold))
 
     def _held(self, ep: str) -> None:
         self.outstanding[ep] = self.outstanding.get(ep, 0) + 1
@@ -133,11 +150,18 @@ class Ladder:
         self, ns: str, pool: str, ep: str, payload: Payload, timeout_s: float, pinned: bool
     ) -> AttemptResult:
         self._held(ep)
+        key = (ns, pool)
+        self.pool_in_flight[key] = self.pool_in_flight.get(key, 0) + 1
         t0 = self._clock()
         try:
             res = await self.upstream.send(ep, payload, timeout_s)
         finally:
             self._released(ep)
+            n = self.pool_in_flight[key] - 1
+            if n:
+                self.pool_in_flight[key] = n
+            else:
+                del self.pool_in_flight[key]
         t1 = self._clock()
         if res.outcome is Attempt.CONNECT_ERROR:
             self._ejected_until[ep] = t1 + self.settings.eject_s
@@ -184,3 +208,7 @@ class Ladder:
         finally:
             self._shadow_in_flight -= 1
             self._released(ep)
+
+
+def _failure(cold: HoldEnded | None) -> ColdFailure | None:
+    return None if cold is None else cold.failure

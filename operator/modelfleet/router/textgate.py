@@ -15,6 +15,7 @@ from typing import Any
 from modelfleet.api.routingpolicy import VerifySpec
 from modelfleet.router.metrics import RouterMetrics
 from modelfleet.router.upstream import AttemptResult
+from modelfleet.routing.hold import ColdFailure
 from modelfleet.routing.ladder import Attempt, Tried, exhausted
 from modelfleet.routing.verify_gate import (
     ERROR_CODE,
@@ -56,6 +57,8 @@ class Unserved:
     tried: list[Tried]
     ladder: tuple[str, ...]
     deadline_hit: bool
+    # A pool at zero that was held for (or could not be) and no other pool served.
+    cold: ColdFailure | None = None
 
 
 # Render n images on one pool before the deadline (the router's ladder for that pool).
