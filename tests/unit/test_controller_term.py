@@ -51,13 +51,14 @@ async def test_standing_down_stops_retries_passes_and_drivers() -> None:
     await asyncio.wait({sleeper, driver.task}, timeout=5)
     assert sleeper.cancelled() and driver.task.cancelled()
     assert term.canaries.stopped and term.canaries.drivers == {}
+    assert term.autoscaler is not None and term.autoscaler.stopped
 
 
 def test_the_registry_binds_this_terms_handlers_and_no_other() -> None:
     term = Term.new(BuildSettings(), [])
     handlers = term.registry()._watching.get_all_handlers()  # kopf keeps them here
     owners = {id(h.fn.__self__) for h in handlers}  # type: ignore[attr-defined]
-    assert owners == {id(term.pools), id(term.policies), id(term.canaries)}
+    assert owners == {id(term.pools), id(term.policies), id(term.canaries), id(term.autoscaler)}
     watched = sorted(h.selector.any_name for h in handlers if h.selector is not None)
     assert watched == sorted(
         [
@@ -65,6 +66,7 @@ def test_the_registry_binds_this_terms_handlers_and_no_other() -> None:
             "deployments",
             "modelpools",
             "modelpools",
+            "modelpools",  # the autoscaler forgets deleted pools
             "nodes",
             "poddisruptionbudgets",
             "pods",

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from modelfleet.api.common import format_time
 from modelfleet.api.conditions import set_condition
-from modelfleet.api.modelpool import ModelPool, ModelPoolStatus
+from modelfleet.api.modelpool import GpuCapacity, ModelPool, ModelPoolStatus
 
 # Condition reasons (stable strings users and tools can match on).
 AVAILABLE = "MinimumReplicasAvailable"
@@ -29,6 +29,14 @@ INVALID_SPEC = "InvalidSpec"
 APPLY_FAILED = "ApplyFailed"
 HEALTHY = "Healthy"
 QUOTA_EXHAUSTED = "QuotaExhausted"
+# Capacity (issue 16): a condition the canary reads to pause instead of failing.
+CAPACITY_STARVED = "CapacityStarved"  # condition type
+INSUFFICIENT_GPUS_REASON = "InsufficientGPUs"
+CAPACITY_AVAILABLE = "CapacityAvailable"
+SCALE_UP_BLOCKED = "ScaleUpBlocked"  # Warning Event when the condition turns True
+ANY_PRODUCT = "any"
+# Fields the autoscale controller owns in status: every other writer carries them over.
+AUTOSCALER_FIELDS = ("desired_replicas", "last_scale_time", "scale_reason", "demand")
 # The quota is the provider account's, shared by every adapter of a pool: a few
 # not-ready pods tell as much as all of them.
 QUOTA_PROBE_PODS = 3
@@ -85,6 +93,62 @@ def placement_problem(pool: ModelPool, nodes: list[NodeSummary]) -> tuple[str, s
             "nvidia.com/gpu; lower spec.gpu.count or add bigger nodes",
         )
     return None
+
+
+def gpu_capacity(
+    pool: ModelPool, nodes: list[NodeSummary], pods: list[dict[str, Any]]
+) -> list[GpuCapacity]:
+    """GPUs the pool's replicas ask for against the allocatable GPUs of its product on
+    schedulable nodes; empty for pools without GPUs."""
+    gpu = pool.spec.gpu_or_default()
+    if gpu.count == 0:
+        return []
+    matching = [
+        n for n in nodes if n.schedulable and (gpu.product is None or n.gpu_product == gpu.product)
+    ]
+    return [
+        GpuCapacity(
+            product=gpu.product or ANY_PRODUCT,
+            requested=pool.spec.replicas * gpu.count,
+            schedulable=sum(n.gpus for n in matching),
+            pending_pods=sum(1 for p in pods if _waits_for_gpus(p)),
+        )
+    ]
+
+
+def _waits_for_gpus(pod: dict[str, Any]) -> bool:
+    """The scheduler could not place the pod and says GPUs are why."""
+    return any(
+        c.get("type") == "PodScheduled"
+        and c.get("status") == "False"
+        and c.get("reason") == "Unschedulable"
+        and "nvidia.com/gpu" in (c.get("message") or "")
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+def capacity_problem(gpus: list[GpuCapacity]) -> str | None:
+    """Why the pool is short of GPUs, or None."""
+    for g in gpus:
+        if g.pending_pods or g.requested > g.schedulable:
+            return (
+                f"{g.requested} GPUs of product {g.product} requested, {g.schedulable} "
+                f"schedulable in the cluster; {g.pending_pods} pod(s) waiting for GPUs"
+            )
+    return None
+
+
+def capacity_starved(status: ModelPoolStatus | None) -> bool:
+    """Whether the pool cannot get the GPUs its replicas need (condition CapacityStarved)."""
+    if status is None:
+        return False
+    return any(c.type == CAPACITY_STARVED and c.status == "True" for c in status.conditions)
+
+
+def _carried(previous: ModelPoolStatus | None) -> dict[str, Any]:
+    if previous is None:
+        return {}
+    return {f: getattr(previous, f) for f in AUTOSCALER_FIELDS}
 
 
 def pod_digest(pod: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +269,7 @@ def compute_status(
     placement: tuple[str, str] | None,
     now: datetime,
     quota: tuple[str, str] | None = None,
+    nodes: list[NodeSummary] | None = None,
 ) -> ModelPoolStatus:
     gen = pool.metadata.generation
     want = pool.spec.replicas
@@ -263,6 +328,24 @@ def compute_status(
             gen,
         )
 
+    gpus = gpu_capacity(pool, nodes, pods) if nodes is not None else []
+    short = capacity_problem(gpus)
+    was_short = any(c.type == CAPACITY_STARVED for c in conditions)
+    if short:
+        conditions = set_condition(
+            conditions, CAPACITY_STARVED, "True", INSUFFICIENT_GPUS_REASON, short, now, gen
+        )
+    elif was_short:
+        conditions = set_condition(
+            conditions,
+            CAPACITY_STARVED,
+            "False",
+            CAPACITY_AVAILABLE,
+            "the pool's GPUs are schedulable",
+            now,
+            gen,
+        )
+
     if problem:
         phase = "Degraded"
     elif complete:
@@ -278,7 +361,9 @@ def compute_status(
         updated_replicas=updated,
         observed_generation=gen,
         service=pool.metadata.name,
+        gpus=gpus,
         conditions=conditions,
+        **_carried(previous),
     )
 
 
@@ -316,4 +401,5 @@ def failed_status(
         replicas=previous.replicas if previous else None,
         ready_replicas=previous.ready_replicas if previous else None,
         conditions=conditions,
+        **_carried(previous),
     )

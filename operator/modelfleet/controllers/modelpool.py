@@ -250,6 +250,7 @@ class ModelPoolController:
             placement,
             now,
             quota=poolstatus.quota_problem(untils, now),
+            nodes=list(self.nodes.values()),
         )
         await self._write_status(key, body, previous, status)
 
@@ -268,6 +269,8 @@ class ModelPoolController:
             changed = before is None or before.status != cond.status or before.reason != cond.reason
             if cond.type == "Degraded" and cond.status == "True" and changed:
                 kopf.warn(body, reason=cond.reason, message=cond.message)
+            if cond.type == poolstatus.CAPACITY_STARVED and cond.status == "True" and changed:
+                kopf.warn(body, reason=poolstatus.SCALE_UP_BLOCKED, message=cond.message)
             if cond.type == "Ready" and changed and cond.status == "True":
                 kopf.info(body, reason="Ready", message=cond.message)
 

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 import kopf
 
 from modelfleet.builders.modelpool import BuildSettings
+from modelfleet.controllers.autoscale import AutoscaleController
 from modelfleet.controllers.canary import CanaryController
 from modelfleet.controllers.modelpool import ModelPoolController
 from modelfleet.controllers.replay import ReplayRunner, credential_file
 from modelfleet.controllers.routingpolicy import RoutingPolicyController
+from modelfleet.providers.demand import DemandReader
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Term:
     policies: RoutingPolicyController
     canaries: CanaryController
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    autoscaler: AutoscaleController | None = None
 
     @staticmethod
     def new(
@@ -37,12 +40,17 @@ class Term:
     ) -> Term:
         policies = RoutingPolicyController()
         replays = ReplayRunner(router_urls, credential_file(operator_token_file))
+        pools = ModelPoolController(settings)
         return Term(
-            pools=ModelPoolController(settings),
+            pools=pools,
             policies=policies,
             # The RoutingPolicy side is the canary's traffic router.
             canaries=CanaryController(traffic=policies, router_urls=router_urls, replays=replays),
             namespaces=tuple(namespaces),
+            # Demand from the same routers the canary reads; capacity from the pools' node cache.
+            autoscaler=AutoscaleController(
+                DemandReader(router_urls), lambda: list(pools.nodes.values())
+            ),
         )
 
     def registry(self) -> kopf.OperatorRegistry:
@@ -51,6 +59,8 @@ class Term:
         self.pools.register(registry)
         self.policies.register(registry)
         self.canaries.register(registry)
+        if self.autoscaler is not None:
+            self.autoscaler.register(registry)
         return registry
 
     async def prime(self) -> None:
@@ -63,7 +73,11 @@ class Term:
         self.pools.stand_down()
         self.policies.stand_down()
         self.canaries.stop()
+        if self.autoscaler is not None:
+            self.autoscaler.stop()
 
     async def close(self) -> None:
         self.stand_down()
         await self.canaries.close()
+        if self.autoscaler is not None:
+            await self.autoscaler.close()
