@@ -1,0 +1,134 @@
+"""Autoscaling on the local cluster: the real operator reads the real router's
+/v1/demand while clients load a ModelPool of real text-drawing workers (local pod
+runner) through it. min 1 max 4: under load the operator writes 4 replicas through the
+scale subresource and 4 become Ready; after the load stops it goes back to 1. Windows
+are shortened in the test's spec so the whole cycle fits in well under a minute of
+scaling."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from conftest import LocalCluster
+from modelfleet_dev.routerproc import RouterProcess, free_port
+from modelfleet_dev.story import Load, pool_manifest, single_route_policy
+from polling import wait_for
+from worker_fixtures import tiny_model_dir
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+G, V, PLURAL = "modelfleet.io", "v1alpha1", "modelpools"
+TEXT_IMAGE = "modelfleet.dev/textrender"  # the pod runner runs the text-drawing worker
+POOL = "auto"
+AUTOSCALING = {
+    "minReplicas": 1,
+    "maxReplicas": 4,
+    "target": 1,  # one request in flight per replica
+    "stableWindow": "6s",
+    "panicWindow": "2s",
+    "scaleDownStabilization": "3s",
+    "maxScaleDownStep": 4,
+}
+
+
+class TextLoad(Load):
+    def body(self, client: int) -> bytes:
+        return b'{"prompt": "a sign saying \\"OPEN\\"", "size": "128x64"}'
+
+
+def _pool() -> dict[str, Any]:
+    doc = pool_manifest(POOL, str(tiny_model_dir()))
+    doc["spec"]["image"] = TEXT_IMAGE
+    doc["spec"]["limits"]["maxResolution"] = 512
+    doc["spec"]["batching"] = {"maxBatchSize": 1, "maxLatencyMs": 0}
+    doc["spec"]["autoscaling"] = AUTOSCALING
+    del doc["spec"]["replicas"]  # the autoscaler's to write
+    return doc
+
+
+@pytest.fixture
+def world(
+    cluster: LocalCluster, namespace: str, operator: Any
+) -> Iterator[tuple[k8s.CustomObjectsApi, RouterProcess]]:
+    custom = k8s.CustomObjectsApi(cluster.api)
+    custom.create_namespaced_custom_object(G, V, namespace, PLURAL, _pool())
+    custom.create_namespaced_custom_object(
+        G, V, namespace, "routingpolicies", single_route_policy(POOL, POOL)
+    )
+    router = RouterProcess.kube(namespace, cluster.kubeconfig, port=free_port())
+    # The session operator steps aside for one that reads this router's demand.
+    operator.main.kill(signal.SIGTERM)
+    op = operator.spawn(extra_args=["--router-url", router.url])
+    try:
+        wait_for(op.has_led, timeout=60, interval=0.2, what="autoscaling operator leads")
+        with router:
+            yield custom, router
+    finally:
+        op.kill(signal.SIGTERM)
+        operator.main = None
+        operator.ensure_running()
+
+
+def _pool_now(custom: k8s.CustomObjectsApi, ns: str) -> dict[str, Any]:
+    out: dict[str, Any] = custom.get_namespaced_custom_object(G, V, ns, PLURAL, POOL)
+    return out
+
+
+def _at(custom: k8s.CustomObjectsApi, ns: str, replicas: int) -> dict[str, Any] | None:
+    pool = _pool_now(custom, ns)
+    status = pool.get("status") or {}
+    if pool["spec"]["replicas"] == replicas and status.get("readyReplicas") == replicas:
+        return pool
+    return None
+
+
+def test_min1_max4_scales_to_4_under_load_and_back(
+    world: tuple[k8s.CustomObjectsApi, RouterProcess], namespace: str
+) -> None:
+    custom, router = world
+    wait_for(lambda: _at(custom, namespace, 1), timeout=120, interval=0.5, what="1 ready")
+    seen: set[int] = set()
+
+    def sample(want: int) -> dict[str, Any] | None:
+        pool = _pool_now(custom, namespace)
+        seen.add(pool["spec"]["replicas"])
+        return _at(custom, namespace, want)
+
+    with TextLoad(router.url, POOL, clients=10) as load:
+        t0 = time.monotonic()
+        up = wait_for(lambda: sample(4), timeout=120, interval=0.3, what="4 replicas ready")
+        up_s = time.monotonic() - t0
+        failed = list(load.failed)
+    assert not failed, f"requests failed while scaling up: {failed[:10]}"
+    assert load.ok > 0
+    assert max(seen) == 4, seen  # never above maxReplicas
+    status = up["status"]
+    assert status["desiredReplicas"] == 4
+    assert status["scaleReason"].split(":")[0] in ("Panic", "StableWindow"), status
+    assert status["lastScaleTime"]
+    # Written through the scale subresource (what kubectl scale and an HPA use).
+    scale = custom.get_namespaced_custom_object_scale(G, V, namespace, PLURAL, POOL)
+    assert scale["spec"]["replicas"] == 4
+    managers = [
+        m for m in up["metadata"].get("managedFields") or [] if m.get("subresource") == "scale"
+    ]
+    assert managers, "no field manager wrote spec.replicas through /scale"
+
+    t1 = time.monotonic()
+    wait_for(lambda: sample(1), timeout=90, interval=0.3, what="back to 1 replica")
+    down_s = time.monotonic() - t1
+    assert min(seen) == 1
+    events = k8s.CoreV1Api(router_api(custom)).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={POOL},reason=Scaled"
+    )
+    assert events.items, "no Scaled Event"
+    print(f"load step -> 4 ready: {up_s:.1f} s; load stop -> 1: {down_s:.1f} s")
+
+
+def router_api(custom: k8s.CustomObjectsApi) -> k8s.ApiClient:
+    return custom.api_client
