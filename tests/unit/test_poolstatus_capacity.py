@@ -106,3 +106,21 @@ def test_autoscaler_fields_survive_the_pool_controllers_status() -> None:
     assert new.last_scale_time == prev.last_scale_time
     failed = poolstatus.failed_status(2, prev, "ApplyFailed", "boom", NOW)
     assert failed.desired_replicas == 3
+
+
+def test_autoscaler_reports_a_scale_up_the_nodes_cannot_hold() -> None:
+    from modelfleet.controllers.autoscale import blocked_message
+
+    assert blocked_message(pool(1), 2, NODES) is None  # 2 H100s schedulable
+    why = blocked_message(pool(1), 3, NODES)
+    assert why is not None and "3 GPUs" in why and H100 in why and "offer 2" in why
+    assert blocked_message(pool(1, count=0), 50, NODES) is None
+
+
+def test_the_pool_controllers_patch_leaves_the_autoscaler_fields_alone() -> None:
+    prev = ModelPoolStatus(desired_replicas=3, scale_reason="Panic: x", demand=7)
+    wire = status(pool(2), [], prev).wire()
+    assert wire["desiredReplicas"] == 3
+    patch = poolstatus.without_autoscaler(wire)
+    assert not {"desiredReplicas", "scaleReason", "demand", "lastScaleTime"} & set(patch)
+    assert patch["gpus"] and patch["conditions"]

@@ -145,6 +145,15 @@ def capacity_starved(status: ModelPoolStatus | None) -> bool:
     return any(c.type == CAPACITY_STARVED and c.status == "True" for c in status.conditions)
 
 
+_AUTOSCALER_WIRE = ("desiredReplicas", "lastScaleTime", "scaleReason", "demand")
+
+
+def without_autoscaler(status: dict[str, Any]) -> dict[str, Any]:
+    """A wire status minus the autoscaler's fields: the pool controller's merge patch then
+    never writes back a value the autoscaler has replaced meanwhile."""
+    return {k: v for k, v in status.items() if k not in _AUTOSCALER_WIRE}
+
+
 def _carried(previous: ModelPoolStatus | None) -> dict[str, Any]:
     if previous is None:
         return {}

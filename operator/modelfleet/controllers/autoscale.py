@@ -34,6 +34,9 @@ from modelfleet.providers.demand import DemandReader
 log = logging.getLogger("modelfleet.autoscale")
 Key = tuple[str, str]
 TICK_S = 1.0
+# A reason that changes without a scale (WithinTolerance <-> StableWindow) is written at
+# most this often: one status write per pool per second would load the API server.
+REASON_EVERY_S = 5.0
 
 
 def patch_scale(namespace: str, name: str, replicas: int) -> None:
@@ -89,6 +92,7 @@ class AutoscaleController:
         self.tick_s = tick_s
         self.states: dict[Key, State] = {}
         self.blocked: dict[Key, int] = {}  # desired replicas last reported as blocked
+        self.reason_written: dict[Key, float] = {}
         self.stopped = False
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
@@ -107,6 +111,7 @@ class AutoscaleController:
             key = (body["metadata"]["namespace"], body["metadata"]["name"])
             self.states.pop(key, None)
             self.blocked.pop(key, None)
+            self.reason_written.pop(key, None)
 
     def stop(self) -> None:
         self.stopped = True
@@ -174,7 +179,10 @@ class AutoscaleController:
             patch["desiredReplicas"] = d.desired
         reason = f"{d.reason}: {d.message}"[:512]
         # The reason's numbers move every tick; rewrite it only when the reason changes.
-        if scaled or (status.get("scaleReason") or "").split(":")[0] != d.reason:
+        now = self.clock()
+        changed = (status.get("scaleReason") or "").split(":")[0] != d.reason
+        if scaled or (changed and now - self.reason_written.get(key, -1e9) >= REASON_EVERY_S):
+            self.reason_written[key] = now
             patch["scaleReason"] = reason
             if known:
                 patch["demand"] = round(d.stable_demand, 3)

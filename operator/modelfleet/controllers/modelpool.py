@@ -261,7 +261,10 @@ class ModelPoolController:
         old = previous.model_dump(by_alias=True, exclude_none=True, mode="json") if previous else {}
         if new == old:
             return  # unchanged: no write, no event
-        await kube.run(kube.patch_status, "modelpools", key[0], key[1], new)
+        # The autoscaler's fields are its own to write (a stale copy here would undo it).
+        await kube.run(
+            kube.patch_status, "modelpools", key[0], key[1], poolstatus.without_autoscaler(new)
+        )
         body["status"] = new
         was = {c.type: c for c in (previous.conditions if previous else [])}
         for cond in status.conditions:

@@ -123,6 +123,13 @@ def test_min1_max4_scales_to_4_under_load_and_back(
     wait_for(lambda: sample(1), timeout=90, interval=0.3, what="back to 1 replica")
     down_s = time.monotonic() - t1
     assert min(seen) == 1
+    # kubectl get mp's Desired column follows: no stale 4 written back by the pool controller.
+    wait_for(
+        lambda: (_pool_now(custom, namespace).get("status") or {}).get("desiredReplicas") == 1,
+        timeout=10,
+        interval=0.2,
+        what="status.desiredReplicas 1",
+    )
     events = k8s.CoreV1Api(router_api(custom)).list_namespaced_event(
         namespace, field_selector=f"involvedObject.name={POOL},reason=Scaled"
     )
