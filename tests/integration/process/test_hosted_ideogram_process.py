@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet_dev.standins.adapter import Adapter
 from modelfleet_dev.standins.common import in_thread, png_size
@@ -155,7 +156,18 @@ def test_size_not_rendered_is_400_listing_the_resolutions(
     assert fresh.calls == []
 
 
+def _refusals(adapter: Adapter) -> float:
+    _, _, text = adapter.get("/metrics")
+    return sum(
+        float(s.value)
+        for fam in text_string_to_metric_families(text.decode())
+        for s in fam.samples
+        if s.name == "modelfleet_worker_provider_refusals_total"
+    )
+
+
 def test_safety_check_and_unsafe_images(v3: Adapter, fresh: IdeogramStandIn) -> None:
+    before = _refusals(v3)
     status, _, body = v3.generate({"prompt": "forbidden-content here"})
     assert (status, body["error"]["code"]) == (422, "content_policy_violation")  # 422 from Ideogram
     fresh.add_fault("unsafe")
@@ -165,6 +177,7 @@ def test_safety_check_and_unsafe_images(v3: Adapter, fresh: IdeogramStandIn) -> 
     status, _, body = v3.generate({"prompt": "a shop front", "n": 3})
     assert status == 200 and body["modelfleet"]["images"] == 2  # the flagged one left out
     assert body["modelfleet"]["cost_usd"] == pytest.approx(2 * 0.06)
+    assert _refusals(v3) == before + 2  # counted apart: the two 422s, not the partial answer
     assert v3.get("/readyz")[0] == 200
 
 
