@@ -22,7 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-SMALL_HEADER = b"x-bench-small"  # the upstream answers a ~200-byte body instead
+# A request whose body starts with this (in its first 256 bytes, e.g. the prompt) gets a
+# ~200-byte answer instead of the big one. In the body, not a header: the router forwards
+# no client headers to workers.
+SMALL_MARKER = b"bench-small-answer"
 
 
 def uvloop_install() -> None:
@@ -81,19 +84,19 @@ class _Upstream(asyncio.Protocol):
                 self.head = bytearray()
                 i = head.find(b"content-length:")
                 self.remaining = int(head[i + 15 :].split(b"\r\n", 1)[0]) if i >= 0 else 0
-                self.reply = (
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                    if head.startswith(b"get ")
-                    else self.small
-                    if SMALL_HEADER in head
-                    else self.big
-                )
+                self.get = head.startswith(b"get ")
+                self.first = b""
             take = min(len(view), self.remaining)
+            if len(self.first) < 256:
+                self.first += bytes(view[: min(take, 256 - len(self.first))])
             view = view[take:]
             self.remaining -= take
             if self.remaining == 0:
                 self.remaining = -1
-                self.t.write(self.reply)
+                if self.get:
+                    self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                else:
+                    self.t.write(self.small if SMALL_MARKER in self.first else self.big)
 
 
 def serve_upstream(port: int, answer: Path) -> None:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from httpbench import (
+    SMALL_MARKER,
     RssSampler,
     SeqClient,
     cpu_seconds,
@@ -217,8 +218,8 @@ def sticky_end_to_end(
     ports = {name: port for name, (_, port) in procs.items()}
 
     def batch(i: int) -> bytes:
-        body = json.dumps({"prompt": "x", "asset_id": f"asset-{i}"}).encode()
-        return raw_request(GEN_PATH, body, "application/json", "X-Bench-Small: 1\r\n")
+        body = json.dumps({"prompt": SMALL_MARKER.decode(), "asset_id": f"asset-{i}"}).encode()
+        return raw_request(GEN_PATH, body, "application/json")
 
     clients = {name: SeqClient(port) for name, port in ports.items()}
     lat: dict[str, list[float]] = {"none": [], "redis": []}
