@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 G, V, PLURAL = "modelfleet.io", "v1alpha1", "modelpools"
 TEXT_IMAGE = "modelfleet.dev/textrender"  # the pod runner runs the text-drawing worker
 POOL = "auto"
+H100 = "NVIDIA-H100-80GB-HBM3"
 AUTOSCALING = {
     "minReplicas": 1,
     "maxReplicas": 4,
@@ -139,3 +140,86 @@ def test_min1_max4_scales_to_4_under_load_and_back(
 
 def router_api(custom: k8s.CustomObjectsApi) -> k8s.ApiClient:
     return custom.api_client
+
+
+def _condition(pool: dict[str, Any], type_: str) -> dict[str, Any]:
+    for cond in (pool.get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return dict(cond)
+    return {}
+
+
+def test_scale_up_blocked_by_capacity_is_reported_and_clears(
+    cluster: LocalCluster, namespace: str, operator: Any
+) -> None:
+    """A scale-up (here through /scale, as kubectl scale does) beyond the fake nodes'
+    GPUs: status.gpus shows requested vs schedulable, CapacityStarved turns True with a
+    Warning ScaleUpBlocked Event; scaling back within capacity clears it."""
+    custom = k8s.CustomObjectsApi(cluster.api)
+    schedulable = sum(
+        int((n.status.allocatable or {}).get("nvidia.com/gpu", "0"))
+        for n in k8s.CoreV1Api(cluster.api).list_node().items
+        if (n.metadata.labels or {}).get("nvidia.com/gpu.product") == H100
+        and not n.spec.unschedulable
+    )
+    per_pod = 8
+    fits, too_many = schedulable // per_pod, schedulable // per_pod + 1
+    assert fits >= 1
+    doc = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "ModelPool",
+        "metadata": {"name": "big"},
+        "spec": {
+            "model": {"source": "s3://models/big"},
+            "replicas": 1,
+            "gpu": {"count": per_pod, "product": H100},
+        },
+    }
+    custom.create_namespaced_custom_object(G, V, namespace, PLURAL, doc)
+
+    def get() -> dict[str, Any]:
+        out: dict[str, Any] = custom.get_namespaced_custom_object(G, V, namespace, PLURAL, "big")
+        return out
+
+    wait_for(lambda: (get().get("status") or {}).get("phase") == "Ready", timeout=60, what="Ready")
+    custom.patch_namespaced_custom_object_scale(
+        G, V, namespace, PLURAL, "big", {"spec": {"replicas": too_many}},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
+
+    def starved() -> dict[str, Any] | None:
+        pool = get()
+        cond = _condition(pool, "CapacityStarved")
+        return pool if cond.get("status") == "True" else None
+
+    pool = wait_for(starved, timeout=60, interval=0.3, what="CapacityStarved=True")
+    cond = _condition(pool, "CapacityStarved")
+    assert cond["reason"] == "InsufficientGPUs" and H100 in cond["message"]
+    [gpus] = pool["status"]["gpus"]
+    assert gpus["product"] == H100
+    assert gpus["requested"] == too_many * per_pod and gpus["schedulable"] == schedulable
+    events = k8s.CoreV1Api(cluster.api)
+    wait_for(
+        lambda: any(
+            e.reason == "ScaleUpBlocked" and e.type == "Warning"
+            for e in events.list_namespaced_event(
+                namespace, field_selector="involvedObject.name=big"
+            ).items
+        ),
+        timeout=20,
+        what="Warning ScaleUpBlocked Event",
+    )
+
+    custom.patch_namespaced_custom_object_scale(
+        G, V, namespace, PLURAL, "big", {"spec": {"replicas": fits}},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
+
+    def cleared() -> dict[str, Any] | None:
+        pool = get()
+        cond = _condition(pool, "CapacityStarved")
+        ok = cond.get("status") == "False" and cond.get("reason") == "CapacityAvailable"
+        return pool if ok and (pool.get("status") or {}).get("phase") == "Ready" else None
+
+    pool = wait_for(cleared, timeout=60, interval=0.3, what="CapacityStarved=False, Ready")
+    assert pool["status"]["gpus"][0]["requested"] == fits * per_pod
