@@ -50,6 +50,9 @@ TERMINAL_PHASES: frozenset[CanaryPhase] = frozenset({"Succeeded", "RolledBack", 
 # Phases `retry` restarts from step 1.
 RETRYABLE_PHASES: frozenset[CanaryPhase] = frozenset({"RolledBack", "Failed", "Paused"})
 CheckResult = Literal["pass", "fail", "inconclusive"]
+# How the pools are sized during a canary (docs/canary.md, "Capacity: shift or surge"):
+# surge keeps both pools at their own replicas; shift sizes them from the traffic split.
+CapacityMode = Literal["surge", "shift"]
 
 DEFAULT_STEPS = [10, 30, 60, 100]
 
@@ -429,6 +432,16 @@ class CanarySpec(ApiModel):
         default=None,
         description="Pre-flight replay of golden prompts on both pools before any traffic moves.",
     )
+    capacity: CapacityMode = Field(
+        default="surge",
+        description=(
+            "surge: both pools keep their own replicas (twice the GPUs at 100%); shift: the "
+            "candidate's replicas follow its weight (ceil(weight x the stable's replicas), at "
+            "least 1) and the stable shrinks as weight moves, so the canary needs the "
+            "stable's GPUs plus one pod. Pools with spec.autoscaling are left to their "
+            "autoscaler."
+        ),
+    )
 
     @field_validator("steps")
     @classmethod
@@ -520,6 +533,28 @@ class StepRecord(ApiModel):
     metrics: list[MetricResult] = Field(default_factory=list, description="Per-check results.")
 
 
+class CapacityStatus(ApiModel):
+    """What spec.capacity shift asked of the pools (absent under surge)."""
+
+    full_replicas: int | None = Field(
+        default=None, description="The stable's replicas when the canary began (shift's 100%)."
+    )
+    routed_weight: int | None = Field(
+        default=None,
+        description=(
+            "Candidate percent the route has now: trails canaryWeight on the way back "
+            "(rollback) until the stable is ready at the size that weight needs."
+        ),
+    )
+    stable_replicas: int | None = Field(
+        default=None, description="Stable replicas written (absent: left to its autoscaler)."
+    )
+    candidate_replicas: int | None = Field(
+        default=None, description="Candidate replicas written (absent: left to its autoscaler)."
+    )
+    message: str = Field(default="", description="What shift is doing, in words.")
+
+
 class CanaryStatus(ApiModel):
     """Observed state of a Canary; all the state machine needs survives restarts here."""
 
@@ -537,6 +572,9 @@ class CanaryStatus(ApiModel):
     )
     history: list[StepRecord] = Field(default_factory=list, description="Analyses so far.")
     replay: ReplayStatus | None = Field(default=None, description="Pre-flight replay result.")
+    capacity: CapacityStatus | None = Field(
+        default=None, description="Pool sizes under spec.capacity shift."
+    )
     message: str = Field(default="", description="What is happening, for people.")
     observed_generation: int | None = Field(default=None, description="Generation acted on.")
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing.")

@@ -42,6 +42,7 @@ from modelfleet.canary.types import (
     RecordAnalysis,
     RollBack,
     ScaleDownStable,
+    ScalePool,
     SetWeight,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "RecordAnalysis",
     "RollBack",
     "ScaleDownStable",
+    "ScalePool",
     "SetWeight",
     "TrafficRouter",
     "TrafficTarget",

@@ -32,8 +32,8 @@ from modelfleet.api.canary import (
 )
 from modelfleet.api.common import format_time, parse_duration, parse_time
 from modelfleet.api.conditions import ConditionStatus, get_condition, set_condition
+from modelfleet.canary import capacity, replay
 from modelfleet.canary import reasons as R
-from modelfleet.canary import replay
 from modelfleet.canary.analysis import judge_metric, overall, summarize
 from modelfleet.canary.manual import (
     ACTION_ANNOTATION,
@@ -196,6 +196,8 @@ class _Tick:
             requeue = self._pending_requeue()
         elif st.phase == "Progressing":
             requeue = self._progressing_requeue()
+        elif st.phase == "Paused" and self.reason == R.CAPACITY_STARVED:
+            requeue = capacity.WAIT_POLL_SECONDS  # pool status is not watched: look again
         self._conditions()
         if len(st.history) > HISTORY_LIMIT:
             st.history = st.history[-HISTORY_LIMIT:]
@@ -337,6 +339,8 @@ class _Tick:
         if self.spec.paused:
             self._pause_user()
             return
+        if self._capacity_starved():
+            return
         missing = [
             f"{role} pool {name!r} not ready" + (f": {r.message}" if r.message else "")
             for role, name, r in (
@@ -397,6 +401,8 @@ class _Tick:
             self._enter_step(step, "spec.steps changed")
         if self.spec.paused:
             self._pause_user()
+            return
+        if self._capacity_starved():
             return
         a = self.obs.analysis
         if a is None or not self._current(a):
@@ -549,10 +555,26 @@ class _Tick:
             st.message = f"paused by spec.paused {self._where()}; weight held"
             self._event("Normal", R.PAUSED_BY_USER, st.message)
 
+    def _capacity_starved(self) -> bool:
+        """A candidate the cluster cannot place pauses the canary (weight held, no
+        analysis, no deadline): never a rollback, never a failed check. True if so."""
+        starved = self.obs.candidate.starved
+        if starved is None:
+            return False
+        st = self.st
+        message = capacity.paused_message(self.spec.candidate_pool, starved, self._where())
+        if st.phase != "Paused" or self.reason != R.CAPACITY_STARVED:
+            self._event("Warning", R.CAPACITY_STARVED, message)
+        st.phase, self.reason, st.message = "Paused", R.CAPACITY_STARVED, message
+        return True
+
     def _paused(self) -> None:
         st = self.st
         if self.spec.paused:
             self._pause_user()
+        elif self.reason == R.CAPACITY_STARVED:
+            if not self._capacity_starved():
+                self._resume(f"resumed: candidate pool {self.spec.candidate_pool!r} has capacity")
         elif paused_for_lack_of_data(st.inconclusive_checks, self.spec.analysis.inconclusive_limit):
             # Paused for lack of data; only a `resume` (or retry) action continues.
             if self.reason != R.PAUSED_NO_DATA:

@@ -30,6 +30,9 @@ class PoolReadiness:
     # Ready replicas now (None: unknown); requests per ready replica tell whether two
     # pools' end-to-end latencies are comparable.
     ready_replicas: int | None = None
+    # The pool cannot get the GPUs its replicas need (its CapacityStarved condition), in
+    # words; None when it can. A starved candidate pauses the canary (CapacityStarved).
+    starved: str | None = None
 
 
 def uses_reference(metric: MetricSpec) -> bool:
@@ -174,7 +177,15 @@ class EmitEvent:
     message: str
 
 
-Action = SetWeight | Promote | RollBack | ScaleDownStable | RecordAnalysis | EmitEvent
+@dataclass(frozen=True)
+class ScalePool:
+    """Write a pool's replicas through its scale subresource (spec.capacity shift)."""
+
+    pool: str
+    replicas: int
+
+
+Action = SetWeight | Promote | RollBack | ScaleDownStable | RecordAnalysis | EmitEvent | ScalePool
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,17 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, assert_never
+from typing import Any, Protocol, assert_never
 
 import kopf
+from kubernetes import client as k8s
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from modelfleet import GROUP, VERSION
 from modelfleet.api.canary import ACTIVE_PHASES, PHASES, Canary, CanaryStatus, ProviderSpec
 from modelfleet.api.common import parse_time
+from modelfleet.builders.poolstatus import CAPACITY_STARVED
 from modelfleet.canary import (
     ACTION_ANNOTATION,
     Action,
@@ -41,6 +43,7 @@ from modelfleet.canary import (
     RecordAnalysis,
     RollBack,
     ScaleDownStable,
+    ScalePool,
     SetWeight,
     TrafficRouter,
     TrafficTarget,
@@ -48,6 +51,7 @@ from modelfleet.canary import (
     decide,
     plan_analysis,
 )
+from modelfleet.canary.capacity import PoolSize, apply_plan
 from modelfleet.controllers import kube
 from modelfleet.controllers.replay import ReplayRunner
 from modelfleet.providers import provider_for
@@ -83,6 +87,56 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class Scaler(Protocol):
+    """Writes a pool's replicas (spec.capacity shift)."""
+
+    async def scale(self, namespace: str, pool: str, replicas: int) -> None: ...
+
+
+def _patch_scale(namespace: str, pool: str, replicas: int) -> None:
+    k8s.CustomObjectsApi(kube.api_client()).patch_namespaced_custom_object_scale(
+        GROUP,
+        VERSION,
+        namespace,
+        "modelpools",
+        pool,
+        {"spec": {"replicas": replicas}},
+        _content_type="application/merge-patch+json",
+    )
+
+
+class KubeScaler:
+    """Through the ModelPool's scale subresource, the door `kubectl scale` and an HPA use."""
+
+    async def scale(self, namespace: str, pool: str, replicas: int) -> None:
+        await kube.run(_patch_scale, namespace, pool, replicas)
+
+
+def pool_size(body: dict[str, Any] | None) -> PoolSize | None:
+    """A ModelPool's replicas as spec.capacity shift sizes it (None: no such pool)."""
+    if body is None:
+        return None
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+
+    def count(value: Any) -> int:
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    return PoolSize(
+        replicas=count(spec.get("replicas", 1)),
+        pods=count(status.get("replicas")),
+        ready=count(status.get("readyReplicas")),
+        autoscaled=spec.get("autoscaling") is not None,
+    )
+
+
+def starved_message(status: dict[str, Any]) -> str | None:
+    """The pool's CapacityStarved condition's message when it is True (pool status)."""
+    for c in status.get("conditions") or []:
+        if c.get("type") == CAPACITY_STARVED and c.get("status") == "True":
+            return str(c.get("message") or c.get("reason") or "not enough GPUs")
+    return None
+
+
 @dataclass
 class Driver:
     task: asyncio.Task[None]
@@ -101,6 +155,8 @@ class Observed:
     status: CanaryStatus
     observations: Observations
     now: dt.datetime
+    stable_size: PoolSize | None = None
+    candidate_size: PoolSize | None = None
 
     @property
     def target(self) -> TrafficTarget:
@@ -144,8 +200,10 @@ class CanaryController:
         providers: ProviderFactory = provider_for,
         clock: Callable[[], dt.datetime] = _now,
         replays: ReplayRunner | None = None,
+        scaler: Scaler | None = None,
     ) -> None:
         self.traffic = traffic
+        self.scaler: Scaler = scaler or KubeScaler()
         # Pre-flight replays (spec.replay), each in a task beside its canary's driver.
         self.replays = replays or ReplayRunner(router_urls, lambda: None, clock=clock)
         self.router_urls = tuple(router_urls)
@@ -168,6 +226,7 @@ class CanaryController:
             return None
         o = observed
         decision = decide(o.canary.spec, o.status, o.observations, o.now)
+        decision = apply_plan(o.canary.spec, decision, o.stable_size, o.candidate_size)
         await self.write_status(observed, decision)
         await self.apply(observed, decision.actions)
         record_metrics(key, o.status, decision.next_status, o.now)
@@ -189,9 +248,9 @@ class CanaryController:
             self.events.post(body, "Warning", "InvalidSpec", str(exc)[:500])
             return None
         now = self.clock()
-        stable, candidate = await asyncio.gather(
-            self._pool_readiness(ns, canary.spec.stable_pool),
-            self._pool_readiness(ns, canary.spec.candidate_pool),
+        (stable, stable_size), (candidate, candidate_size) = await asyncio.gather(
+            self._pool(ns, canary.spec.stable_pool),
+            self._pool(ns, canary.spec.candidate_pool),
         )
         analysis = None
         plan = plan_analysis(canary.spec, status, now)
@@ -208,7 +267,7 @@ class CanaryController:
             action=(body["metadata"].get("annotations") or {}).get(ACTION_ANNOTATION),
             replay=self.replays.poll(key, canary.spec, status, ready, driver.wake.set),
         )
-        return Observed(key, body, canary, status, observations, now)
+        return Observed(key, body, canary, status, observations, now, stable_size, candidate_size)
 
     async def write_status(self, observed: Observed, decision: Decision) -> None:
         """The tick's one status write, skipped when nothing changed."""
@@ -231,6 +290,8 @@ class CanaryController:
                     await self.traffic.promote(observed.target)
                 case ScaleDownStable(pool=pool):
                     await self._scale_down(ns, pool)
+                case ScalePool(pool=pool, replicas=replicas):
+                    await self.scaler.scale(ns, pool, replicas)
                 case EmitEvent(type=type_, reason=reason, message=message):
                     self.events.post(observed.body, type_, reason, message)
                 case RollBack(reason=reason):
@@ -243,14 +304,21 @@ class CanaryController:
     # --- helpers of the tick ------------------------------------------------------------
 
     async def _pool_readiness(self, namespace: str, name: str) -> PoolReadiness:
+        return (await self._pool(namespace, name))[0]
+
+    async def _pool(self, namespace: str, name: str) -> tuple[PoolReadiness, PoolSize | None]:
+        """The pool's readiness (starvation included) and its size for spec.capacity."""
         body = await self.objects.get("modelpools", namespace, name)
         if body is None:
-            return PoolReadiness(False, f"ModelPool {name!r} does not exist")
+            return PoolReadiness(False, f"ModelPool {name!r} does not exist"), None
         status = body.get("status") or {}
         replicas = status.get("readyReplicas")
         ready_replicas = replicas if isinstance(replicas, int) and replicas >= 0 else None
+        starved = starved_message(status)
         if status.get("phase") == "Ready" and (ready_replicas or 0) > 0:
-            return PoolReadiness(True, ready_replicas=ready_replicas)
+            return PoolReadiness(True, ready_replicas=ready_replicas, starved=starved), pool_size(
+                body
+            )
         ready: dict[str, Any] = next(
             (c for c in status.get("conditions", []) if c.get("type") == "Ready"), {}
         )
@@ -258,7 +326,8 @@ class CanaryController:
             False,
             f"ModelPool {name!r} not ready: {ready.get('message') or status.get('phase')}",
             ready_replicas,
-        )
+            starved,
+        ), pool_size(body)
 
     def _provider(self, driver: Driver, spec: ProviderSpec) -> MetricsProvider:
         key = (spec.model_dump_json(), self.router_urls)
