@@ -174,3 +174,34 @@ async def test_a_pool_not_scaled_from_zero_is_not_held(
         status, _, doc, seconds = await post(http, r, BODY)
         assert status == 503 and doc["error"]["code"] == "no_endpoints"
         assert seconds < 5
+
+
+async def test_a_client_leaving_while_held_frees_its_slot(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    pol = [_policy(maxInFlight=1, queueTimeoutMs=60000)]
+    cfg = _write(tmp_path / "r.yaml", pol, {})
+    with RouterProcess(cfg) as r:
+        held = asyncio.create_task(post(http, r, BODY))
+        await wait_for_async(
+            lambda: _demand(http, r), until=lambda d: d.get("cold", {}).get("held") == 1,
+            **SOON, what="one request held",
+        )  # fmt: skip
+        held.cancel()  # the client hangs up
+        await wait_for_async(
+            lambda: _demand(http, r), until=lambda d: d == {}, **SOON, what="no demand left"
+        )
+        m = await metrics(http, r)
+        assert metric(m, "modelfleet_router_holds_total", outcome="cancelled") == 1
+        assert metric(m, "modelfleet_router_in_flight") == 0
+        # The only slot is free again: the next request is held, not queued.
+        again = asyncio.create_task(post(http, r, BODY))
+        d = await wait_for_async(
+            lambda: _demand(http, r), until=lambda d: d.get("cold", {}).get("held") == 1,
+            **SOON, what="the next request held",
+        )  # fmt: skip
+        assert d["cold"]["queued"] == 0
+        again.cancel()  # and leave nothing held for the router's shutdown to wait on
+        await wait_for_async(
+            lambda: _demand(http, r), until=lambda d: d == {}, **SOON, what="no demand left"
+        )
