@@ -22,7 +22,7 @@ Method
   request (user+system from /proc) and its peak RSS (VmRSS sampled every 10 ms).
 - Sticky: (1) the router's per-request call, StickyAssets.lookup on a RedisAssetStore
   (pipelined GET+TTL, decode, sticky_choice) against a redis-server on loopback, one at a
-  time, records present; (2) end to end, small bodies:
+  time, records present; (2) end to end, small answers (httpbench.SMALL_MARKER):
   200 assets, each used 4 times, through a router with --asset-store redis and one with
   --asset-store none, interleaved; the first use records and is not counted.
 All processes share this machine's cores: absolute numbers depend on the host.
@@ -365,7 +365,7 @@ def print_tables(
             f"{st['p50_ms']:.3f} | {st['p99_ms']:.3f} |"
         )
         print(
-            f"| router, --asset-store none, small bodies | {none['p50_ms']:.3f} | "
+            f"| router, --asset-store none, small answers | {none['p50_ms']:.3f} | "
             f"{none['p99_ms']:.3f} |"
         )
         print(
