@@ -11,13 +11,15 @@ from modelfleet.routing.hold import (
     Hold,
     HoldLimits,
     NoHold,
+    PolicyBounds,
     cold_failure,
     cold_retry_after,
     decide_hold,
     demand_rows,
+    held_cap,
 )
 
-LIMITS = HoldLimits(max_held_per_pool=2, max_hold_s=50.0)
+LIMITS = HoldLimits(max_held_per_pool=2, max_hold_s=50.0, max_held_share=1.0)
 
 
 @pytest.mark.parametrize(
@@ -36,7 +38,10 @@ LIMITS = HoldLimits(max_held_per_pool=2, max_hold_s=50.0)
         (True, 0, 30.0, 1000.0, LIMITS, NoHold("no_time")),
         (True, 0, 30.0, 990.0, LIMITS, NoHold("no_time")),
         # Holding off (flag 0) or a policy that never lets a request wait.
-        (True, 0, 30.0, 1120.0, HoldLimits(0, 50.0), NoHold("disabled")),
+        (True, 0, 30.0, 1120.0, HoldLimits(0, 50.0, 1.0), NoHold("disabled")),
+        # Held requests of one pool take at most their share of the policy's 8 slots.
+        (True, 3, 30.0, 1120.0, HoldLimits(9, 50.0, 0.5), Hold(1030.0)),
+        (True, 4, 30.0, 1120.0, HoldLimits(9, 50.0, 0.5), NoHold("hold_limit")),
         (True, 0, 0.0, 1120.0, LIMITS, NoHold("disabled")),
     ],
 )
@@ -52,11 +57,25 @@ def test_decide_hold(
         scales_from_zero=zero,
         held_now=held,
         now=1000.0,
-        queue_timeout_s=queue_timeout,
+        policy=PolicyBounds(queue_timeout, max_in_flight=8),
         deadline=deadline,
         limits=limits,
     )
     assert got == want
+
+
+@pytest.mark.parametrize(
+    ("flag", "share", "max_in_flight", "want"),
+    [
+        (256, 0.5, 64, 32),  # the defaults: half the policy's slots
+        (10, 0.5, 64, 10),  # the flag is lower
+        (256, 0.5, 1, 1),  # a one-slot policy still holds one
+        (256, 1.0, 64, 64),
+        (0, 0.5, 64, 0),
+    ],
+)
+def test_held_cap(flag: int, share: float, max_in_flight: int, want: int) -> None:
+    assert held_cap(HoldLimits(flag, 300.0, share), max_in_flight) == want
 
 
 def test_cold_start_clock_runs_from_the_first_held_request_to_the_first_endpoint() -> None:

@@ -114,6 +114,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "back or answers 503 with Retry-After; 0: never hold (default 256)",
     )
     p.add_argument(
+        "--max-held-share",
+        type=_positive,
+        default=0.5,
+        help="and at most this part of the policy's admission.maxInFlight slots, so requests "
+        "held for one pool leave slots to the policy's other pools (default 0.5)",
+    )
+    p.add_argument(
         "--max-hold-s",
         type=_positive,
         default=300.0,
@@ -174,7 +181,9 @@ def _run(args: argparse.Namespace) -> int:
         retries_per_pool=max(0, args.retries_per_pool),
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_upload_bytes_in_flight=int(args.max_uploads_in_flight_mb * 1024 * 1024),
-        hold=HoldLimits(max(0, args.max_held_per_pool), args.max_hold_s),
+        hold=HoldLimits(
+            max(0, args.max_held_per_pool), args.max_hold_s, min(1.0, args.max_held_share)
+        ),
     )
     try:
         import uvloop

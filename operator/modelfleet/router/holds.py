@@ -17,6 +17,7 @@ from modelfleet.routing.hold import (
     Hold,
     HoldLimits,
     Key,
+    PolicyBounds,
     cold_failure,
     cold_retry_after,
     decide_hold,
@@ -48,7 +49,7 @@ class Holds:
         self._cold: dict[Key, ColdStart] = {}
 
     async def hold(
-        self, snap: Snapshot, ns: str, pool: str, queue_timeout_s: float, deadline: float
+        self, snap: Snapshot, ns: str, pool: str, policy: PolicyBounds, deadline: float
     ) -> Snapshot | HoldEnded | None:
         """A snapshot in which the pool has endpoints (serve on it); HoldEnded (the pool
         scales from zero but no worker came, or it could not be held); None: not a pool
@@ -59,7 +60,7 @@ class Holds:
             scales_from_zero=key in snap.scale_from_zero,
             held_now=self.held.get(key, 0),
             now=now,
-            queue_timeout_s=queue_timeout_s,
+            policy=policy,
             deadline=deadline,
             limits=self.limits,
         )

@@ -22,7 +22,7 @@ from modelfleet.router.serving import Ladder, Settings
 from modelfleet.router.textgate import GateRequest, Served, TextGate, Unserved
 from modelfleet.router.upstream import EDITS_PATH, Payload
 from modelfleet.routing.form import FormError, boundary_of, part_being_read, scan_form
-from modelfleet.routing.hold import demand_rows
+from modelfleet.routing.hold import PolicyBounds, demand_rows
 from modelfleet.routing.intent import ParsedRequest, RequestError, parse_edit_form, parse_request
 from modelfleet.routing.ladder import Attempt, Outcome, exhausted
 from modelfleet.routing.models import (
@@ -381,7 +381,7 @@ class Router:
                 ladder, chosen = ticket.ladder, ticket.choice.pool_first or chosen
             return await self._forward(
                 snap, ns, pname, route, chosen, ladder, payload, start, route_headers, text_gate,
-                ticket, gate.limits.queue_timeout_s,
+                ticket, PolicyBounds(gate.limits.queue_timeout_s, gate.limits.max_in_flight),
             )  # fmt: skip
         except asyncio.CancelledError:
             # The client went away; the attempt was cancelled with it.
@@ -475,11 +475,11 @@ class Router:
         headers: dict[str, str],
         gate: GateRequest | None = None,
         ticket: AssetTicket | None = None,
-        hold_s: float = 0.0,
+        hold: PolicyBounds | None = None,
     ) -> web.Response:
         deadline = start + self.settings.request_timeout_s
         got = await self.ladder.serve(
-            snap, ns, route.name, ladder, payload, deadline, hold_s=hold_s
+            snap, ns, route.name, ladder, payload, deadline, hold=hold
         )
         if isinstance(got, Unserved):
             return self._fail(ns, pname, route, ladder, got, start, headers)

@@ -16,7 +16,7 @@ from modelfleet.router.holds import HoldEnded, Holds
 from modelfleet.router.metrics import RouterMetrics
 from modelfleet.router.textgate import Served, Unserved
 from modelfleet.router.upstream import AttemptResult, Payload, UpstreamClient
-from modelfleet.routing.hold import ColdFailure, HoldLimits
+from modelfleet.routing.hold import ColdFailure, HoldLimits, PolicyBounds
 from modelfleet.routing.ladder import Attempt, Tried
 from modelfleet.routing.stats import AttemptStats
 from modelfleet.routing.table import choose_endpoint
@@ -91,19 +91,19 @@ class Ladder:
         payload: Payload,
         deadline: float,
         pinned: bool = False,
-        hold_s: float = 0.0,
+        hold: PolicyBounds | None = None,
     ) -> Served | Unserved:
-        """Walk the ladder until a worker answers ok or with a 4xx. hold_s > 0: a pool at
-        zero replicas (Snapshot.scale_from_zero) with no endpoint is waited for that long
-        at most (the policy's queue timeout) before the walk moves on."""
+        """Walk the ladder until a worker answers ok or with a 4xx. With `hold` (the
+        policy's limits), a pool at zero replicas (Snapshot.scale_from_zero) with no
+        endpoint is waited for (routing.hold.decide_hold) before the walk moves on."""
         s = self.settings
         tried: list[Tried] = []
         prev: str | None = None
         cold: HoldEnded | None = None
         for pool in ladder:
             endpoints = snap.endpoints.get((ns, pool), ())
-            if not endpoints and hold_s > 0:
-                got = await self.holds.hold(snap, ns, pool, hold_s, deadline)
+            if not endpoints and hold is not None:
+                got = await self.holds.hold(snap, ns, pool, hold, deadline)
                 if isinstance(got, Snapshot):
                     snap, endpoints = got, got.endpoints.get((ns, pool), ())
                 elif got is not None:

@@ -21,10 +21,27 @@ DEFAULT_COLD_RETRY_S = 5.0
 
 @dataclass(frozen=True)
 class HoldLimits:
-    """Router-wide bounds (flags). max_held_per_pool 0: never hold."""
+    """Router-wide bounds (flags). max_held_per_pool 0: never hold. max_held_share: the
+    part of a policy's maxInFlight slots one pool's held requests may take, so a burst
+    for a pool at zero cannot starve the policy's warm pools of slots."""
 
     max_held_per_pool: int = 256
     max_hold_s: float = 300.0
+    max_held_share: float = 0.5
+
+
+@dataclass(frozen=True)
+class PolicyBounds:
+    """The request's policy admission limits that bound its hold."""
+
+    queue_timeout_s: float
+    max_in_flight: int
+
+
+def held_cap(limits: HoldLimits, max_in_flight: int) -> int:
+    """Requests one pool may have held at once: the flag, and the policy's share (>= 1)."""
+    share = max(1, math.floor(max_in_flight * limits.max_held_share))
+    return min(limits.max_held_per_pool, share)
 
 
 @dataclass(frozen=True)
@@ -43,21 +60,21 @@ def decide_hold(
     scales_from_zero: bool,
     held_now: int,
     now: float,
-    queue_timeout_s: float,
+    policy: PolicyBounds,
     deadline: float,
     limits: HoldLimits,
 ) -> Hold | NoHold:
     """Hold a request for a pool with no ready endpoint? At most the policy's queue timeout
     (the longest it lets a request wait for capacity), the router's hold cap and the
-    request's own deadline; at most max_held_per_pool requests at once per pool (beyond:
-    not held, so the ladder falls back or the client hears 503 at once)."""
+    request's own deadline; at most held_cap requests at once per pool (beyond: not
+    held, so the ladder falls back or the client hears 503 at once)."""
     if not scales_from_zero:
         return NoHold("not_autoscaled_to_zero")
-    if limits.max_held_per_pool <= 0 or limits.max_hold_s <= 0 or queue_timeout_s <= 0:
+    if limits.max_held_per_pool <= 0 or limits.max_hold_s <= 0 or policy.queue_timeout_s <= 0:
         return NoHold("disabled")
-    if held_now >= limits.max_held_per_pool:
+    if held_now >= held_cap(limits, policy.max_in_flight):
         return NoHold("hold_limit")
-    until = min(now + queue_timeout_s, now + limits.max_hold_s, deadline)
+    until = min(now + policy.queue_timeout_s, now + limits.max_hold_s, deadline)
     if until <= now:
         return NoHold("no_time")
     return Hold(until)

@@ -205,3 +205,31 @@ async def test_a_client_leaving_while_held_frees_its_slot(
         await wait_for_async(
             lambda: _demand(http, r), until=lambda d: d == {}, **SOON, what="no demand left"
         )
+
+
+async def test_held_requests_leave_slots_to_the_policys_warm_pools(
+    tmp_path: Path, workers: Any, http: aiohttp.ClientSession
+) -> None:
+    """--max-held-share 0.5 of maxInFlight 2: one request held for pool cold; the next for
+    cold is not held (503 at once) and a request for pool warm still gets the other slot."""
+    warm = await workers("warm")
+    routes = [
+        {"name": "fast", "match": {"tiers": ["preview"]}, "pool": "warm"},
+        {"name": "all", "pool": "cold"},
+    ]
+    pol = [policy(routes, admission={"maxInFlight": 2, "queueTimeoutMs": 60000})]
+    cfg = _write(tmp_path / "r.yaml", pol, {"warm": [warm.url]})
+    with RouterProcess(cfg) as r:
+        held = asyncio.create_task(post(http, r, BODY))
+        await wait_for_async(
+            lambda: _demand(http, r), until=lambda d: d.get("cold", {}).get("held") == 1,
+            **SOON, what="one request held",
+        )  # fmt: skip
+        status, _, doc, seconds = await post(http, r, BODY)
+        assert (status, doc["error"]["code"]) == (503, "pool_starting") and seconds < 5
+        status, headers, _, seconds = await post(http, r, {**BODY, "tier": "preview"})
+        assert (status, headers["X-ModelFleet-Pool"]) == (200, "warm") and seconds < 5
+        held.cancel()
+        await wait_for_async(
+            lambda: _demand(http, r), until=lambda d: d == {}, **SOON, what="no demand left"
+        )
