@@ -19,6 +19,7 @@ from modelfleet.controllers.autoscale import AutoscaleController
 from modelfleet.controllers.canary import CanaryController
 from modelfleet.controllers.modelpool import ModelPoolController
 from modelfleet.controllers.replay import ReplayRunner, credential_file
+from modelfleet.controllers.routers import RouterEndpoints
 from modelfleet.controllers.routingpolicy import RoutingPolicyController
 from modelfleet.providers.demand import DemandReader
 
@@ -47,9 +48,11 @@ class Term:
             # The RoutingPolicy side is the canary's traffic router.
             canaries=CanaryController(traffic=policies, router_urls=router_urls, replays=replays),
             namespaces=tuple(namespaces),
-            # Demand from the same routers the canary reads; capacity from the pools' node cache.
+            # Demand from every replica behind the routers the canary reads (a Service URL
+            # is resolved to its endpoints); capacity from the pools' node cache.
             autoscaler=AutoscaleController(
-                DemandReader(router_urls), lambda: list(pools.nodes.values())
+                DemandReader(router_urls, resolve=RouterEndpoints(router_urls).resolve),
+                lambda: list(pools.nodes.values()),
             ),
         )
 

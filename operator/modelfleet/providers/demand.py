@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,18 +75,21 @@ class Reading:
 
 
 class DemandReader(OwnedSession):
-    """One /v1/demand round per `cache_seconds`, shared by every pool's tick."""
+    """One /v1/demand round per `cache_seconds`, shared by every pool's tick. `resolve`,
+    when given, says which routers to read each round (every replica behind a Service)."""
 
     def __init__(
         self,
         router_urls: Sequence[str],
         *,
+        resolve: Callable[[], Awaitable[Sequence[str]]] | None = None,
         timeout_seconds: float = 1.0,
         cache_seconds: float = 0.5,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         super().__init__(session, timeout_seconds)
         self.router_urls = [u.rstrip("/") for u in router_urls]
+        self.resolve = resolve
         self.cache_seconds = cache_seconds
         self._cached: tuple[float, asyncio.Task[Reading]] | None = None
 
@@ -98,13 +101,14 @@ class DemandReader(OwnedSession):
             return parse_demand(await resp.json(content_type=None))
 
     async def _fetch(self) -> Reading:
-        if not self.router_urls:
+        urls = self.router_urls
+        if self.resolve is not None:
+            urls = [u.rstrip("/") for u in await self.resolve()]
+        if not urls:
             return Reading({}, 0, ["no router URLs configured (--router-url)"])
-        answers = await asyncio.gather(
-            *(self._one(u) for u in self.router_urls), return_exceptions=True
-        )
+        answers = await asyncio.gather(*(self._one(u) for u in urls), return_exceptions=True)
         docs, errors = [], []
-        for url, answer in zip(self.router_urls, answers, strict=True):
+        for url, answer in zip(urls, answers, strict=True):
             if isinstance(answer, BaseException):
                 errors.append(f"{url}: {type(answer).__name__}: {answer}".rstrip(": "))
             else:

@@ -1,12 +1,15 @@
 """Autoscaling on the local cluster: the real operator reads the real router's
 /v1/demand while clients load a ModelPool of real text-drawing workers (local pod
-runner) through it. min 1 max 4: under load the operator writes 4 replicas through the
-scale subresource and 4 become Ready; after the load stops it goes back to 1. Windows
-are shortened in the test's spec so the whole cycle fits in well under a minute of
-scaling."""
+runner) through two routers, each carrying half the clients (the operator sums their
+demand). min 1 max 4: under load the operator writes 4 replicas through the scale
+subresource and 4 become Ready; after the load stops it goes back to 1. Windows are
+shortened in the test's spec so the cycle takes seconds. Also: a router Service URL
+resolves to its EndpointSlices' ready replicas (real API server), and a scale-up beyond
+the fake nodes' GPUs is reported."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Iterator
@@ -55,20 +58,22 @@ def _pool() -> dict[str, Any]:
 @pytest.fixture
 def world(
     cluster: LocalCluster, namespace: str, operator: Any
-) -> Iterator[tuple[k8s.CustomObjectsApi, RouterProcess]]:
+) -> Iterator[tuple[k8s.CustomObjectsApi, list[RouterProcess]]]:
     custom = k8s.CustomObjectsApi(cluster.api)
     custom.create_namespaced_custom_object(G, V, namespace, PLURAL, _pool())
     custom.create_namespaced_custom_object(
         G, V, namespace, "routingpolicies", single_route_policy(POOL, POOL)
     )
-    router = RouterProcess.kube(namespace, cluster.kubeconfig, port=free_port())
-    # The session operator steps aside for one that reads this router's demand.
+    routers = [
+        RouterProcess.kube(namespace, cluster.kubeconfig, port=free_port()) for _ in range(2)
+    ]
+    # The session operator steps aside for one that reads these routers' demand.
     operator.main.kill(signal.SIGTERM)
-    op = operator.spawn(extra_args=["--router-url", router.url])
+    op = operator.spawn(extra_args=[f"--router-url={r.url}" for r in routers])
     try:
         wait_for(op.has_led, timeout=60, interval=0.2, what="autoscaling operator leads")
-        with router:
-            yield custom, router
+        with routers[0], routers[1]:
+            yield custom, routers
     finally:
         op.kill(signal.SIGTERM)
         operator.main = None
@@ -89,9 +94,9 @@ def _at(custom: k8s.CustomObjectsApi, ns: str, replicas: int) -> dict[str, Any] 
 
 
 def test_min1_max4_scales_to_4_under_load_and_back(
-    world: tuple[k8s.CustomObjectsApi, RouterProcess], namespace: str
+    world: tuple[k8s.CustomObjectsApi, list[RouterProcess]], namespace: str
 ) -> None:
-    custom, router = world
+    custom, routers = world
     wait_for(lambda: _at(custom, namespace, 1), timeout=120, interval=0.5, what="1 ready")
     seen: set[int] = set()
 
@@ -100,13 +105,16 @@ def test_min1_max4_scales_to_4_under_load_and_back(
         seen.add(pool["spec"]["replicas"])
         return _at(custom, namespace, want)
 
-    with TextLoad(router.url, POOL, clients=10) as load:
+    with (
+        TextLoad(routers[0].url, POOL, clients=5) as a,
+        TextLoad(routers[1].url, POOL, clients=5) as b,
+    ):
         t0 = time.monotonic()
         up = wait_for(lambda: sample(4), timeout=120, interval=0.3, what="4 replicas ready")
         up_s = time.monotonic() - t0
-        failed = list(load.failed)
+        failed = a.failed + b.failed
     assert not failed, f"requests failed while scaling up: {failed[:10]}"
-    assert load.ok > 0
+    assert a.ok > 0 and b.ok > 0
     assert max(seen) == 4, seen  # never above maxReplicas
     status = up["status"]
     assert status["desiredReplicas"] == 4
@@ -223,3 +231,41 @@ def test_scale_up_blocked_by_capacity_is_reported_and_clears(
 
     pool = wait_for(cleared, timeout=60, interval=0.3, what="CapacityStarved=False, Ready")
     assert pool["status"]["gpus"][0]["requested"] == fits * per_pod
+
+
+def test_router_service_url_resolves_to_its_ready_endpoints(
+    cluster: LocalCluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the operator does with the chart's --router-url (the router Service): one URL
+    per ready replica, read from the real API server's EndpointSlices."""
+    from modelfleet.controllers import kube
+    from modelfleet.controllers.routers import RouterEndpoints
+
+    core, disc = k8s.CoreV1Api(cluster.api), k8s.DiscoveryV1Api(cluster.api)
+    core.create_namespaced_service(
+        namespace,
+        {
+            "metadata": {"name": "routers"},
+            "spec": {"ports": [{"name": "http", "port": 8080, "targetPort": "http"}]},
+        },
+    )
+    endpoints = [("192.0.2.10", True), ("192.0.2.11", True), ("192.0.2.12", False)]
+    disc.create_namespaced_endpoint_slice(
+        namespace,
+        {
+            "metadata": {"name": "routers-a", "labels": {"kubernetes.io/service-name": "routers"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 18080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": [ip], "conditions": {"ready": ready}} for ip, ready in endpoints
+            ],
+        },
+    )
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    kube.api_client.cache_clear()
+    try:
+        urls = [f"http://routers.{namespace}.svc:8080", "http://127.0.0.1:9"]
+        resolved = asyncio.run(RouterEndpoints(urls).resolve())
+    finally:
+        kube.api_client.cache_clear()
+    assert resolved == ["http://127.0.0.1:9", "http://192.0.2.10:18080", "http://192.0.2.11:18080"]
