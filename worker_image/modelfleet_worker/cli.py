@@ -49,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     tiny = sub.add_parser("tiny-model", help="write a tiny random SD pipeline (tests, benches)")
     tiny.add_argument("--out", required=True)
-    tiny.add_argument("--family", default="sd15", choices=["sd15"])
+    tiny.add_argument("--family", default="sd15", choices=["sd15", "sdxl", "sd3", "flux"])
+    tiny.add_argument(
+        "--size",
+        default="tiny",
+        choices=["tiny", "real"],
+        help="sdxl/sd3/flux: real architecture dimensions, random weights (7-34 GB; never CI)",
+    )
+    tiny.add_argument("--vae-family", default=None, choices=["sdxl", "sd3", "flux"])
     tiny.add_argument("--latent-channels", type=int, default=4)
     tiny.add_argument(
         "--vae-latent-channels", type=int, default=None, help="write a mismatched VAE"
@@ -104,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             channels=args.channels,
             sample_size=args.sample_size,
             seed=args.seed,
+            size=args.size,
+            vae_family=args.vae_family,
         ),
     )
     print(out)

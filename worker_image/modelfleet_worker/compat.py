@@ -36,6 +36,49 @@ class Compat:
     default_size: int
 
 
+@dataclass(frozen=True)
+class FamilyDefaults:
+    steps: int
+    guidance: float
+    negative_prompt: bool  # whether the family's pipeline uses one
+
+
+# Pipeline class -> family, for pools that leave MODELFLEET_WORKER_FAMILY at custom.
+_PIPELINE_FAMILIES = {
+    "StableDiffusionPipeline": "sd15",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+}
+
+
+def family_of(pipeline_class: str, declared: str) -> str:
+    """The declared family, else the one the pipeline class implies, else custom."""
+    if declared != "custom":
+        return declared
+    return _PIPELINE_FAMILIES.get(pipeline_class, "custom")
+
+
+def family_defaults(family: str, *, turbo: bool, guidance_embeds: bool = True) -> FamilyDefaults:
+    """Steps and guidance a request gets when it names none (the model cards' values).
+
+    Turbo (adversarially distilled: SDXL-Turbo, SD3.5 Large Turbo) and FLUX.1-schnell
+    (guidance_embeds False) run a few steps without classifier-free guidance. Flux takes a
+    negative prompt only through true_cfg_scale, which doubles the work: not offered.
+    """
+    if family == "flux":
+        if turbo or not guidance_embeds:
+            return FamilyDefaults(4, 0.0, False)
+        return FamilyDefaults(28, 3.5, False)  # FLUX.1-dev: embedded guidance
+    if turbo:
+        return FamilyDefaults(1 if family == "sdxl" else 4, 0.0, True)
+    table = {
+        "sdxl": FamilyDefaults(30, 5.0, True),
+        "sd3": FamilyDefaults(40, 4.5, True),  # stable-diffusion-3.5-medium model card
+    }
+    return table.get(family, FamilyDefaults(20, 7.5, True))
+
+
 def vae_scale_factor(vae: VaeSpec) -> int:
     return int(2 ** (len(vae.block_out_channels) - 1))
 
@@ -44,7 +87,9 @@ def check_pairing(den: DenoiserSpec, vae: VaeSpec, family: str) -> Compat:
     errors: list[str] = []
     warnings: list[str] = []
     scale = vae_scale_factor(vae)
-    latent_side = den.sample_size or 64
+    # Flux's transformer has no sample_size: the VAE's image size (1024 for FLUX.1) says it.
+    vae_side = vae.sample_size // scale if vae.sample_size else None
+    latent_side = den.sample_size or vae_side or (128 if den.packed_2x2 else 64)
     image_side = latent_side * scale
     expected_c = den.in_channels // 4 if den.packed_2x2 else den.in_channels
     vae_shape = f"(B, {vae.latent_channels}, {latent_side}, {latent_side})"

@@ -105,6 +105,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_steps", _positive_int, 50, "most inference steps accepted"),
     Setting("dtype", _choice(DTYPES), "float16", "weights dtype (CPU always uses float32)"),
     Setting("family", _choice(FAMILIES), "custom", "model family: " + "|".join(FAMILIES)),
+    Setting("turbo", parse_bool, False, "few-step distilled model: turbo steps, guidance 0"),
     Setting("vae", str, "", "optional URI of a replacement VAE"),
     Setting("revision", str, "", "model revision (hf:// only)"),
     Setting("cache_dir", str, None, "where fetched models live (default /var/cache/modelfleet)"),
@@ -165,6 +166,7 @@ class WorkerConfig:
     max_steps: int = 50
     dtype: str = "float16"
     family: str = "custom"
+    turbo: bool = False
     vae: str = ""
     revision: str = ""
     cache_dir: str = ""

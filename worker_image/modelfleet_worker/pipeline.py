@@ -12,7 +12,15 @@ from typing import Any
 
 import torch
 
-from .compat import Compat, DenoiserSpec, VaeSpec, check_pairing
+from .compat import (
+    Compat,
+    DenoiserSpec,
+    FamilyDefaults,
+    VaeSpec,
+    check_pairing,
+    family_defaults,
+    family_of,
+)
 from .config import WorkerConfig
 from .memory import MemoryProfile
 
@@ -92,15 +100,27 @@ def _reset_peak_rss() -> None:
 
 
 class LoadedModel:
-    def __init__(self, cfg: WorkerConfig, pipe: Any, device: torch.device, compat: Compat) -> None:
+    def __init__(
+        self,
+        cfg: WorkerConfig,
+        pipe: Any,
+        device: torch.device,
+        compat: Compat,
+        family: str = "custom",
+        defaults: FamilyDefaults | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.family = family
+        fam = defaults or family_defaults(family, turbo=cfg.turbo)
+        self.default_steps = fam.steps
+        self.default_guidance = fam.guidance
         self.pipe = pipe
         self.device = device
         self.compat = compat
         self.default_width = compat.default_size
         self.default_height = compat.default_size
         params = inspect.signature(pipe.__call__).parameters
-        self.supports_negative_prompt = "negative_prompt" in params
+        self.supports_negative_prompt = "negative_prompt" in params and fam.negative_prompt
         self.profile: MemoryProfile | None = None
         self.cpu_memory: CpuMemoryNote | None = None
         self.idle_allocated_bytes = 0
@@ -241,7 +261,8 @@ class LoadedModel:
             peaks = []
             for n in (1, 2):
                 torch.cuda.reset_peak_memory_stats(self.device)
-                self.generate(items[:n], w, h, steps, 7.5, inject_faults=False)
+                # The family's guidance: classifier-free guidance doubles the batch.
+                self.generate(items[:n], w, h, steps, self.default_guidance, inject_faults=False)
                 torch.cuda.synchronize()
                 peaks.append(torch.cuda.max_memory_allocated(self.device))
             per_image = max(1, peaks[1] - peaks[0])
@@ -259,7 +280,7 @@ class LoadedModel:
             for n in (1, 2):
                 _reset_peak_rss()
                 before = _peak_rss_bytes()
-                self.generate(items[:n], w, h, steps, 7.5, inject_faults=False)
+                self.generate(items[:n], w, h, steps, self.default_guidance, inject_faults=False)
                 deltas.append(max(0, _peak_rss_bytes() - before))
             self.cpu_memory = CpuMemoryNote(deltas[0], deltas[1])
             log.info(
@@ -280,9 +301,7 @@ def _denoiser_spec(pipe: Any) -> tuple[Any, DenoiserSpec]:
         raise ModelLoadError("pipeline has neither a unet nor a transformer")
     c = den.config
     packed = type(den).__name__.startswith("Flux")
-    sample = getattr(c, "sample_size", None)
-    if packed and sample is None:
-        sample = 128
+    sample = getattr(c, "sample_size", None)  # None for Flux: the VAE's size decides
     return den, DenoiserSpec(
         kind=kind,
         in_channels=int(c.in_channels),
@@ -317,6 +336,14 @@ def load_model(cfg: WorkerConfig, model_dir: Path, vae_dir: Path | None) -> Load
         kwargs["vae"] = d.AutoencoderKL.from_pretrained(str(sub), torch_dtype=dtype)
     pipe = d.DiffusionPipeline.from_pretrained(str(model_dir), **kwargs)
     den, den_spec = _denoiser_spec(pipe)
+    family = family_of(type(pipe).__name__, cfg.family)
+    defaults = family_defaults(
+        family,
+        turbo=cfg.turbo,
+        guidance_embeds=bool(getattr(den.config, "guidance_embeds", True)),
+    )
+    # The scale-factor rule applies to a declared family only: the tiny sd15 test
+    # models are two-block (scale 2) VAEs and leave the family at custom.
     compat = check_pairing(den_spec, _vae_spec(pipe.vae), cfg.family)
     for w in compat.warnings:
         log.warning("%s", w)
@@ -338,7 +365,14 @@ def load_model(cfg: WorkerConfig, model_dir: Path, vae_dir: Path | None) -> Load
             pipe.unet = compiled
         else:
             pipe.transformer = compiled
-    model = LoadedModel(cfg, pipe, device, compat)
+    log.info(
+        "family %s (%s): default %d steps, guidance %.1f",
+        family,
+        type(pipe).__name__,
+        defaults.steps,
+        defaults.guidance,
+    )
+    model = LoadedModel(cfg, pipe, device, compat, family, defaults)
     model.prepare_edits()
     return model
 

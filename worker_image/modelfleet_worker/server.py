@@ -135,7 +135,8 @@ class WorkerServer:
             size_multiple=model.compat.size_multiple,
             default_width=model.default_width,
             default_height=model.default_height,
-            default_steps=min(20, self.cfg.max_steps),
+            default_steps=min(getattr(model, "default_steps", 20), self.cfg.max_steps),
+            default_guidance=getattr(model, "default_guidance", 7.5),
             supports_negative_prompt=model.supports_negative_prompt,
         )
 

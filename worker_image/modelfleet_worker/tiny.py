@@ -1,4 +1,5 @@
-"""Write a tiny, randomly initialised but complete StableDiffusionPipeline.
+"""Write a tiny, randomly initialised but complete StableDiffusionPipeline
+(sdxl, sd3 and flux: tiny_families.py).
 
 Built from configs only (no downloads), saved with save_pretrained, so the
 worker loads it with exactly the from_pretrained code it uses for real models.
@@ -24,6 +25,8 @@ class TinySpec:
     sample_size: int = 32  # latent side; image side = sample_size * 2 (VAE scale factor 2)
     text_hidden: int = 32
     seed: int = 0
+    size: str = "tiny"  # sdxl/sd3/flux only: "real" writes the real dimensions
+    vae_family: str | None = None  # sdxl/sd3/flux only: pair with that family's VAE
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -69,9 +72,12 @@ def write_tiny_pipeline(out_dir: str | os.PathLike[str], spec: TinySpec) -> Path
 
     d: Any = diffusers  # diffusers ships no type hints for its constructors
 
-    if spec.family != "sd15":
-        raise ValueError(f"tiny models are sd15-shaped only, not {spec.family!r}")
     out = Path(out_dir)
+    if spec.family != "sd15":
+        from .tiny_families import FamilySpec, write_family_pipeline
+
+        fam = FamilySpec(spec.family, spec.size, spec.vae_family, spec.seed)
+        return write_family_pipeline(out, fam)
     torch.manual_seed(spec.seed)
     c = spec.channels
     unet = d.UNet2DConditionModel(

@@ -150,7 +150,7 @@ def validate_request(body: Any, limits: Limits) -> GenerationRequest:
         raise _invalid(
             "size",
             f"width and height must be multiples of {limits.size_multiple} "
-            f"(the VAE scale factor), got {width}x{height}",
+            f"(VAE scale factor x patch size), got {width}x{height}",
         )
 
     guidance = body.get("guidance_scale")
