@@ -405,3 +405,21 @@ async def test_shift_tick_sizes_the_pools_through_the_scaler() -> None:
     await controller.tick(("ns", "c"), driver)
     status = objects.body("canaries", "ns", "c")["status"]
     assert status["phase"] == "Paused" and STARVED in status["message"]
+
+
+async def test_deleting_a_shift_canary_gives_the_stable_its_full_size_back() -> None:
+    objects = FakeObjects()
+    objects.put("modelpools", pool("ns", "stable", replicas=1))
+    objects.put("modelpools", pool("ns", "cand", replicas=3))
+    body = canary("ns", "c", capacity="shift")
+    body["status"] = {"phase": "Progressing", "capacity": {"fullReplicas": 4}}
+    scaler = RecordingScaler(objects)
+    traffic = FakeTraffic()
+    controller = CanaryController(traffic, objects=objects, events=FakeEvents(), scaler=scaler)
+    await controller.canary_event({"type": "DELETED", "object": body}, body)  # type: ignore[arg-type]
+    assert scaler.calls == [("stable", 4)]
+    assert traffic.weights() == [0]
+    body["status"]["phase"] = "Succeeded"  # the stable is meant to go: leave it
+    scaler.calls.clear()
+    await controller.canary_event({"type": "DELETED", "object": body}, body)  # type: ignore[arg-type]
+    assert scaler.calls == []

@@ -341,6 +341,25 @@ class CanaryController:
         if body is not None and body["spec"].get("replicas") != 0:
             await self.objects.patch("modelpools", namespace, pool, {"spec": {"replicas": 0}})
 
+    async def _restore_stable(self, body: Any) -> None:
+        """A `capacity: shift` canary deleted before success gives the stable back the
+        replicas it had when the canary began (status.capacity.fullReplicas)."""
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        full = (status.get("capacity") or {}).get("fullReplicas")
+        if spec.get("capacity") != "shift" or not isinstance(full, int):
+            return
+        if status.get("phase") == "Succeeded" or not spec.get("stablePool"):
+            return
+        ns, pool = body["metadata"]["namespace"], str(spec["stablePool"])
+        try:
+            stable = pool_size(await self.objects.get("modelpools", ns, pool))
+            if stable is not None and not stable.autoscaled and stable.replicas < full:
+                await self.scaler.scale(ns, pool, full)
+        except Exception as exc:  # the route still goes back; the pool keeps its size
+            log.warning(
+                "restoring stable pool %s/%s to %d replicas failed: %s", ns, pool, full, exc
+            )
+
     # --- drivers ------------------------------------------------------------------------
 
     async def _drive(self, key: Key) -> None:
@@ -371,7 +390,8 @@ class CanaryController:
                 if driver.provider is not None:
                     await driver.provider.close()
                 self.drivers.pop(key, None)
-            # The route is the policy's own again.
+            # The route is the policy's own again, on a stable of its full size.
+            await self._restore_stable(body)
             await self.traffic.set_weight(target_of(body), 0)
             return
         if driver is None or driver.task.done():
