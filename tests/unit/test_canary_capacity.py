@@ -423,3 +423,24 @@ async def test_deleting_a_shift_canary_gives_the_stable_its_full_size_back() -> 
     scaler.calls.clear()
     await controller.canary_event({"type": "DELETED", "object": body}, body)  # type: ignore[arg-type]
     assert scaler.calls == []
+
+
+@pytest.mark.parametrize(
+    ("status", "pushed"),
+    [
+        ({"phase": "RolledBack", "canaryWeight": 0, "capacity": {"routedWeight": 100}}, [100]),
+        ({"phase": "RolledBack", "canaryWeight": 0, "capacity": {"routedWeight": 0}}, []),
+        ({"phase": "Progressing", "canaryWeight": 60, "capacity": {"routedWeight": 60}}, [60]),
+    ],
+)
+async def test_a_new_leader_restores_the_weight_shift_routes(
+    status: dict[str, Any], pushed: list[int]
+) -> None:
+    objects = FakeObjects()
+    body = canary("ns", "c", capacity="shift")
+    body["status"] = status
+    objects.put("canaries", body)
+    traffic = FakeTraffic()
+    controller = CanaryController(traffic, objects=objects, events=FakeEvents())
+    await controller.restore_weights([])
+    assert traffic.weights() == pushed

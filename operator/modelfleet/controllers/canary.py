@@ -413,7 +413,11 @@ class CanaryController:
         for body in bodies:
             status = body.get("status") or {}
             weight = status.get("canaryWeight")
-            if status.get("phase") in ACTIVE_PHASES and isinstance(weight, int):
+            # Under shift the route may trail canaryWeight, a rolled-back one's too.
+            routed = (status.get("capacity") or {}).get("routedWeight")
+            held = isinstance(routed, int) and routed != weight
+            weight = routed if isinstance(routed, int) else weight
+            if (status.get("phase") in ACTIVE_PHASES or held) and isinstance(weight, int):
                 await self.traffic.set_weight(target_of(body), weight)
 
     def stop(self) -> None:
