@@ -1,0 +1,142 @@
+"""Real worker subprocesses serving tiny SDXL, SD3 (Turbo-style) and Flux pipelines:
+generation at the family's default size, batch invariance, size rules and the
+oversized request (400 naming size), negative prompts per family, and a worker
+given a foreign VAE refusing to start with both latent shapes named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from polling import wait_for
+from worker_fixtures import Worker, decode_png, start_worker
+
+FAMILIES = ("sdxl", "sd3", "flux")
+PIXEL_TOLERANCE = 2  # as the sd15 worker test: float32 CPU sums in another order
+SETTINGS: dict[str, Any] = {
+    "max_batch_size": 4,
+    "max_latency_ms": 150,
+    "max_resolution": 128,
+    "max_steps": 4,
+    "dtype": "float16",  # CPU falls back to float32
+    "verify": "false",
+}
+
+
+@pytest.fixture(scope="module")
+def model_dirs() -> Iterator[dict[str, Path]]:
+    # One subprocess writes every family (diffusers' import is paid once).
+    with tempfile.TemporaryDirectory(prefix="mf-worker-families-") as root:
+        script = (
+            "import sys\n"
+            "from modelfleet_worker.tiny import TinySpec, write_tiny_pipeline\n"
+            "for f in sys.argv[2:]:\n"
+            "    write_tiny_pipeline(sys.argv[1] + '/' + f, TinySpec(family=f))\n"
+        )
+        subprocess.run(
+            [sys.executable, "-c", script, root, *FAMILIES], check=True, capture_output=True
+        )
+        yield {f: Path(root) / f for f in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def workers(model_dirs: dict[str, Path]) -> Iterator[dict[str, Worker]]:
+    started = {
+        "sdxl": start_worker(model_dirs["sdxl"], **SETTINGS),
+        "sd3": start_worker(model_dirs["sd3"], turbo="true", **SETTINGS),
+        "flux": start_worker(model_dirs["flux"], **SETTINGS),
+    }
+    try:
+        for w in started.values():
+            w.wait_ready(timeout=120)
+        yield started
+    finally:
+        for w in started.values():
+            w.stop()
+
+
+def _px(b64: str) -> np.ndarray:
+    return np.asarray(decode_png(b64).convert("RGB")).astype(np.int16)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generates_at_family_default_size(workers: dict[str, Worker], family: str) -> None:
+    status, out = workers[family].generate({"prompt": "a red cube", "steps": 2, "seed": 1})
+    assert status == 200, out
+    assert decode_png(out["data"][0]["b64_json"]).size == (64, 64)
+    assert f"family {family} (" in workers[family].log()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_alone_vs_batched_within_tolerance(workers: dict[str, Worker], family: str) -> None:
+    w = workers[family]
+    status, batched = w.generate({"prompt": "a sign", "steps": 2, "n": 3, "seed": 100})
+    assert status == 200 and batched["timing"]["batch_size"] == 3, batched
+    alone = w.generate({"prompt": "a sign", "steps": 2, "seed": 101})[1]
+    assert alone["timing"]["batch_size"] == 1
+    b64 = [d["b64_json"] for d in batched["data"]]
+    diff = int(np.abs(_px(alone["data"][0]["b64_json"]) - _px(b64[1])).max())
+    assert diff <= PIXEL_TOLERANCE, diff
+    assert int(np.abs(_px(b64[0]) - _px(b64[1])).max()) > 10 * PIXEL_TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("family", "size", "why"),
+    [
+        ("sdxl", "256x256", "max_resolution 128"),
+        ("sd3", "256x64", "max_resolution 128"),
+        ("flux", "64x256", "max_resolution 128"),
+        ("sdxl", "68x64", "multiples of 8"),
+        ("sd3", "72x64", "multiples of 16"),  # VAE 8 x patch 2
+        ("flux", "64x72", "multiples of 16"),  # VAE 8 x packed 2x2
+    ],
+)
+def test_bad_size_answered_400(
+    workers: dict[str, Worker], family: str, size: str, why: str
+) -> None:
+    status, out = workers[family].generate({"prompt": "x", "steps": 1, "size": size})
+    assert status == 400, out
+    assert out["error"]["param"] == "size" and why in out["error"]["message"], out
+
+
+def test_sdxl_size_multiple_of_8_accepted(workers: dict[str, Worker]) -> None:
+    status, out = workers["sdxl"].generate({"prompt": "x", "steps": 1, "size": "72x64"})
+    assert status == 200, out
+    assert decode_png(out["data"][0]["b64_json"]).size == (72, 64)
+
+
+def test_negative_prompt_per_family(workers: dict[str, Worker]) -> None:
+    for family in ("sdxl", "sd3"):
+        body = {"prompt": "x", "steps": 1, "negative_prompt": "blurry"}
+        assert workers[family].generate(body)[0] == 200
+    status, out = workers["flux"].generate({"prompt": "x", "steps": 1, "negative_prompt": "b"})
+    assert status == 400 and out["error"]["param"] == "negative_prompt", out
+
+
+def test_turbo_pool_defaults_logged(workers: dict[str, Worker]) -> None:
+    assert "family sd3 (StableDiffusion3Pipeline): default 4 steps, guidance 0.0" in (
+        workers["sd3"].log()
+    )
+    assert "family flux (FluxPipeline): default 4 steps, guidance 0.0" in workers["flux"].log()
+    assert "family sdxl (StableDiffusionXLPipeline): default 30 steps, guidance 5.0" in (
+        workers["sdxl"].log()
+    )
+
+
+def test_sd3_with_sdxl_vae_refuses_to_start(model_dirs: dict[str, Path]) -> None:
+    w = start_worker(model_dirs["sd3"], vae=f"file://{model_dirs['sdxl']}", **SETTINGS)
+    try:
+        wait_for(lambda: w.proc.poll() is not None, timeout=90, what="worker exits")
+        assert w.proc.returncode != 0
+        log = w.log()
+        assert "(B, 4, 8, 8)" in log and "(B, 16, 8, 8)" in log, log
+    finally:
+        w.stop()
