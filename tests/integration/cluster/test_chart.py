@@ -309,6 +309,8 @@ def test_least_privilege_rbac(
             ("patch", "canaries/status", "modelfleet.io"),
             ("create", "events", ""),
             ("get", "configmaps", ""),  # golden prompts of the canary replay; get only
+            ("patch", "modelpools/scale", "modelfleet.io"),  # the autoscaler's replicas
+            ("list", "endpointslices", "discovery.k8s.io"),  # every router replica's demand
         ):
             assert _can(cluster, op_user, verb, resource, namespace, group), (verb, resource)
             assert not _can(cluster, op_user, verb, resource, "elsewhere", group), (verb, resource)
