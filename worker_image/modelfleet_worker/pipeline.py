@@ -227,7 +227,8 @@ class LoadedModel:
             kwargs["mask_image"] = [it.mask for it in items]
         if "height" in params:  # image-to-image pipelines take the input's size
             kwargs["height"], kwargs["width"] = height, width
-        if self.supports_negative_prompt and any(it.negative_prompt is not None for it in items):
+        # The variant's own signature: it may take fewer arguments than the base pipeline.
+        if "negative_prompt" in params and any(it.negative_prompt is not None for it in items):
             kwargs["negative_prompt"] = [it.negative_prompt or "" for it in items]
         with torch.inference_mode():
             out = pipe(**kwargs)

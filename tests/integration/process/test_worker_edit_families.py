@@ -33,12 +33,12 @@ def models() -> Iterator[dict[str, LoadedModel]]:
         yield out
 
 
-def run(model: LoadedModel, seed: int, inpaint: bool) -> Any:
+def run(model: LoadedModel, seed: int, inpaint: bool, negative: str | None = None) -> Any:
     w = h = model.default_width
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
     mask = np.zeros((h, w), np.uint8)
     mask[:, : w // 2] = 255  # repaint the left half
-    item = ItemSpec("a cat", None, seed, image=img, mask=Image.fromarray(mask, "L"))
+    item = ItemSpec("a cat", negative, seed, image=img, mask=Image.fromarray(mask, "L"))
     return model.edit([item], w, h, 2, 3.0, 1.0 if inpaint else 0.8, inpaint)[0]
 
 
@@ -51,3 +51,5 @@ def test_family_edits(models: dict[str, LoadedModel], family: str, inpaint: bool
     assert a.size == (model.default_width, model.default_height)
     assert np.array_equal(np.asarray(a), np.asarray(again))  # a seed reproduces its edit
     assert not np.array_equal(np.asarray(a), np.asarray(other))
+    if model.supports_negative_prompt:  # the variant takes it as the base pipeline does
+        assert run(model, 1, inpaint, negative="blurry").size == a.size
