@@ -157,7 +157,7 @@ class FakeWorker:
             return web.Response(status=500)
         if mode == "garbage":
             return web.Response(status=200, body=b"\x00not json{", content_type="application/json")
-        n = int(body.get("n", 1))
+        n = int(body.get("n") or 1)  # JSON null means the default, as for the real worker
         seed = body.get("seed")
         data: list[dict[str, Any]] = [
             {"b64_json": TINY_PNG_B64, "seed": (seed or 0) + i} for i in range(n)
