@@ -116,6 +116,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("channels_last", parse_bool, False, "use channels_last memory format for conv nets"),
     Setting("cpu_threads", _non_negative_int, 0, "torch CPU threads (0 = torch default)"),
     Setting(
+        "truncate",
+        parse_bool,
+        True,
+        "cut prompts longer than a text encoder takes (header + metric); false: answer 400",
+    ),
+    Setting(
+        "model_cpu_offload",
+        parse_bool,
+        False,
+        "keep idle submodels in CPU memory, one on the GPU at a time (slower; CUDA only)",
+    ),
+    Setting("vae_tiling", parse_bool, False, "decode large images in VAE tiles (less memory)"),
+    Setting("vae_slicing", parse_bool, False, "decode a batch one image at a time in the VAE"),
+    Setting(
         "service_clock",
         _choice(("wall", "cpu")),
         "wall",
@@ -176,6 +190,10 @@ class WorkerConfig:
     compile: bool = False
     channels_last: bool = False
     cpu_threads: int = 0
+    truncate: bool = True
+    model_cpu_offload: bool = False
+    vae_tiling: bool = False
+    vae_slicing: bool = False
     service_clock: str = "wall"
     gpu_hour_price: float = 0.0
     gpus: int = 1

@@ -86,6 +86,12 @@ class WorkerMetrics:
             buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32),
             registry=r,
         ).labels(pool=pool)
+        self.prompt_truncated = Counter(
+            P + "prompt_truncated",
+            "Prompts longer than a text encoder takes (cut there), by encoder",
+            ["encoder"],
+            registry=r,
+        )
         self.oom = Counter(P + "oom", "Out-of-memory errors caught", registry=r)
         self.splits = Counter(P + "batch_splits", "Batches split in half after OOM", registry=r)
         self.gpu_used = Gauge(P + "gpu_memory_used_bytes", "GPU memory used (0 on CPU)", registry=r)

@@ -322,6 +322,28 @@ def _vae_spec(vae: Any) -> VaeSpec:
     )
 
 
+def _place(cfg: WorkerConfig, pipe: Any, device: torch.device) -> Any:
+    """On the device, or offloaded: each submodel moves to the GPU only while it runs
+    (model_cpu_offload), and the VAE decodes in tiles / one image at a time."""
+    if cfg.model_cpu_offload and device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        if cfg.model_cpu_offload:
+            log.warning("model_cpu_offload needs CUDA; running on %s without it", device)
+        pipe = pipe.to(device)
+    if cfg.vae_tiling:
+        pipe.vae.enable_tiling()
+    if cfg.vae_slicing:
+        pipe.vae.enable_slicing()
+    log.info(
+        "placement: cpu offload %s, vae tiling %s, vae slicing %s",
+        cfg.model_cpu_offload and device.type == "cuda",
+        cfg.vae_tiling,
+        cfg.vae_slicing,
+    )
+    return pipe
+
+
 def load_model(cfg: WorkerConfig, model_dir: Path, vae_dir: Path | None) -> LoadedModel:
     import diffusers
 
@@ -350,7 +372,7 @@ def load_model(cfg: WorkerConfig, model_dir: Path, vae_dir: Path | None) -> Load
         log.warning("%s", w)
     if compat.errors:
         raise ModelLoadError("; ".join(compat.errors))
-    pipe = pipe.to(device)
+    pipe = _place(cfg, pipe, device)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     if cfg.channels_last:

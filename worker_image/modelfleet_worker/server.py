@@ -24,6 +24,7 @@ from .engine import Engine, Job, JobResult, QueueFullError
 from .faults import FaultInjector, FaultSettings
 from .memory import margin_bytes, memory_batch_cap, scaled_profile
 from .metrics import WorkerMetrics, endpoint_of
+from .prompts import PromptGuard, encoders_of
 from .response import (
     encode_image,
     image_item,
@@ -86,6 +87,7 @@ class WorkerServer:
         self.model: Any = None  # pipeline.LoadedModel once loaded
         self.engine: Engine | None = None
         self.limits: Limits | None = None
+        self.prompts = PromptGuard([], cfg.truncate)
         self._idle_free = 0
         self._active = 0
         self._active_zero = asyncio.Event()
@@ -129,6 +131,13 @@ class WorkerServer:
         from .pipeline import is_oom
 
         self.model = model
+        # The pipeline's own tokenizers (none for a test backend without a pipe).
+        counter = self.metrics.prompt_truncated
+        self.prompts = PromptGuard(
+            encoders_of(getattr(model, "pipe", None)),
+            self.cfg.truncate,
+            lambda encoder: counter.labels(encoder=encoder).inc(),
+        )
         self.limits = Limits(
             max_resolution=self.cfg.max_resolution,
             max_steps=self.cfg.max_steps,
@@ -283,6 +292,7 @@ class WorkerServer:
 
         try:
             req = validate_request(parse_body(await request.read()), limits)
+            cut = self.prompts.headers(req.prompt)
         except RequestError as exc:
             return self._rejected(request, exc)
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32 - 8)
@@ -292,7 +302,9 @@ class WorkerServer:
         key = BatchKey(
             req.width, req.height, req.steps, req.guidance_scale, req.negative_prompt is not None
         )
-        return await self._render(request, engine, req, key, jobs)
+        resp = await self._render(request, engine, req, key, jobs)
+        resp.headers.update(cut)
+        return resp
 
     async def _edit(self, request: web.Request, engine: Engine, limits: Limits) -> web.Response:
         from .edits import validate_edit
@@ -308,6 +320,7 @@ class WorkerServer:
             # Decoding a large upload takes a while: off the event loop.
             loop = asyncio.get_running_loop()
             ed = await loop.run_in_executor(None, validate_edit, form.fields, form.files, limits)
+            cut = self.prompts.headers(ed.gen.prompt)
         except RequestError as exc:
             return self._rejected(request, exc)
         unsupported = self.model.edit_unsupported(ed.mask is not None)
@@ -333,7 +346,9 @@ class WorkerServer:
         )
         # Diffusers denoises int(steps x strength) of the steps for an edit.
         steps_run = max(1, int(req.steps * ed.strength))
-        return await self._render(request, engine, req, key, jobs, steps_run)
+        resp = await self._render(request, engine, req, key, jobs, steps_run)
+        resp.headers.update(cut)
+        return resp
 
     async def _render(
         self,
