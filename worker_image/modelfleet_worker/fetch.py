@@ -16,6 +16,41 @@ class FetchError(Exception):
     pass
 
 
+# Set by the operator from spec.model.credentials: the Secret's name, never a value.
+CREDENTIALS_SECRET_ENV = "MODELFLEET_WORKER_CREDENTIALS_SECRET"
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status behind a huggingface_hub error (its cause chain included)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int):
+            return status
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def refused_message(uri: str, status: int, token_given: bool, secret: str) -> str:
+    """What to fix when the Hub refuses a download (pure: tested by table)."""
+    if token_given and secret:
+        fix = (
+            f"the token from Secret {secret!r} (spec.model.credentials, key tokenKey, "
+            "default HF_TOKEN) was refused: put a valid Hub token with access to the "
+            "model in that Secret"
+        )
+    elif token_given:
+        fix = "the HF_TOKEN given was refused: set a valid Hub token with access to the model"
+    else:
+        fix = (
+            "no Hub token was given: the model is gated or private; set "
+            "spec.model.credentials.name to a Secret whose key HF_TOKEN holds a Hub token "
+            "with access to it (and accept the model's terms on the Hub)"
+        )
+    return f"{uri}: the Hub answered {status}; {fix}"
+
+
 @dataclass(frozen=True)
 class ModelRef:
     scheme: str  # "file", "hf" or "s3"
@@ -75,12 +110,19 @@ def _fetch_hf(ref: ModelRef, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     log.info("fetching hf://%s@%s into %s", ref.location, ref.revision or "main", dest)
     # local_dir: plain files at a path we choose, so serve can find them offline.
-    path = snapshot_download(
-        repo_id=ref.location,
-        revision=ref.revision,
-        local_dir=str(dest),
-        token=os.environ.get("HF_TOKEN") or None,
-    )
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        path = snapshot_download(
+            repo_id=ref.location, revision=ref.revision, local_dir=str(dest), token=token
+        )
+    except Exception as exc:
+        status = _http_status(exc)
+        if status not in (401, 403):
+            raise
+        uri = f"hf://{ref.location}"
+        secret = os.environ.get(CREDENTIALS_SECRET_ENV, "")
+        # from None: the Hub's error text is not repeated (it may quote request headers).
+        raise FetchError(refused_message(uri, status, token is not None, secret)) from None
     return Path(path)
 
 

@@ -22,6 +22,8 @@ from modelfleet.api.hosted import (
     KEY_NAME_RE,
     KEY_VALUE_RE,
     KEYED_BACKENDS,
+    SECRET_KEY_PATTERN,
+    SECRET_NAME_PATTERN,
     Backend,
     CostSpec,
     ProviderSpec,
@@ -59,6 +61,31 @@ class VaeSpec(ApiModel):
     )
 
 
+def _secret_key(default: str, what: str) -> Any:
+    return Field(
+        default=default,
+        pattern=SECRET_KEY_PATTERN,
+        max_length=253,
+        description=f"The key in the Secret holding {what} (default {default}).",
+    )
+
+
+class ModelCredentials(ApiModel):
+    """A Secret in the pool's namespace with what the model store asks for: a Hub
+    token (hf://), or an access key, its secret and an endpoint (s3://: AWS, MinIO,
+    R2). Its values reach the fetch step and the worker as secretKeyRef env only."""
+
+    name: str = Field(pattern=SECRET_NAME_PATTERN, max_length=253, description="The Secret's name.")
+    token_key: str = _secret_key("HF_TOKEN", "the Hugging Face Hub token (hf://)")
+    access_key_id_key: str = _secret_key("AWS_ACCESS_KEY_ID", "the access key id (s3://)")
+    secret_access_key_key: str = _secret_key(
+        "AWS_SECRET_ACCESS_KEY", "the secret access key (s3://)"
+    )
+    endpoint_key: str = _secret_key(
+        "AWS_ENDPOINT_URL", "the S3 endpoint URL, for MinIO or R2 (s3://; optional in the Secret)"
+    )
+
+
 class ModelSpec(ApiModel):
     """Which model the workers load and how."""
 
@@ -81,6 +108,11 @@ class ModelSpec(ApiModel):
         default="float16", description="Weights and compute precision: float32, float16, bfloat16."
     )
     vae: VaeSpec | None = Field(default=None, description="Optional replacement VAE.")
+    credentials: ModelCredentials | None = Field(
+        default=None,
+        description="Secret with the Hub token (hf://) or S3 keys and endpoint (s3://); "
+        "needed for gated or private models.",
+    )
 
 
 class GpuSpec(ApiModel):
@@ -223,12 +255,46 @@ class AutoscalingSpec(ApiModel):
 _NO_SECRET = "keys reach the worker only from a Secret (spec.provider.credentials)"
 
 
+class KeyRef(ApiModel):
+    """One key of a Secret or ConfigMap in the pool's namespace."""
+
+    name: str = Field(pattern=SECRET_NAME_PATTERN, max_length=253, description="Object name.")
+    key: str = Field(pattern=SECRET_KEY_PATTERN, max_length=253, description="Key in it.")
+    optional: bool = Field(default=False, description="Start the pod even if it is missing.")
+
+
+_ONE_SOURCE = "spec.worker.env[].valueFrom takes exactly one of secretKeyRef and configMapKeyRef"
+_ONE_VALUE = "spec.worker.env[] takes exactly one of value and valueFrom"
+
+
+class EnvVarSource(ApiModel):
+    """Where a variable's value comes from: a Secret's key or a ConfigMap's key."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.secretKeyRef) != has(self.configMapKeyRef)", _ONE_SOURCE)
+            ]
+        }
+    )
+
+    secret_key_ref: KeyRef | None = Field(default=None, description="A key of a Secret.")
+    config_map_key_ref: KeyRef | None = Field(default=None, description="A key of a ConfigMap.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError(_ONE_SOURCE)
+        return self
+
+
 class EnvVar(ApiModel):
     """An environment variable for the worker container."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                cel("!has(self.valueFrom) || self.value == ''", _ONE_VALUE, ".valueFrom"),
                 cel(
                     f"self.value == '' || !self.name.matches('{KEY_NAME_RE}')",
                     f"spec.worker.env[].name names a credential; {_NO_SECRET}",
@@ -247,9 +313,15 @@ class EnvVar(ApiModel):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256, description="Variable name."
     )
     value: str = Field(default="", max_length=4096, description="Variable value.")
+    value_from: EnvVarSource | None = Field(
+        default=None,
+        description="Take the value from a Secret or ConfigMap key instead (not with value).",
+    )
 
     @model_validator(mode="after")
     def _no_literal_key(self) -> EnvVar:
+        if self.value_from is not None and self.value:
+            raise ValueError(_ONE_VALUE)
         if self.value and looks_like_key_name(self.name):
             raise ValueError(f"spec.worker.env[].name names a credential; {_NO_SECRET}")
         if looks_like_key_value(self.value):
@@ -281,6 +353,24 @@ class WorkerSpec(ApiModel):
     )
     args: list[WorkerArg] = Field(
         default_factory=list, max_length=64, description="Extra command-line arguments."
+    )
+    # Big models on smaller GPUs (diffusers pools; docs/worker.md has their cost).
+    model_cpu_offload: bool = Field(
+        default=False,
+        description="Keep submodels in CPU memory and move each to the GPU only while it "
+        "runs: fits a model about the size of its largest part, at a cost per image.",
+    )
+    vae_tiling: bool = Field(
+        default=False,
+        description="Decode in overlapping tiles: bounded VAE memory above 1024 px.",
+    )
+    vae_slicing: bool = Field(
+        default=False, description="Decode a batch one image at a time in the VAE."
+    )
+    truncate: bool = Field(
+        default=True,
+        description="Cut a prompt longer than a text encoder takes (77 CLIP tokens; T5's "
+        "limit) and say so in X-ModelFleet-Prompt-Truncated; false: answer 400 naming prompt.",
     )
 
     @field_validator("args")

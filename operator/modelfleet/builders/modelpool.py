@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelfleet import API_VERSION, LOCAL_RUN_ANNOTATION
-from modelfleet.api.modelpool import ModelPool
+from modelfleet.api.modelpool import ModelPool, ModelSpec
 
 FIELD_MANAGER = "modelfleet-operator"
 MANAGED_BY = "modelfleet-operator"
@@ -95,7 +95,50 @@ def _with_user_env(
     user = [e for e in pool.spec.worker.env if e.name not in reserved]
     overridden = {e.name for e in user}
     env = [e for e in env if e["name"] not in overridden]
-    return env + [{"name": e.name, "value": e.value} for e in user]
+    return env + [
+        {"name": e.name, "valueFrom": e.value_from.wire()}
+        if e.value_from is not None
+        else {"name": e.name, "value": e.value}
+        for e in user
+    ]
+
+
+# The fetch step names the Secret (never its values) when the store refuses it.
+CREDENTIALS_SECRET_ENV = "MODELFLEET_WORKER_CREDENTIALS_SECRET"
+CREDENTIAL_ENVS = frozenset(
+    {
+        CREDENTIALS_SECRET_ENV,
+        "HF_TOKEN",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL",
+    }
+)
+
+
+def credentials_env(model: ModelSpec) -> list[dict[str, Any]]:
+    """spec.model.credentials as secretKeyRef env for the stores the model and VAE use."""
+    ref = model.credentials
+    if ref is None:
+        return []
+    sources = [model.source] + ([model.vae.source] if model.vae is not None else [])
+    schemes = {s.partition("://")[0] for s in sources}
+
+    def from_secret(name: str, key: str, optional: bool = False) -> dict[str, Any]:
+        sel: dict[str, Any] = {"name": ref.name, "key": key}
+        if optional:
+            sel["optional"] = True
+        return {"name": name, "valueFrom": {"secretKeyRef": sel}}
+
+    env: list[dict[str, Any]] = [{"name": CREDENTIALS_SECRET_ENV, "value": ref.name}]
+    if "hf" in schemes:
+        env.append(from_secret("HF_TOKEN", ref.token_key))
+    if "s3" in schemes:
+        env.append(from_secret("AWS_ACCESS_KEY_ID", ref.access_key_id_key))
+        env.append(from_secret("AWS_SECRET_ACCESS_KEY", ref.secret_access_key_key))
+        # AWS itself needs no endpoint; MinIO and R2 do.
+        env.append(from_secret("AWS_ENDPOINT_URL", ref.endpoint_key, optional=True))
+    return env
 
 
 def worker_env(pool: ModelPool) -> list[dict[str, Any]]:
@@ -128,8 +171,20 @@ def worker_env(pool: ModelPool) -> list[dict[str, Any]]:
     if spec.cost is not None:  # cost = GPU-seconds (service time x GPUs) x price
         values["MODELFLEET_WORKER_GPU_HOUR_PRICE"] = _number(spec.cost.gpu_hour_price)
         values["MODELFLEET_WORKER_GPUS"] = str(spec.gpu_or_default().count)
+    w = spec.worker
+    for name, on in (
+        ("MODELFLEET_WORKER_MODEL_CPU_OFFLOAD", w.model_cpu_offload),
+        ("MODELFLEET_WORKER_VAE_TILING", w.vae_tiling),
+        ("MODELFLEET_WORKER_VAE_SLICING", w.vae_slicing),
+    ):
+        if on:
+            values[name] = "true"
+    if not w.truncate:
+        values["MODELFLEET_WORKER_TRUNCATE"] = "false"
     env = [_host_env(), *({"name": k, "value": v} for k, v in values.items())]
-    return _with_user_env(pool, env)
+    env += credentials_env(model)
+    reserved = CREDENTIAL_ENVS if model.credentials is not None else frozenset()
+    return _with_user_env(pool, env, reserved=reserved)
 
 
 API_KEY_ENV = "MODELFLEET_PROVIDER_API_KEY"
@@ -290,7 +345,7 @@ def _diffusers_pod(pool: ModelPool, image: str) -> tuple[dict[str, Any], dict[st
                 "command": ["modelfleet-worker", "fetch"],
                 "args": ["--model", model_uri, "--cache-dir", CACHE_DIR]
                 + (["--revision", model.revision] if model.revision else []),
-                "env": [{"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"}],
+                "env": [{"name": "HF_HOME", "value": f"{CACHE_DIR}/hf"}, *credentials_env(model)],
                 # A download: some CPU and memory; the model lands on the cache volume.
                 "resources": {
                     "requests": {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "1Gi"},
