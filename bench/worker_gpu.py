@@ -132,7 +132,7 @@ def run_family(
     flops = count_flops(model, side, steps)
     print(
         f"{family}: {type(model.pipe).__name__}, {side} px, {steps} steps, guidance "
-        f"{model.default_guidance}, {flops / 1e12:.2f} TFLOP per image",
+        f"{model.default_guidance}, {flops / 1e9:.3g} GFLOP per image",
         flush=True,
     )
     rows: list[Row] = []

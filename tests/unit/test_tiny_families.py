@@ -240,3 +240,25 @@ def test_sd3_takes_flux_vae_shape(family_dirs: dict[str, Path]) -> None:
     cfg = WorkerConfig(device="cpu", dtype="float32", family="sd3")
     m = load_model(cfg, family_dirs["sd3"], family_dirs["flux"])
     assert m.pipe.vae.config.shift_factor == pytest.approx(0.1159)
+
+
+@pytest.mark.parametrize(
+    ("family", "component", "billions"),
+    [
+        ("sdxl", "unet", 2.567),  # SDXL base UNet
+        ("sdxl", "text_encoder_2", 0.695),  # OpenCLIP bigG text tower
+        ("sd3", "transformer", 2.243),  # SD3.5 Medium MMDiT-X
+        ("sd3", "text_encoder_3", 4.762),  # T5-v1.1-XXL encoder
+        ("flux", "transformer", 11.891),  # FLUX.1 transformer ("12B")
+    ],
+)
+def test_real_size_dimensions(family: str, component: str, billions: float) -> None:
+    """--size real built on the meta device: the real parameter counts, no memory used."""
+    import torch
+
+    from modelfleet_worker.tiny_families import FamilySpec, build_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp, torch.device("meta"):
+        pipe = build_pipeline(FamilySpec(family, "real"), Path(tmp))
+    n = sum(p.numel() for p in getattr(pipe, component).parameters())
+    assert n / 1e9 == pytest.approx(billions, abs=0.001)

@@ -175,6 +175,7 @@ def _vae(family: str, real: bool) -> Any:
 
 def _sdxl(tmp: Path, real: bool) -> dict[str, Any]:
     import diffusers
+    import torch
 
     d: Any = diffusers
     c1, c2 = (_CLIP_L, _CLIP_G) if real else (_TINY_CLIP, _TINY_CLIP)
@@ -203,14 +204,15 @@ def _sdxl(tmp: Path, real: bool) -> dict[str, Any]:
         projection_class_embeddings_input_dim=c2.projection + 6 * time_dim,
         norm_num_groups=32,
     )
-    scheduler = d.EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-        interpolation_type="linear",
-    )
+    with torch.device("cpu"):  # schedulers keep their tables on the CPU
+        scheduler = d.EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+            interpolation_type="linear",
+        )
     return {
         "cls": d.StableDiffusionXLPipeline,
         "unet": unet,
@@ -228,6 +230,7 @@ def _sdxl(tmp: Path, real: bool) -> dict[str, Any]:
 
 def _sd3(tmp: Path, real: bool) -> dict[str, Any]:
     import diffusers
+    import torch
 
     d: Any = diffusers
     c1, c2 = (_CLIP_L, _CLIP_G) if real else (_TINY_CLIP, _TINY_CLIP)
@@ -268,6 +271,8 @@ def _sd3(tmp: Path, real: bool) -> dict[str, Any]:
             qk_norm="rms_norm",
             dual_attention_layers=(0,),
         )
+    with torch.device("cpu"):
+        scheduler = d.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     return {
         "cls": d.StableDiffusion3Pipeline,
         "transformer": transformer,
@@ -277,7 +282,7 @@ def _sd3(tmp: Path, real: bool) -> dict[str, Any]:
         "tokenizer_2": tok2,
         "text_encoder_3": te3,
         "tokenizer_3": tok3,
-        "scheduler": d.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        "scheduler": scheduler,
         "image_encoder": None,
         "feature_extractor": None,
     }
@@ -285,6 +290,7 @@ def _sd3(tmp: Path, real: bool) -> dict[str, Any]:
 
 def _flux(tmp: Path, real: bool) -> dict[str, Any]:
     import diffusers
+    import torch
 
     d: Any = diffusers
     c1 = _CLIP_L if real else _TINY_CLIP
@@ -303,9 +309,10 @@ def _flux(tmp: Path, real: bool) -> dict[str, Any]:
         guidance_embeds=False,  # schnell; dev has True
         axes_dims_rope=(16, 56, 56) if real else (4, 6, 6),
     )
-    scheduler = d.FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False
-    )
+    with torch.device("cpu"):  # schedulers keep their tables on the CPU
+        scheduler = d.FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False
+        )
     return {
         "cls": d.FluxPipeline,
         "transformer": transformer,
