@@ -12,6 +12,7 @@ leader starts with no history and waits a whole stable window before scaling dow
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import kopf
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
+from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from modelfleet import GROUP, VERSION
@@ -37,6 +39,16 @@ TICK_S = 1.0
 # A reason that changes without a scale (WithinTolerance <-> StableWindow) is written at
 # most this often: one status write per pool per second would load the API server.
 REASON_EVERY_S = 5.0
+
+_LABELS = ["namespace", "pool"]
+DESIRED = Gauge("modelfleet_autoscaler_desired_replicas", "Autoscaler's replicas", _LABELS)
+DEMAND = Gauge("modelfleet_autoscaler_demand", "Stable-window demand (requests)", _LABELS)
+PANIC = Gauge("modelfleet_autoscaler_panic", "1 while the pool is in panic mode", _LABELS)
+CHANGES = Counter(
+    "modelfleet_autoscaler_scale_changes_total",
+    "Changes of spec.replicas by the autoscaler",
+    [*_LABELS, "direction"],
+)
 
 
 def patch_scale(namespace: str, name: str, replicas: int) -> None:
@@ -112,6 +124,12 @@ class AutoscaleController:
             self.states.pop(key, None)
             self.blocked.pop(key, None)
             self.reason_written.pop(key, None)
+            for gauge in (DESIRED, DEMAND, PANIC):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*key)
+            for direction in ("up", "down"):
+                with contextlib.suppress(KeyError):
+                    CHANGES.remove(*key, direction)
 
     def stop(self) -> None:
         self.stopped = True
@@ -152,9 +170,14 @@ class AutoscaleController:
         if self.stopped:
             return  # leadership lost while reading: act on nothing
         self.states[key] = d.state
+        DESIRED.labels(*key).set(d.desired)
+        PANIC.labels(*key).set(1 if d.panicking else 0)
+        if demand is not None:
+            DEMAND.labels(*key).set(d.stable_demand)
         scaled = d.desired != current
         if scaled:
             await kube.run(patch_scale, key[0], key[1], d.desired)
+            CHANGES.labels(*key, "up" if d.desired > current else "down").inc()
             kopf.info(body, reason="Scaled", message=f"{d.reason}: {d.message}"[:1000])
             log.info("%s/%s scaled %d -> %d (%s)", *key, current, d.desired, d.reason)
         self._report_blocked(key, pool, body, d)

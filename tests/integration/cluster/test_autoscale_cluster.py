@@ -10,8 +10,10 @@ the fake nodes' GPUs is reported."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,7 +60,7 @@ def _pool() -> dict[str, Any]:
 @pytest.fixture
 def world(
     cluster: LocalCluster, namespace: str, operator: Any
-) -> Iterator[tuple[k8s.CustomObjectsApi, list[RouterProcess]]]:
+) -> Iterator[tuple[k8s.CustomObjectsApi, list[RouterProcess], str]]:
     custom = k8s.CustomObjectsApi(cluster.api)
     custom.create_namespaced_custom_object(G, V, namespace, PLURAL, _pool())
     custom.create_namespaced_custom_object(
@@ -69,11 +71,18 @@ def world(
     ]
     # The session operator steps aside for one that reads these routers' demand.
     operator.main.kill(signal.SIGTERM)
-    op = operator.spawn(extra_args=[f"--router-url={r.url}" for r in routers])
+    metrics_port = free_port()
+    op = operator.spawn(
+        extra_args=[
+            *(f"--router-url={r.url}" for r in routers),
+            f"--metrics-port={metrics_port}",
+            "--metrics-host=127.0.0.1",
+        ]
+    )
     try:
         wait_for(op.has_led, timeout=60, interval=0.2, what="autoscaling operator leads")
         with routers[0], routers[1]:
-            yield custom, routers
+            yield custom, routers, f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         op.kill(signal.SIGTERM)
         operator.main = None
@@ -94,9 +103,9 @@ def _at(custom: k8s.CustomObjectsApi, ns: str, replicas: int) -> dict[str, Any] 
 
 
 def test_min1_max4_scales_to_4_under_load_and_back(
-    world: tuple[k8s.CustomObjectsApi, list[RouterProcess]], namespace: str
+    world: tuple[k8s.CustomObjectsApi, list[RouterProcess], str], namespace: str
 ) -> None:
-    custom, routers = world
+    custom, routers, metrics_url = world
     wait_for(lambda: _at(custom, namespace, 1), timeout=120, interval=0.5, what="1 ready")
     seen: set[int] = set()
 
@@ -143,6 +152,24 @@ def test_min1_max4_scales_to_4_under_load_and_back(
         namespace, field_selector=f"involvedObject.name={POOL},reason=Scaled"
     )
     assert events.items, "no Scaled Event"
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    want = {"namespace": namespace, "pool": POOL}
+
+    def metric(name: str, **extra: str) -> float:
+        total = 0.0
+        for line in text.splitlines():
+            head, _, value = line.rpartition(" ")
+            if not head.startswith(name + "{"):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', head))
+            if {**want, **extra}.items() <= labels.items():
+                total += float(value)
+        return total
+
+    assert metric("modelfleet_autoscaler_desired_replicas") == 1
+    assert metric("modelfleet_autoscaler_scale_changes_total", direction="up") >= 1
+    assert metric("modelfleet_autoscaler_scale_changes_total", direction="down") >= 1
     print(f"load step -> 4 ready: {up_s:.1f} s; load stop -> 1: {down_s:.1f} s")
 
 
