@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,35 @@ def test_alone_vs_batched_within_tolerance(workers: dict[str, Worker], family: s
     diff = int(np.abs(_px(alone["data"][0]["b64_json"]) - _px(b64[1])).max())
     assert diff <= PIXEL_TOLERANCE, diff
     assert int(np.abs(_px(b64[0]) - _px(b64[1])).max()) > 10 * PIXEL_TOLERANCE
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_requests_batched_together_keep_their_seeds(
+    workers: dict[str, Worker], family: str
+) -> None:
+    w = workers[family]
+
+    def one(seed: int) -> dict[str, Any]:
+        status, out = w.generate({"prompt": f"sign {seed}", "steps": 2, "seed": seed})
+        assert status == 200, out
+        return out
+
+    def pair() -> list[dict[str, Any]]:
+        with ThreadPoolExecutor(2) as ex:
+            return list(ex.map(one, (5, 6)))
+
+    # Two requests inside one 150 ms batching window share a batch (retried if the
+    # shared cores delayed one of them past it).
+    outs = wait_for(
+        pair,
+        timeout=60,
+        what="a shared batch",
+        until=lambda o: all(x["timing"]["batch_size"] == 2 for x in o),
+    )
+    alone = one(6)
+    assert alone["timing"]["batch_size"] == 1
+    a, b = _px(alone["data"][0]["b64_json"]), _px(outs[1]["data"][0]["b64_json"])
+    assert int(np.abs(a - b).max()) <= PIXEL_TOLERANCE
 
 
 @pytest.mark.parametrize(
