@@ -262,3 +262,19 @@ def test_real_size_dimensions(family: str, component: str, billions: float) -> N
         pipe = build_pipeline(FamilySpec(family, "real"), Path(tmp))
     n = sum(p.numel() for p in getattr(pipe, component).parameters())
     assert n / 1e9 == pytest.approx(billions, abs=0.001)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("inpaint", [False, True])
+def test_edit_variants_per_family(loaded: dict[str, Any], family: str, inpaint: bool) -> None:
+    from PIL import Image
+
+    from modelfleet_worker.pipeline import ItemSpec
+
+    m = loaded[family]
+    assert m.edit_unsupported(inpaint) is None
+    img = Image.new("RGB", (64, 48), (200, 10, 10))
+    mask = Image.new("L", (64, 48), 255) if inpaint else None
+    item = ItemSpec("a sign", None, 1, image=img, mask=mask)
+    (out,) = m.edit([item], 64, 48, 2, m.default_guidance or 3.0, 0.8, inpaint)
+    assert out.size == (64, 48)
