@@ -13,8 +13,10 @@ T5-XXL) ~16 GB, flux (schnell) ~34 GB. Never in CI.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,21 @@ def _t5(tok_dir: Path, real: bool, d_model: int) -> tuple[Any, Any]:
     return tokenizer, T5EncoderModel(cfg)
 
 
+@contextlib.contextmanager
+def _cpu_float32() -> Iterator[None]:
+    """Callers (the GPU bench) may build under a cuda device and a bf16 default dtype;
+    scheduler tables must stay float32 on the CPU, as from_pretrained makes them."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        with torch.device("cpu"):
+            yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 def _vae(family: str, real: bool) -> Any:
     """Four blocks (scale factor 8) at every size; only the widths shrink."""
     import diffusers
@@ -175,7 +192,6 @@ def _vae(family: str, real: bool) -> Any:
 
 def _sdxl(tmp: Path, real: bool) -> dict[str, Any]:
     import diffusers
-    import torch
 
     d: Any = diffusers
     c1, c2 = (_CLIP_L, _CLIP_G) if real else (_TINY_CLIP, _TINY_CLIP)
@@ -204,7 +220,7 @@ def _sdxl(tmp: Path, real: bool) -> dict[str, Any]:
         projection_class_embeddings_input_dim=c2.projection + 6 * time_dim,
         norm_num_groups=32,
     )
-    with torch.device("cpu"):  # schedulers keep their tables on the CPU
+    with _cpu_float32():  # schedulers keep float32 tables on the CPU
         scheduler = d.EulerDiscreteScheduler(
             beta_start=0.00085,
             beta_end=0.012,
@@ -230,7 +246,6 @@ def _sdxl(tmp: Path, real: bool) -> dict[str, Any]:
 
 def _sd3(tmp: Path, real: bool) -> dict[str, Any]:
     import diffusers
-    import torch
 
     d: Any = diffusers
     c1, c2 = (_CLIP_L, _CLIP_G) if real else (_TINY_CLIP, _TINY_CLIP)
@@ -271,7 +286,7 @@ def _sd3(tmp: Path, real: bool) -> dict[str, Any]:
             qk_norm="rms_norm",
             dual_attention_layers=(0,),
         )
-    with torch.device("cpu"):
+    with _cpu_float32():
         scheduler = d.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     return {
         "cls": d.StableDiffusion3Pipeline,
@@ -290,7 +305,6 @@ def _sd3(tmp: Path, real: bool) -> dict[str, Any]:
 
 def _flux(tmp: Path, real: bool) -> dict[str, Any]:
     import diffusers
-    import torch
 
     d: Any = diffusers
     c1 = _CLIP_L if real else _TINY_CLIP
@@ -309,7 +323,7 @@ def _flux(tmp: Path, real: bool) -> dict[str, Any]:
         guidance_embeds=False,  # schnell; dev has True
         axes_dims_rope=(16, 56, 56) if real else (4, 6, 6),
     )
-    with torch.device("cpu"):  # schedulers keep their tables on the CPU
+    with _cpu_float32():  # schedulers keep float32 tables on the CPU
         scheduler = d.FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False
         )
