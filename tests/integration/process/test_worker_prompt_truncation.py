@@ -1,7 +1,9 @@
 """Real workers on a tiny SD3 pipeline (CLIP-L, CLIP-G, T5): a prompt past CLIP's
 77 tokens is served with X-ModelFleet-Prompt-Truncated naming the encoders that
 cut it and the counter per encoder; a pool with truncate false answers 400 naming
-`prompt`. Token counts come from the model directory's own tokenizers."""
+`prompt`. Token counts come from the model directory's own tokenizers. The strict
+worker also runs with the memory settings on (CPU: offload off, VAE tiling and
+slicing on) and still serves."""
 
 from __future__ import annotations
 
@@ -51,7 +53,15 @@ def _token_counts(model: Path, prompt: str) -> dict[str, int]:
 def workers(sd3_dir: Path) -> Iterator[dict[str, Worker]]:
     started = {
         "truncate": start_worker(sd3_dir, **SETTINGS),
-        "strict": start_worker(sd3_dir, truncate="false", **SETTINGS),
+        # Also the memory settings: on CPU offload is logged as off, the VAE tiles.
+        "strict": start_worker(
+            sd3_dir,
+            truncate="false",
+            model_cpu_offload="true",
+            vae_tiling="true",
+            vae_slicing="true",
+            **SETTINGS,
+        ),
     }
     try:
         for w in started.values():
@@ -100,3 +110,7 @@ def test_truncated_prompt_header_metric_and_refusal(
     assert isinstance(e, dict) and e["param"] == "prompt" and e["code"] == "prompt_too_long"
     assert f"clip_l takes 77 tokens, the prompt needs {counts['clip_l']}" in e["message"]
     assert "modelfleet_worker_prompt_truncated_total{" not in strict.metrics()
+    log = strict.log()
+    assert "model_cpu_offload needs CUDA" in log
+    assert "placement: cpu offload False, vae tiling True, vae slicing True" in log
+    assert "placement: cpu offload False, vae tiling False, vae slicing False" in w.log()
