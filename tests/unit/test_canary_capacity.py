@@ -381,6 +381,47 @@ class RecordingScaler:
         self.objects.body("modelpools", namespace, pool)["spec"]["replicas"] = replicas
 
 
+class PodCount:
+    def __init__(self, pods: dict[str, int]) -> None:
+        self.pods, self.asked = pods, []  # type: ignore[var-annotated]
+
+    async def count(self, namespace: str, pool: str) -> int:
+        self.asked.append(pool)
+        return self.pods[pool]
+
+
+async def test_terminating_stable_pods_keep_the_candidate_from_growing() -> None:
+    objects = FakeObjects()
+    objects.put("modelpools", pool("ns", "stable", replicas=3))  # status: 3 pods ready
+    objects.put("modelpools", pool("ns", "cand", replicas=1))
+    body = canary("ns", "c", capacity="shift", steps=[50, 100])
+    body["status"] = {
+        "phase": "Progressing",
+        "currentStep": 1,
+        "canaryWeight": 100,
+        "stepStartedAt": "2024-01-01T00:00:00.000Z",
+        "startedAt": "2024-01-01T00:00:00.000Z",
+        "capacity": {"fullReplicas": 3, "routedWeight": 50},
+    }
+    objects.put("canaries", body)
+    objects.body("modelpools", "ns", "stable")["spec"]["replicas"] = 1
+    scaler = RecordingScaler(objects)
+    clock = Clock()
+    controller = CanaryController(
+        FakeTraffic(),
+        objects=objects,
+        events=FakeEvents(),
+        clock=clock,
+        scaler=scaler,
+        pods=PodCount({"stable": 3}),  # spec says 1, but three pods still exist
+    )
+    await controller.tick(("ns", "c"), Driver(task=None))  # type: ignore[arg-type]
+    assert ("cand", 3) not in scaler.calls and ("cand", 2) not in scaler.calls
+    controller.pods = PodCount({"stable": 1})
+    await controller.tick(("ns", "c"), Driver(task=None))  # type: ignore[arg-type]
+    assert ("cand", 3) in scaler.calls
+
+
 async def test_shift_tick_sizes_the_pools_through_the_scaler() -> None:
     objects = FakeObjects()
     objects.put("modelpools", pool("ns", "stable", replicas=4))
@@ -389,12 +430,19 @@ async def test_shift_tick_sizes_the_pools_through_the_scaler() -> None:
     objects.put("modelpools", cand)
     objects.put("canaries", canary("ns", "c", capacity="shift", steps=[25, 100]))
     scaler = RecordingScaler(objects)
+    pods = PodCount({"stable": 4})
     controller = CanaryController(
-        FakeTraffic(), objects=objects, events=FakeEvents(), clock=Clock(), scaler=scaler
+        FakeTraffic(),
+        objects=objects,
+        events=FakeEvents(),
+        clock=Clock(),
+        scaler=scaler,
+        pods=pods,
     )
     driver = Driver(task=None)  # type: ignore[arg-type]
     await controller.tick(("ns", "c"), driver)
     assert scaler.calls == [("cand", 1)]
+    assert pods.asked == ["stable"], "shift counts the stable's pods"
     status = objects.body("canaries", "ns", "c")["status"]
     assert status["capacity"]["fullReplicas"] == 4 and status["phase"] == "Pending"
     objects.body("modelpools", "ns", "cand")["status"] = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 from modelfleet import GROUP, VERSION
 from modelfleet.api.canary import ACTIVE_PHASES, PHASES, Canary, CanaryStatus, ProviderSpec
 from modelfleet.api.common import parse_time
+from modelfleet.builders.modelpool import selector_labels
 from modelfleet.builders.poolstatus import CAPACITY_STARVED
 from modelfleet.canary import (
     ACTION_ANNOTATION,
@@ -110,6 +112,24 @@ class KubeScaler:
 
     async def scale(self, namespace: str, pool: str, replicas: int) -> None:
         await kube.run(_patch_scale, namespace, pool, replicas)
+
+
+class PodCounter(Protocol):
+    """Counts a pool's pods, terminating ones too: they hold their GPUs until they exit."""
+
+    async def count(self, namespace: str, pool: str) -> int: ...
+
+
+def _count_pods(namespace: str, pool: str) -> int:
+    selector = ",".join(f"{k}={v}" for k, v in selector_labels(pool).items())
+    core = k8s.CoreV1Api(kube.api_client())
+    return len(core.list_namespaced_pod(namespace, label_selector=selector).items)
+
+
+class KubePodCounter:
+    async def count(self, namespace: str, pool: str) -> int:
+        result: int = await kube.run(_count_pods, namespace, pool)
+        return result
 
 
 def pool_size(body: dict[str, Any] | None) -> PoolSize | None:
@@ -201,9 +221,11 @@ class CanaryController:
         clock: Callable[[], dt.datetime] = _now,
         replays: ReplayRunner | None = None,
         scaler: Scaler | None = None,
+        pods: PodCounter | None = None,
     ) -> None:
         self.traffic = traffic
         self.scaler: Scaler = scaler or KubeScaler()
+        self.pods: PodCounter = pods or KubePodCounter()
         # Pre-flight replays (spec.replay), each in a task beside its canary's driver.
         self.replays = replays or ReplayRunner(router_urls, lambda: None, clock=clock)
         self.router_urls = tuple(router_urls)
@@ -252,6 +274,8 @@ class CanaryController:
             self._pool(ns, canary.spec.stable_pool),
             self._pool(ns, canary.spec.candidate_pool),
         )
+        if canary.spec.capacity == "shift" and stable_size is not None:
+            stable_size = await self._with_pods(ns, canary.spec.stable_pool, stable_size)
         analysis = None
         plan = plan_analysis(canary.spec, status, now)
         if plan is not None:
@@ -340,6 +364,16 @@ class CanaryController:
         body = await self.objects.get("modelpools", namespace, pool)
         if body is not None and body["spec"].get("replicas") != 0:
             await self.objects.patch("modelpools", namespace, pool, {"spec": {"replicas": 0}})
+
+    async def _with_pods(self, namespace: str, pool: str, size: PoolSize) -> PoolSize:
+        """The stable's size with its terminating pods counted: the candidate grows only
+        once they are gone (status.replicas leaves them out)."""
+        try:
+            pods = await self.pods.count(namespace, pool)
+        except Exception as exc:  # the pool's status.replicas still bounds it
+            log.warning("counting pods of pool %s/%s failed: %s", namespace, pool, exc)
+            return size
+        return dataclasses.replace(size, pods=max(size.pods, pods))
 
     async def _restore_stable(self, body: Any) -> None:
         """A `capacity: shift` canary deleted before success gives the stable back the
