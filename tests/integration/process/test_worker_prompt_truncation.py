@@ -7,10 +7,14 @@ slicing on) and still serves."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +82,30 @@ def _post(w: Worker, prompt: str) -> tuple[int, dict[str, str], dict[str, object
     return status, headers, json.loads(data)
 
 
+def _edit(w: Worker, prompt: str, png: bytes) -> tuple[int, dict[str, str], dict[str, object]]:
+    boundary = uuid.uuid4().hex
+    fields = {"prompt": prompt, "steps": "2", "strength": "0.5", "seed": "3"}
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    )
+    body += (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="i.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    req = urllib.request.Request(w.url + "/v1/images/edits", data=body, method="POST")
+    req.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, dict(r.headers), json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), json.loads(e.read())
+
+
 def test_truncated_prompt_header_metric_and_refusal(
     sd3_dir: Path, workers: dict[str, Worker]
 ) -> None:
@@ -85,8 +113,11 @@ def test_truncated_prompt_header_metric_and_refusal(
     assert counts["clip_l"] > 77 and counts["t5"] <= 256, counts
     w = workers["truncate"]
 
-    status, headers, _ = _post(w, "a red cube")
+    status, headers, first = _post(w, "a red cube")
     assert status == 200 and HEADER not in headers
+    data = first["data"]
+    assert isinstance(data, list)
+    png = base64.b64decode(data[0]["b64_json"])
 
     status, headers, body = _post(w, LONG)
     assert status == 200, body
@@ -101,6 +132,11 @@ def test_truncated_prompt_header_metric_and_refusal(
     status, headers, _ = _post(w, longer)
     assert status == 200 and headers[HEADER].endswith(f",t5:256/{t5_total}")
 
+    # Edits count the same way.
+    status, headers, body = _edit(w, LONG, png)
+    assert status == 200, body
+    assert headers[HEADER] == f"clip_l:77/{counts['clip_l']},clip_g:77/{counts['clip_g']}"
+
     strict = workers["strict"]
     status, _, ok = _post(strict, "a red cube")
     assert status == 200, ok
@@ -109,6 +145,9 @@ def test_truncated_prompt_header_metric_and_refusal(
     e = err["error"]
     assert isinstance(e, dict) and e["param"] == "prompt" and e["code"] == "prompt_too_long"
     assert f"clip_l takes 77 tokens, the prompt needs {counts['clip_l']}" in e["message"]
+    status, _, err = _edit(strict, LONG, png)
+    e = err["error"]
+    assert status == 400 and isinstance(e, dict) and e["param"] == "prompt", err
     assert "modelfleet_worker_prompt_truncated_total{" not in strict.metrics()
     log = strict.log()
     assert "model_cpu_offload needs CUDA" in log
