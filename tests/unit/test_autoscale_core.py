@@ -7,7 +7,7 @@ from itertools import pairwise
 
 import pytest
 
-from modelfleet.api.modelpool import AutoscalingSpec
+from modelfleet.api.autoscaling import AutoscalingSpec
 from modelfleet.autoscale import core
 from modelfleet.autoscale.core import Demand, Params, State, decide
 from modelfleet.autoscale.simulate import changes, simulate

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from modelfleet.api.modelpool import AutoscalingSpec
+from modelfleet.api.autoscaling import AutoscalingSpec
 
 TOLERANCE = 0.1  # the dead band around the current replicas' capacity
 _EPS = 1e-9
