@@ -42,10 +42,15 @@ def model_dirs() -> Iterator[dict[str, Path]]:
             "for f in sys.argv[2:]:\n"
             "    write_tiny_pipeline(sys.argv[1] + '/' + f, TinySpec(family=f))\n"
         )
-        subprocess.run(
-            [sys.executable, "-c", script, root, *FAMILIES], check=True, capture_output=True
-        )
-        yield {f: Path(root) / f for f in FAMILIES}
+        # The CLI writes a Flux pipeline paired with SDXL's VAE, at the same time.
+        bad = Path(root) / "flux-sdxl-vae"
+        cli = [sys.executable, "-m", "modelfleet_worker.cli", "tiny-model", "--out", str(bad)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script, root, *FAMILIES]),
+            subprocess.Popen([*cli, "--family", "flux", "--vae-family", "sdxl"]),
+        ]
+        assert [p.wait(180) for p in procs] == [0, 0]
+        yield {**{f: Path(root) / f for f in FAMILIES}, "flux-sdxl-vae": bad}
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +166,22 @@ def test_turbo_pool_defaults_logged(workers: dict[str, Worker]) -> None:
     )
 
 
-def test_sd3_with_sdxl_vae_refuses_to_start(model_dirs: dict[str, Path]) -> None:
-    w = start_worker(model_dirs["sd3"], vae=f"file://{model_dirs['sdxl']}", **SETTINGS)
+def test_foreign_vae_refuses_to_start(model_dirs: dict[str, Path]) -> None:
+    """SD3 given SDXL's VAE by URI, and a Flux pipeline the CLI wrote with SDXL's VAE
+    (64 packed channels are 16 latent channels; SDXL's VAE makes 4): both exit before
+    ready naming both latent shapes. Started together: each pays the diffusers import."""
+    bad = [
+        start_worker(model_dirs["sd3"], vae=f"file://{model_dirs['sdxl']}", **SETTINGS),
+        start_worker(model_dirs["flux-sdxl-vae"], **SETTINGS),
+    ]
     try:
-        wait_for(lambda: w.proc.poll() is not None, timeout=90, what="worker exits")
-        assert w.proc.returncode != 0
-        log = w.log()
-        assert "(B, 4, 8, 8)" in log and "(B, 16, 8, 8)" in log, log
+        for w in bad:
+            wait_for(lambda w=w: w.proc.poll() is not None, timeout=90, what="worker exits")
+            assert w.proc.returncode != 0
+            log = w.log()
+            assert "(B, 4, 8, 8)" in log and "(B, 16, 8, 8)" in log, log
+        assert "transformer.in_channels=64" in bad[1].log()
+        assert "transformer.in_channels=16" in bad[0].log()
     finally:
-        w.stop()
+        for w in bad:
+            w.stop()
