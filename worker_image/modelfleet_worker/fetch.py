@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 log = logging.getLogger("modelfleet_worker.fetch")
@@ -26,6 +27,8 @@ def _http_status(exc: BaseException) -> int | None:
     while seen is not None:
         response = getattr(seen, "response", None)
         status = getattr(response, "status_code", None)
+        if isinstance(response, dict):  # botocore ClientError
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if isinstance(status, int):
             return status
         seen = seen.__cause__ or seen.__context__
@@ -49,6 +52,24 @@ def refused_message(uri: str, status: int, token_given: bool, secret: str) -> st
             "with access to it (and accept the model's terms on the Hub)"
         )
     return f"{uri}: the Hub answered {status}; {fix}"
+
+
+def s3_refused_message(uri: str, status: int | None, keys_given: bool, secret: str) -> str:
+    """What to fix when the object store refuses (or no keys were found)."""
+    answered = f"the store answered {status}" if status else "no credentials were found"
+    if keys_given and secret:
+        fix = (
+            f"the keys from Secret {secret!r} (spec.model.credentials: accessKeyIdKey, "
+            "secretAccessKeyKey, endpointKey) were refused: check them and the endpoint"
+        )
+    elif keys_given:
+        fix = "the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY given were refused"
+    else:
+        fix = (
+            "set spec.model.credentials.name to a Secret with AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for MinIO or R2)"
+        )
+    return f"{uri}: {answered}; {fix}"
 
 
 @dataclass(frozen=True)
@@ -137,6 +158,20 @@ def _fetch_s3(ref: ModelRef, dest: Path) -> Path:
     bucket, _, prefix = ref.location.partition("/")
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    try:
+        return _download_s3(client, ref, bucket, prefix, dest)
+    except Exception as exc:
+        status = _http_status(exc)
+        missing = type(exc).__name__ == "NoCredentialsError"
+        if status not in (401, 403) and not missing:
+            raise
+        keys = bool(os.environ.get("AWS_ACCESS_KEY_ID"))
+        secret = os.environ.get(CREDENTIALS_SECRET_ENV, "")
+        uri = f"s3://{ref.location}"
+        raise FetchError(s3_refused_message(uri, status, keys, secret)) from None
+
+
+def _download_s3(client: Any, ref: ModelRef, bucket: str, prefix: str, dest: Path) -> Path:
     paginator = client.get_paginator("list_objects_v2")
     count = 0
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
