@@ -228,6 +228,14 @@ def test_format_pools() -> None:
     assert re.match(r"a\s+cpu", wide[1])
 
 
+def test_hosted_pool_requests_no_gpus_and_shows_its_provider_model() -> None:
+    spec = {"replicas": 2, "backend": "ideogram", "provider": {"model": "V_3"}}
+    assert pools.pool_gpus({"spec": spec}) == 0
+    out = pools.format_pools([_pool("a", "typo", spec)], all_namespaces=False).splitlines()
+    assert re.match(r"typo\s+0/2\s+-\s+-\s+ideogram:V_3$", out[1]), out
+    assert out[-1] == "Total GPUs requested: 0 (1 pool)"
+
+
 def test_pool_gpus_defaults() -> None:
     assert pools.pool_gpus({"spec": {}}) == 1
     assert pools.pool_gpus({"spec": {"replicas": 0}}) == 0

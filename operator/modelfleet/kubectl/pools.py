@@ -18,9 +18,15 @@ def gpu_label(gpu: dict[str, Any] | None) -> str:
     return f"{count} x {gpu.get('product') or 'any'}"
 
 
+def _hosted(spec: dict[str, Any]) -> bool:
+    return spec.get("backend", "diffusers") != "diffusers"
+
+
 def pool_gpus(pool: dict[str, Any]) -> int:
-    """GPUs the pool requests: replicas x GPUs per pod."""
+    """GPUs the pool requests: replicas x GPUs per pod (none for a hosted pool's CPU adapters)."""
     spec = pool.get("spec") or {}
+    if _hosted(spec):
+        return 0
     replicas = int(spec.get("replicas", 1) or 0)
     count = int((spec.get("gpu") or {}).get("count", 1) or 0)
     return replicas * count
@@ -32,6 +38,10 @@ def model_label(model: dict[str, Any] | None) -> str:
     if model.get("revision"):
         label += f"@{model['revision']}"
     return label
+
+
+def hosted_label(spec: dict[str, Any]) -> str:
+    return f"{spec.get('backend')}:{(spec.get('provider') or {}).get('model', '')}"
 
 
 def format_pools(pools: Sequence[dict[str, Any]], all_namespaces: bool) -> str:
@@ -49,8 +59,8 @@ def format_pools(pools: Sequence[dict[str, Any]], all_namespaces: bool) -> str:
             p["metadata"].get("name", ""),
             f"{st.get('readyReplicas') or 0}/{spec.get('replicas', 1)}",
             st.get("phase") or "-",
-            gpu_label(spec.get("gpu")),
-            model_label(spec.get("model")),
+            "-" if _hosted(spec) else gpu_label(spec.get("gpu")),
+            hosted_label(spec) if _hosted(spec) else model_label(spec.get("model")),
         ]
         if all_namespaces:
             row.insert(0, p["metadata"].get("namespace", ""))
