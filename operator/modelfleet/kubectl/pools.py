@@ -19,7 +19,7 @@ def gpu_label(gpu: dict[str, Any] | None) -> str:
 
 
 def _hosted(spec: dict[str, Any]) -> bool:
-    return spec.get("backend", "diffusers") != "diffusers"
+    return bool(spec.get("backend", "diffusers") != "diffusers")
 
 
 def pool_gpus(pool: dict[str, Any]) -> int:
