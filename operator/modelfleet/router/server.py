@@ -478,9 +478,7 @@ class Router:
         hold: PolicyBounds | None = None,
     ) -> web.Response:
         deadline = start + self.settings.request_timeout_s
-        got = await self.ladder.serve(
-            snap, ns, route.name, ladder, payload, deadline, hold=hold
-        )
+        got = await self.ladder.serve(snap, ns, route.name, ladder, payload, deadline, hold=hold)
         if isinstance(got, Unserved):
             return self._fail(ns, pname, route, ladder, got, start, headers)
         pool, res = got.pool, got.res

@@ -36,7 +36,9 @@ class Settings:
     max_connections: int = 4096
     max_upload_bytes: int = 25 * 1024 * 1024  # an edit's whole multipart body
     max_upload_bytes_in_flight: int = 512 * 1024 * 1024  # all edits being read or served
-    hold: HoldLimits = field(default_factory=HoldLimits)  # requests held for pools at zero (routing.hold)
+    hold: HoldLimits = field(
+        default_factory=HoldLimits
+    )  # requests held for pools at zero (routing.hold)
 
 
 class Ladder:
