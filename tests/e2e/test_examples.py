@@ -217,6 +217,76 @@ def test_modelpool_typography(cluster: LocalCluster, operator: Any, namespace: s
         assert node.metadata.labels.get("nvidia.com/gpu.product") == product
 
 
+def _hosted_example(cluster: LocalCluster, namespace: str, name: str, backend: str) -> None:
+    """A hosted pool: CPU-only adapter pods, the key only by Secret reference."""
+    [doc] = example(name)
+    provider = doc["spec"]["provider"]
+    secret, key = provider["credentials"]["name"], provider["credentials"]["key"]
+    core = k8s.CoreV1Api(cluster.api)
+    core.create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": secret}, "stringData": {key: "sk-example-never-shown"}},
+    )
+    _apply_pool_example(cluster, namespace, name)
+    pool = doc["metadata"]["name"]
+    dep = k8s.AppsV1Api(cluster.api).read_namespaced_deployment(pool, namespace)
+    spec = dep.spec.template.spec
+    [c] = spec.containers
+    assert c.command == ["modelfleet-worker", "serve"]
+    assert c.args[:4] == ["--backend", backend, "--provider-model", provider["model"]]
+    assert "nvidia.com/gpu" not in (c.resources.limits or {}), c.resources.limits
+    assert not spec.node_selector and not spec.init_containers
+    assert not any(t.key == "nvidia.com/gpu" for t in spec.tolerations or [])
+    [api_key] = [e for e in c.env if e.name == "MODELFLEET_PROVIDER_API_KEY"]
+    ref = api_key.value_from.secret_key_ref
+    assert (api_key.value, ref.name, ref.key) == (None, secret, key)
+    assert "sk-example-never-shown" not in json.dumps(dep.to_dict(), default=str)
+    assert len(_pods(cluster, namespace, pool)) == doc["spec"]["replicas"]
+
+
+@covers("modelpool-ideogram.yaml")
+def test_modelpool_ideogram(cluster: LocalCluster, operator: Any, namespace: str) -> None:
+    """Ideogram V_3 as the typography specialist, behind a CPU-only adapter."""
+    _hosted_example(cluster, namespace, "modelpool-ideogram.yaml", "ideogram")
+
+
+@covers("modelpool-openai.yaml")
+def test_modelpool_openai(cluster: LocalCluster, operator: Any, namespace: str) -> None:
+    """OpenAI's gpt-image-1 for final renders, with a per-pool price override."""
+    _hosted_example(cluster, namespace, "modelpool-openai.yaml", "openai")
+    dep = k8s.AppsV1Api(cluster.api).read_namespaced_deployment("openai-gpt-image", namespace)
+    env = {e.name: e.value for e in dep.spec.template.spec.containers[0].env}
+    assert json.loads(env["MODELFLEET_WORKER_PRICE_OVERRIDES"]) == [
+        {"quality": "high", "size": "1024x1024", "usd_per_image": 0.167}
+    ]
+
+
+@covers("modelpool-autoscaled.yaml")
+def test_modelpool_autoscaled(cluster: LocalCluster, operator: Any, namespace: str) -> None:
+    """A pool that follows demand, 0 to 4 replicas: admitted with one replica, its
+    bounds enforced on the scale subresource that `kubectl scale` and an HPA use."""
+    [doc] = example("modelpool-autoscaled.yaml")
+    create_or_update(cluster.api, namespace, "modelpools", doc)
+    custom = k8s.CustomObjectsApi(cluster.api)
+    name = doc["metadata"]["name"]
+
+    def running() -> bool:
+        st = (
+            custom.get_namespaced_custom_object(G, V, namespace, "modelpools", name).get("status")
+            or {}
+        )
+        return bool(st.get("readyReplicas") == 1)
+
+    wait_for(running, timeout=120, interval=0.5, what=f"{name} at its one ready replica")
+    scale = custom.get_namespaced_custom_object_scale(G, V, namespace, "modelpools", name)
+    assert scale["spec"].get("replicas", 0) == 1, scale
+    with pytest.raises(ApiException) as err:
+        custom.patch_namespaced_custom_object_scale(
+            G, V, namespace, "modelpools", name, {"spec": {"replicas": 9}}
+        )
+    assert err.value.status == 422 and "spec.replicas" in str(err.value.body), err.value.body
+
+
 # ---- RoutingPolicies: served for real by tiny-model pools of the names they use ---------
 
 

@@ -1,9 +1,10 @@
 """The router's ModelPool watch on the real API server decides which pools scale from
 zero: a request for a pool with spec.autoscaling.minReplicas 0 and no endpoint is held
 (GET /v1/demand says so) until the policy's queue timeout, then 503 pool_starting with
-Retry-After; once the pool's minReplicas is 1 the router stops holding for it. No
-operator: nothing scales the pool, so no worker comes (the served case is the process
-test's and the scale-to-zero e2e's)."""
+Retry-After; once the pool is no longer autoscaled the router stops holding for it. The
+pool is at 0 replicas and this router's demand reaches no operator, so no worker comes
+whether or not another test's operator runs (the served case is the process test's and
+the scale-to-zero e2e's)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def _pool(min_replicas: int) -> dict[str, Any]:
             "model": {"family": "sd15", "source": "file:///models/none"},
             "modelNames": ["cold"],  # /v1/models tells when the router read the pool
             "autoscaling": {"minReplicas": min_replicas, "maxReplicas": 2},
+            # Explicit: an operator running for another test must not start a worker.
+            "replicas": 0,
         },
     }
 
@@ -78,9 +81,9 @@ def test_pools_autoscaled_to_zero_are_held_for(cluster: LocalCluster, namespace:
             status, headers, doc, seconds = fut.result(30)
         assert (status, doc["error"]["code"]) == (503, "pool_starting"), doc
         assert int(headers["Retry-After"]) >= 1 and seconds >= 2.0
-        # minReplicas 1: somebody keeps a worker up, so nothing is held for it.
+        # Not autoscaled any more: a pool at zero stays there, so nothing is held for it.
         custom.patch_namespaced_custom_object(
-            G, V, namespace, "modelpools", "cold", {"spec": {"autoscaling": {"minReplicas": 1}}}
+            G, V, namespace, "modelpools", "cold", {"spec": {"autoscaling": None}}
         )
 
         def not_held() -> Any:
