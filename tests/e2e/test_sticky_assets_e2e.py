@@ -260,12 +260,17 @@ def test_assets_stick_through_a_live_canary_and_a_redis_outage(
         )
 
     replies: list[tuple[int, str, Reply, bool]] = []
+    # Lookups the store missed during each round: on a loaded host a lookup can pass the
+    # store's 250 ms socket timeout outside the outage too, and fail open as it should.
+    missed: dict[int, float] = {}
     for round_ in range(1, EDITS + 1):
         if round_ == 3:
             wait_store_back()
         done = 0
+        errors_before = errors()
         with ThreadPoolExecutor(CLIENTS) as pool:
             got = list(pool.map(lambda a, r=round_: edit_round(a, r), assets))
+        missed[round_] = errors() - errors_before
         replies += [(round_, a, rep, up) for a, (rep, up) in zip(assets, got, strict=True)]
     elapsed = time.monotonic() - t0
 
@@ -278,8 +283,13 @@ def test_assets_stick_through_a_live_canary_and_a_redis_outage(
     sticky = [(r, a, rep) for r, a, rep, up in replies if r == 1 or r == 3 or (r == 2 and up)]
     assert len(sticky) >= 2 * ASSETS + ASSETS // 8
     wrong = [(r, a, rep.pool, home[a]) for r, a, rep in sticky if rep.pool != home[a]]
-    assert not wrong, wrong[:10]
-    assert all(rep.asset_pool == home[a] for _, a, rep in sticky)
+    # A round without a missed lookup sent every edit home; one with a miss (a timeout on
+    # a loaded host: the router then skips the store for 1 s) may send a few by weight.
+    for r in (1, 2, 3):
+        in_round = [w for w in wrong if w[0] == r]
+        assert len(in_round) <= (ASSETS // 10 if missed[r] else 0), (missed[r], in_round[:10])
+    home_hits = [(a, rep) for r, a, rep in sticky if (r, a, rep.pool, home[a]) not in wrong]
+    assert all(rep.asset_pool == home[a] for a, rep in home_hits)
     # The outage was real: lookups were missed and counted, and during it the weights
     # served (some edits reached the other pool), which is what fail-open means.
     during = [(a, rep) for r, a, rep, up in replies if r == 2 and not up]
