@@ -311,6 +311,9 @@ class When:
             f"at {ready_replicas} ready replicas" if ready_replicas is not None else "Ready"
         )
         wait_for(ok, timeout=timeout, interval=0.5, what=what)
+        if ready_replicas is not None:
+            # Ready in the pool's status is not yet in the router's endpoints.
+            self.wait_for_router_endpoints(pool, ready_replicas)
         return self
 
     def wait_for_no_ready_endpoints(self, pool: str, timeout: float = 60) -> When:
@@ -346,7 +349,6 @@ class When:
             self.pool_scaled(pool, replicas)
         for pool in pools:
             self.wait_for_pool(pool, ready_replicas=replicas, timeout=timeout)
-            self.wait_for_router_endpoints(pool, replicas)
         return self
 
     def wait_for_policy_ready(self, policy: str, timeout: float = 60) -> When:
