@@ -150,6 +150,18 @@ class AdmissionSpec(ApiModel):
     )
 
 
+class AccessSpec(ApiModel):
+    """Who may send requests through this policy (docs/clients.md#keys)."""
+
+    anonymous: bool = Field(
+        default=False,
+        description=(
+            "Serve requests without a client key (Authorization: Bearer KEY). Default false: "
+            "a router run with --client-auth keys answers them 401 invalid_api_key."
+        ),
+    )
+
+
 class RoutingPolicySpec(ApiModel):
     """Desired routing."""
 
@@ -163,6 +175,9 @@ class RoutingPolicySpec(ApiModel):
         description="Routes in order; the first match wins, the catch-all belongs last.",
     )
     admission: AdmissionSpec = Field(default_factory=AdmissionSpec, description="Admission.")
+    access: AccessSpec = Field(
+        default_factory=AccessSpec, description="Client keys: whether anonymous requests are served."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> RoutingPolicySpec:

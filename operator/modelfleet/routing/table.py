@@ -49,6 +49,7 @@ class PolicyTable:
     name: str
     routes: tuple[RouteEntry, ...]
     admission: AdmissionSpec = field(default_factory=AdmissionSpec)
+    anonymous: bool = False  # spec.access.anonymous: served without a client key
 
     @property
     def key(self) -> str:
@@ -87,6 +88,7 @@ def compile_policy(policy: RoutingPolicy) -> PolicyTable:
         name=policy.metadata.name,
         routes=tuple(routes),
         admission=policy.spec.admission,
+        anonymous=policy.spec.access.anonymous,
     )
 
 
