@@ -1,0 +1,304 @@
+"""Per-key requests per minute and budgets: the router's calls around a request (the
+decisions are modelfleet.routing.budget's, the stores router/spendstore.py's).
+
+A store that fails: a key with a budget is refused with 503 budget_unavailable (spend is
+not let through unaccounted); the rate limit falls back to this replica's own counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter
+
+from modelfleet.router.spendstore import Account, MemorySpendStore, SpendStore
+from modelfleet.routing.budget import (
+    MAX_BUDGET_USD,
+    Period,
+    RateVerdict,
+    estimate_nano,
+    per_image_cost_nano,
+    period_of,
+    reset_time,
+    to_nano,
+    to_usd,
+)
+from modelfleet.routing.clients import Budget, ClientKey
+
+log = logging.getLogger("modelfleet.router.spend")
+
+
+# -- the router's calls --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """One admitted request's reservation, from reserve() to settle() or release()."""
+
+    scope: str
+    key_id: str
+    namespace: str
+    period: Period
+    rid: str
+    estimate: int | None  # None: this replica's probe for the key
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Over budget: the figures for the 429's message."""
+
+    period: Period
+    account: Account
+
+
+class StoreDown(Exception):
+    """The spend store did not answer: the caller refuses with 503 budget_unavailable."""
+
+
+class CostMemory:
+    """The dearest recent cost per image of each (namespace, pool), learnt from answers:
+    the max over the current and the previous `span_s` (so a price cut is seen within
+    two spans, a price rise at once)."""
+
+    def __init__(self, span_s: float = 600.0, clock: Callable[[], float] = time.monotonic):
+        self.span_s = span_s
+        self._clock = clock
+        self._seen: dict[tuple[str, str], tuple[int, int, int]] = {}  # span, prev max, max
+
+    def learn(self, ns: str, pool: str, cost_usd: float | None, images: int) -> None:
+        per = per_image_cost_nano(cost_usd, images)
+        span = int(self._clock() // self.span_s)
+        s, prev, cur = self._seen.get((ns, pool), (span, 0, 0))
+        if s != span:
+            prev, cur = (cur if s == span - 1 else 0), 0
+        self._seen[(ns, pool)] = (span, prev, max(cur, per))
+
+    def per_image(self, ns: str, pools: Iterable[str]) -> dict[str, int]:
+        span = int(self._clock() // self.span_s)
+        out: dict[str, int] = {}
+        for p in pools:
+            got = self._seen.get((ns, p))
+            if got is None:
+                continue
+            s, prev, cur = got
+            # The span before this one's max counts too; an older one's, until a newer.
+            out[p] = max(prev, cur) if s == span else cur
+        return out
+
+
+class Spend:
+    """Per-key rate limits and budgets over a SpendStore; metrics per key id."""
+
+    def __init__(
+        self,
+        store: SpendStore,
+        registry: CollectorRegistry,
+        *,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        probe_wait_s: float = 30.0,
+    ) -> None:
+        self.store = store
+        self._wall = wall
+        self.probe_wait_s = probe_wait_s
+        self.costs = CostMemory(clock=clock)
+        self._local = MemorySpendStore()  # the rate limit's fallback when the store fails
+        # Scopes with this replica's probe in flight (routing.budget): set when it ends.
+        self._probes: dict[str, asyncio.Event] = {}
+        self._last_log = 0.0
+        # scope -> namespace, key id, rpm, budget; and this replica's totals for the key.
+        self.keys: dict[str, tuple[str, str, int | None, Budget | None]] = {}
+        self.totals: dict[str, _Totals] = {}
+        label = ["namespace", "key"]
+        self.requests = Counter(
+            "modelfleet_router_client_requests",
+            "Requests by client key id (never the key) and outcome: ok, failed, "
+            "rate_limited, budget_exceeded.",
+            [*label, "outcome"],
+            registry=registry,
+        )
+        self.images = Counter(
+            "modelfleet_router_client_images",
+            "Images in the answers to each client key id.",
+            label,
+            registry=registry,
+        )
+        self.spent = Counter(
+            "modelfleet_router_client_cost_usd",
+            "USD charged to each client key id (the workers' X-ModelFleet-Cost-USD).",
+            label,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "modelfleet_router_spend_store_errors_total",
+            "Spend store operations that failed: a budgeted request refused with 503 "
+            "(reserve), a charge not recorded (settle), a rate limit counted by this "
+            "replica alone (hit), a /v1/stats budget row without figures (account).",
+            ["op"],
+            registry=registry,
+        )
+        for op in ("reserve", "settle", "hit", "account"):
+            self.errors.labels(op)
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        self.errors.labels(op).inc()
+        now = time.monotonic()
+        if now - self._last_log >= 10.0:
+            self._last_log = now
+            log.warning("spend store %s failed: %r", op, exc)
+
+    def _seen(self, key: ClientKey) -> tuple[str, _Totals]:
+        scope = f"{key.namespace}/{key.id}"
+        self.keys[scope] = (key.namespace, key.id, key.requests_per_minute, key.budget)
+        t = self.totals.get(scope)
+        if t is None:
+            t = self.totals[scope] = _Totals()
+        return scope, t
+
+    async def rate(self, key: ClientKey) -> RateVerdict:
+        """Counts the request against the key's requests per minute (admitted if none)."""
+        scope, totals = self._seen(key)
+        rpm = key.requests_per_minute
+        if rpm is None:
+            return RateVerdict(True)
+        try:
+            verdict = await self.store.hit(scope, rpm, self._wall())
+        except Exception as exc:  # a dead store: this replica's own counts
+            self._failed("hit", exc)
+            verdict = await self._local.hit(scope, rpm, self._wall())
+        if not verdict.admitted:
+            totals.rejected += 1
+            self.requests.labels(key.namespace, key.id, "rate_limited").inc()
+        return verdict
+
+    async def reserve(self, key: ClientKey, images: int, ladder: Iterable[str]) -> Ticket | Refused:
+        """The key's budget reservation (key.budget must be set). Raises StoreDown when
+        the store does not answer, or this replica's probe for the key took too long."""
+        assert key.budget is not None
+        scope, totals = self._seen(key)
+        budget = key.budget
+        pools = tuple(ladder)
+        estimate = estimate_nano(images, self.costs.per_image(key.namespace, pools), pools)
+        if estimate is None and scope in self._probes:
+            # This replica's probe for the key is in flight: its answer gives the estimate.
+            try:
+                async with asyncio.timeout(self.probe_wait_s):
+                    while estimate is None and scope in self._probes:
+                        await self._probes[scope].wait()
+                        per = self.costs.per_image(key.namespace, pools)
+                        estimate = estimate_nano(images, per, pools)
+            except TimeoutError:
+                raise StoreDown(
+                    f"no cost estimate yet for client key {key.id!r}: its first request "
+                    f"has not finished within {self.probe_wait_s:g} s"
+                ) from None
+        now = self._wall()
+        p = period_of(now, budget.period)
+        rid = uuid.uuid4().hex
+        limit = to_nano(min(budget.amount_usd, MAX_BUDGET_USD))
+        if estimate is None:
+            self._probes[scope] = asyncio.Event()
+        try:
+            ok, acct = await self.store.reserve(scope, p, rid, estimate, limit, now)
+        except Exception as exc:
+            self._end_probe(scope, estimate)
+            self._failed("reserve", exc)
+            raise StoreDown(f"the spend store did not answer: {type(exc).__name__}") from None
+        if not ok:
+            self._end_probe(scope, estimate)
+            totals.rejected += 1
+            self.requests.labels(key.namespace, key.id, "budget_exceeded").inc()
+            return Refused(p, acct)
+        return Ticket(scope, key.id, key.namespace, p, rid, estimate)
+
+    def _end_probe(self, scope: str, estimate: int | None) -> None:
+        if estimate is None:
+            ev = self._probes.pop(scope, None)
+            if ev is not None:
+                ev.set()
+
+    async def settle(
+        self, t: Ticket | None, key: ClientKey, pool: str | None, cost_usd: float | None,
+        images: int,
+    ) -> None:  # fmt: skip
+        """After the answer (pool: the one that served; None: none did): charge its cost,
+        or release the reservation. t None: a key without a budget (metrics only)."""
+        if pool is not None:
+            self.costs.learn(key.namespace, pool, cost_usd, images)
+        cost = to_nano(cost_usd or 0.0)
+        if t is not None:
+            self._end_probe(t.scope, t.estimate)
+            try:
+                if pool is None and not cost:
+                    await self.store.release(t.scope, t.period, t.rid)
+                else:
+                    await self.store.settle(t.scope, t.period, t.rid, cost, images)
+            except Exception as exc:
+                self._failed("settle", exc)
+        _scope, totals = self._seen(key)
+        totals.requests += 1
+        totals.images += images
+        totals.cost_nano += cost
+        self.requests.labels(key.namespace, key.id, "ok" if pool else "failed").inc()
+        if images:
+            self.images.labels(key.namespace, key.id).inc(images)
+        if cost:
+            self.spent.labels(key.namespace, key.id).inc(to_usd(cost))
+
+    async def clients(self) -> list[dict[str, object]]:
+        """The /v1/stats `clients` section: every key id this replica has seen, its
+        counts here, and its budget period's figures from the store (every replica's)."""
+        out: list[dict[str, object]] = []
+        now = self._wall()
+        for scope, (ns, key_id, rpm, budget) in sorted(self.keys.items()):
+            t = self.totals[scope]
+            row: dict[str, object] = {
+                "namespace": ns,
+                "key": key_id,
+                "requests": t.requests,
+                "rejected": t.rejected,
+                "images": t.images,
+                "cost_usd": to_usd(t.cost_nano),
+            }
+            if rpm is not None:
+                row["requests_per_minute"] = rpm
+            if budget is not None:
+                p = period_of(now, budget.period)
+                b: dict[str, object] = {
+                    "usd": budget.amount_usd,
+                    "period": budget.period,
+                    "label": p.label,
+                    "resets": reset_time(p),
+                }
+                try:
+                    acct = await self.store.account(scope, p)
+                except Exception as exc:
+                    self._failed("account", exc)
+                else:
+                    spent = to_usd(acct.spent)
+                    b |= {
+                        "spent_usd": spent,
+                        "reserved_usd": to_usd(acct.reserved),
+                        "remaining_usd": max(0.0, budget.amount_usd - spent),
+                        "requests": acct.requests + acct.failed,
+                        "images": acct.images,
+                    }
+                row["budget"] = b
+            out.append(row)
+        return out
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+@dataclass
+class _Totals:
+    requests: int = 0
+    rejected: int = 0
+    images: int = 0
+    cost_nano: int = 0
