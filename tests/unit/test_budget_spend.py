@@ -74,7 +74,7 @@ async def test_probe_wait_is_bounded() -> None:
     s = Spend(MemorySpendStore(), CollectorRegistry(), wall=Wall(), probe_wait_s=0.05)
     k = key()
     assert isinstance(await s.reserve(k, 1, ("a",)), Ticket)
-    with pytest.raises(StoreDown, match="first request has not finished within 0.05 s"):
+    with pytest.raises(StoreDown, match=r"first request has not finished within 0\.05 s"):
         await s.reserve(k, 1, ("a",))
 
 
