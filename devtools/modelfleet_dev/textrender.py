@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from modelfleet_worker.config import resolve_config
-    from modelfleet_worker.server import serve
+    from modelfleet_worker.lifecycle import serve
 
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.corruption_rate <= 1.0:

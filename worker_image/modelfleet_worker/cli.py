@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .hosted.server import serve_hosted
 
             return serve_hosted(hosted)
-        from .server import serve
+        from .lifecycle import serve
 
         return serve(cfg)
     if args.command == "verify":
