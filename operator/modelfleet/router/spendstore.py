@@ -141,34 +141,36 @@ class MemorySpendStore:
         return None
 
 
-# The Lua twins of routing.budget.decide and rate_decision (keep them alike).
+# The Lua twins of routing.budget.decide and rate_decision (keep them alike). Amounts go
+# to HINCRBY as the strings they came as: a Lua number may print as 1e+15 (and
+# Redis refuses -0).
 _RESERVE = """
 local acct, zres = KEYS[1], KEYS[2]
 local now, until_ms, ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local rid, est, budget = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', zres, '-inf', now)) do
-  local amt = tonumber(redis.call('HGET', acct, 'r:' .. id) or '0')
-  redis.call('HINCRBY', acct, 'reserved', -amt)
+  local amt = redis.call('HGET', acct, 'r:' .. id) or '0'
+  if amt ~= '0' then redis.call('HINCRBY', acct, 'reserved', '-' .. amt) end
   redis.call('HDEL', acct, 'r:' .. id)
   redis.call('ZREM', zres, id)
 end
 local f = redis.call('HMGET', acct, 'spent', 'reserved', 'images', 'requests', 'failed')
 local spent, reserved = tonumber(f[1] or '0'), tonumber(f[2] or '0')
-local ok
+local ok, held = false, ARGV[5]
 if est < 0 then
   ok = spent + reserved < budget
-  est = 0
+  held = '0'
 else
   ok = spent + reserved + est <= budget
 end
 if ok then
-  redis.call('HINCRBY', acct, 'reserved', est)
-  redis.call('HSET', acct, 'r:' .. rid, est)
+  redis.call('HINCRBY', acct, 'reserved', held)
+  redis.call('HSET', acct, 'r:' .. rid, held)
   redis.call('ZADD', zres, until_ms, rid)
   redis.call('EXPIRE', acct, ttl)
   redis.call('EXPIRE', zres, ttl)
 end
-return {ok and 1 or 0, spent, reserved, f[3] or '0', f[4] or '0', f[5] or '0'}
+return {ok and 1 or 0, f[1] or '0', f[2] or '0', f[3] or '0', f[4] or '0', f[5] or '0'}
 """
 
 _FINISH = """
@@ -176,7 +178,7 @@ local acct, zres = KEYS[1], KEYS[2]
 local rid, cost, images, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local amt = redis.call('HGET', acct, 'r:' .. rid)
 if amt then
-  redis.call('HINCRBY', acct, 'reserved', -tonumber(amt))
+  if amt ~= '0' then redis.call('HINCRBY', acct, 'reserved', '-' .. amt) end
   redis.call('HDEL', acct, 'r:' .. rid)
   redis.call('ZREM', zres, rid)
 end
