@@ -82,6 +82,8 @@ def main() -> int:
             "--kube",
             "--namespace",
             NS,
+            "--client-auth",
+            "off",
             "--host",
             "127.0.0.1",
             "--port",

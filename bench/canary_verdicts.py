@@ -449,7 +449,15 @@ def main() -> int:
 
     env = {**os.environ, "KUBECONFIG": str(cluster.paths.kubeconfig)}
     port = free_port()
-    router_cmd = [sys.executable, "-m", "modelfleet.cli", "router", "--kube"]
+    router_cmd = [
+        sys.executable,
+        "-m",
+        "modelfleet.cli",
+        "router",
+        "--kube",
+        "--client-auth",
+        "off",
+    ]
     router_cmd += ["--namespace", NS, "--host", "127.0.0.1", "--port", str(port)]
     router = subprocess.Popen(
         router_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -135,7 +135,8 @@ def start_router(
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelfleet.cli", "router", "--host", "127.0.0.1",
-         "--port", str(port), "--config", str(cfg), "--log-level", "WARNING", *args],
+         "--port", str(port), "--config", str(cfg), "--log-level", "WARNING",
+         "--client-auth", "off", *args],
     )  # fmt: skip
     wait_http(port)
     return proc, port

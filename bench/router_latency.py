@@ -250,7 +250,8 @@ def start_router(upstream_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes]
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelfleet.cli", "router", "--host", "127.0.0.1",
-         "--port", str(port), "--config", str(cfg), "--log-level", "WARNING"],
+         "--port", str(port), "--config", str(cfg), "--log-level", "WARNING",
+         "--client-auth", "off"],
     )  # fmt: skip
     _wait_http(port)
     return proc, port

@@ -117,7 +117,7 @@ def main() -> int:
     cluster.start_extra(
         "router",
         [
-            *(sys.executable, "-m", "modelfleet.cli", "router", "--kube"),
+            *(sys.executable, "-m", "modelfleet.cli", "router", "--kube", "--client-auth", "off"),
             *("--host", "127.0.0.1", "--port", str(ROUTER_PORT)),
             *("--operator-token-file", str(token)),
         ],

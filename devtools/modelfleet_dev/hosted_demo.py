@@ -449,7 +449,16 @@ def main() -> int:
             stderr=subprocess.STDOUT,
         )
         for argv in (
-            ["router", "--kube", "--host", "127.0.0.1", "--port", str(port)],
+            [
+                "router",
+                "--kube",
+                "--client-auth",
+                "off",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
             ["operator", "--router-url", router],
         )
     ]

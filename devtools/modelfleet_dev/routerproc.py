@@ -16,6 +16,8 @@ from typing import IO, Any
 
 import yaml
 
+NO_AUTH = ("--client-auth", "off")  # local tests and benchmarks: every client served
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -79,10 +81,13 @@ class RouterProcess:
 
     def start(self, timeout_s: float = 30.0) -> RouterProcess:
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (lives until __exit__)
+        # Tests and benchmarks run without client keys unless they pass --client-auth
+        # (the router's default, and the chart's, is keys: docs/clients.md).
+        auth = [] if any(a.startswith("--client-auth") for a in self.args) else NO_AUTH
         cmd = [
             sys.executable, "-m", "modelfleet.cli", "router",
             "--host", "127.0.0.1", "--port", str(self.port),
-            *(["--config", str(self.config)] if self.config else []), *self.args,
+            *(["--config", str(self.config)] if self.config else []), *auth, *self.args,
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)

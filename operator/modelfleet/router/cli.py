@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelfleet.router.access import AUTH_MODES
 from modelfleet.router.assets import (
     AssetConfigError,
     AssetStore,
@@ -21,6 +22,7 @@ from modelfleet.router.assets import (
     describe,
 )
 from modelfleet.router.config import ConfigError, Snapshot, load_static_config
+from modelfleet.routing.clients import CLIENT_KEY_LABEL
 from modelfleet.routing.hold import HoldLimits
 from modelfleet.routing.pin import read_credential
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelfleet.router")
 
 EXIT_CONFIG = 2
+SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 def _positive(text: str) -> float:
@@ -127,6 +130,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="longest a request is held for a pool at zero; the policy's "
         "admission.queueTimeoutMs and the request deadline bound it too (default 300)",
     )
+    p.add_argument(
+        "--client-auth",
+        choices=AUTH_MODES,
+        default="keys",
+        help="keys (default): every request needs a client key (Authorization: Bearer KEY) "
+        "unless its RoutingPolicy has spec.access.anonymous; the keys are Secrets labelled "
+        "modelfleet.io/client-key=true (--kube) or the config's clientKeys (--config). off: "
+        "no authentication, every client is served (local tests and benchmarks only)",
+    )
+    p.add_argument(
+        "--client-keys-namespace",
+        default=os.environ.get("POD_NAMESPACE") or None,
+        help="with --kube: the namespace whose labelled Secrets are the client keys (the "
+        "router's own; default $POD_NAMESPACE, else --namespace, else the in-cluster "
+        "ServiceAccount's namespace)",
+    )
+    p.add_argument(
+        "--auth-failures-per-minute",
+        type=_positive,
+        default=10.0,
+        help="missing or wrong keys one client address may send a minute (a burst of as "
+        "many at once); beyond: 429 too_many_auth_failures (default 10)",
+    )
     add_asset_args(p)  # sticky assets: --asset-store, --asset-store-password-file, --asset-ttl
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -155,6 +181,14 @@ class CredentialFile:
                 return None
             self._seen = stamp
         return self._value
+
+
+def _own_ns() -> str | None:
+    """The in-cluster ServiceAccount's namespace (mounted by the kubelet)."""
+    try:
+        return Path(SA_NAMESPACE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -205,6 +239,15 @@ def _run(args: argparse.Namespace) -> int:
     except AssetConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    if args.client_auth == "keys" and args.kube:
+        args.client_keys_namespace = args.client_keys_namespace or args.namespace or _own_ns()
+        if not args.client_keys_namespace:
+            print(
+                "--client-auth keys with --kube needs --client-keys-namespace (or "
+                "$POD_NAMESPACE): the namespace whose Secrets are the client keys",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
     try:
         return asyncio.run(_serve(args, settings, snapshot, credential, store))
     except KeyboardInterrupt:
@@ -220,9 +263,31 @@ async def _serve(
 ) -> int:
     from aiohttp import web
 
+    from modelfleet.router.access import Access
     from modelfleet.router.server import Router
 
-    router = Router(settings, operator_credential=credential or (lambda: None), asset_store=store)
+    access = None
+    if args.client_auth == "keys":
+        access = Access(
+            failures_per_minute=args.auth_failures_per_minute,
+            failure_burst=max(1, round(args.auth_failures_per_minute)),
+        )
+    router = Router(
+        settings,
+        operator_credential=credential or (lambda: None),
+        asset_store=store,
+        access=access,
+    )
+    if access is None:
+        log.warning("client auth off: every client is served without a key")
+    elif args.kube:
+        log.info(
+            "client keys: Secrets labelled %s=true in namespace %s",
+            CLIENT_KEY_LABEL,
+            args.client_keys_namespace,
+        )
+    else:
+        log.info("client keys: clientKeys of %s", args.config)
     log.info("sticky asset store: %s", describe(store))
     if credential is not None:
         log.info("pool pins allowed with the operator credential in %s", credential.path)
@@ -245,7 +310,12 @@ async def _serve(
         from modelfleet.router.kube import KubeSource
 
         try:
-            source = KubeSource(router.apply, namespace=args.namespace, kubeconfig=args.kubeconfig)
+            source = KubeSource(
+                router.apply,
+                namespace=args.namespace,
+                kubeconfig=args.kubeconfig,
+                keys_namespace=args.client_keys_namespace if access is not None else None,
+            )
         except Exception as exc:
             print(f"cannot reach Kubernetes: {exc}", file=sys.stderr)
             return EXIT_CONFIG

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modelfleet.api.modelpool import ModelName
 from modelfleet.api.routingpolicy import RoutingPolicy
+from modelfleet.routing.clients import KeyRing, StaticClientKey, ring_from_static
 from modelfleet.routing.models import PoolModels
 from modelfleet.routing.table import DEFAULT_NAMESPACE, PolicyTable, compile_policy
 
@@ -31,6 +32,8 @@ class Snapshot:
     # (namespace, pool) of pools autoscaled with minReplicas 0: a request for one with no
     # endpoint is held until its first worker is ready (router.holds).
     scale_from_zero: frozenset[tuple[str, str]] = frozenset()
+    # Client keys by digest (router.access; Secrets in kube mode, clientKeys here).
+    client_keys: KeyRing = field(default_factory=KeyRing)
 
 
 class ConfigError(Exception):
@@ -48,6 +51,8 @@ class StaticConfig(BaseModel):
     model_names: dict[str, list[ModelName]] = Field(default_factory=dict, alias="modelNames")
     # Pools autoscaled to zero elsewhere: requests for them wait for an endpoint (SIGHUP).
     scale_from_zero: list[str] = Field(default_factory=list, alias="scaleFromZero")
+    # Client keys as SHA-256 digests, never the keys (docs/clients.md#keys).
+    client_keys: list[StaticClientKey] = Field(default_factory=list, alias="clientKeys")
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -97,6 +102,10 @@ def parse_static_config(doc: Any) -> Snapshot:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             errors.append(f"modelNames.{pool}: repeated: {', '.join(dupes)}")
+    try:
+        keys = ring_from_static(cfg.client_keys)
+    except ValueError as exc:
+        errors.append(str(exc))
     if errors:
         raise ConfigError("\n".join(errors))
     policies = tuple(compile_policy(p) for p in cfg.policies)
@@ -115,7 +124,11 @@ def parse_static_config(doc: Any) -> Snapshot:
     }
     zero = frozenset((ns, pool) for ns in namespaces for pool in cfg.scale_from_zero)
     return Snapshot(
-        policies=policies, endpoints=endpoints, model_names=model_names, scale_from_zero=zero
+        policies=policies,
+        endpoints=endpoints,
+        model_names=model_names,
+        scale_from_zero=zero,
+        client_keys=keys,
     )
 
 

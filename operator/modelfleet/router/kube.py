@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from modelfleet import GROUP, VERSION
 from modelfleet.api.routingpolicy import RoutingPolicy
 from modelfleet.router.config import Snapshot, format_validation_error
+from modelfleet.routing.clients import CLIENT_KEY_LABEL, KeyRing, ring_from_secrets
 from modelfleet.routing.models import PoolModels
 from modelfleet.routing.table import compile_policy
 
@@ -126,6 +127,7 @@ def build_snapshot(
     policies: Mapping[Key, Mapping[str, Any]],
     slices: Mapping[Key, Mapping[str, Any]],
     pools: Mapping[Key, Mapping[str, Any]] | None = None,
+    secrets: Mapping[Key, Mapping[str, Any]] | None = None,
 ) -> Snapshot:
     """Policies sorted by namespace/name (the default policy is the first). An invalid
     policy (which admission should have stopped) is logged and left out."""
@@ -140,6 +142,7 @@ def build_snapshot(
         endpoints=endpoints_from_slices(slices.values()),
         model_names=model_names_from_pools((pools or {}).values()),
         scale_from_zero=scale_from_zero_pools((pools or {}).values()),
+        client_keys=KeyRing() if secrets is None else ring_from_secrets(secrets.values()),
     )
 
 
@@ -172,15 +175,23 @@ class KubeSource:
         namespace: str | None = None,
         kubeconfig: str | None = None,
         api_client: Any = None,
+        keys_namespace: str | None = None,
     ) -> None:
         self._on_update = on_update
         self._namespace = namespace
+        # Client keys: Secrets labelled modelfleet.io/client-key=true in this namespace
+        # only (the router's own; RBAC grants nothing wider). None: not watched.
         self._api = api_client if api_client is not None else make_api_client(kubeconfig)
         self._state: dict[str, dict[Key, Mapping[str, Any]]] = {
             "policy": {},
             "slice": {},
             "pool": {},
         }
+        self._keys_namespace = keys_namespace
+        self._required = {"policy", "slice"}
+        if keys_namespace is not None:
+            self._state["secret"] = {}
+            self._required.add("secret")  # no snapshot (every key 401) before the keys
         self._synced: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
@@ -211,7 +222,7 @@ class KubeSource:
             store[object_key(obj)] = obj
         # ModelPools are optional: a router whose RBAC predates modelNames (no access to
         # modelpools) still serves, by intent only.
-        if {"policy", "slice"} <= self._synced and not self._rebuild_pending:
+        if self._required <= self._synced and not self._rebuild_pending:
             # Coalesce a burst of events (a relist, a rollout) into one rebuild.
             self._rebuild_pending = True
             assert self._loop is not None
@@ -220,7 +231,8 @@ class KubeSource:
     def _rebuild(self) -> None:
         self._rebuild_pending = False
         st = self._state
-        self._on_update(build_snapshot(st["policy"], st["slice"], st["pool"]))
+        secrets = st.get("secret") if self._keys_namespace is not None else None
+        self._on_update(build_snapshot(st["policy"], st["slice"], st["pool"], secrets))
 
     def _post(self, kind: str, etype: str, obj: Any) -> None:
         assert self._loop is not None
@@ -231,6 +243,11 @@ class KubeSource:
     def _calls(self, kind: str) -> tuple[Callable[..., Any], dict[str, Any]]:
         client = _k8s("client")
         ns = self._namespace
+        if kind == "secret":
+            return client.CoreV1Api(self._api).list_namespaced_secret, {
+                "namespace": self._keys_namespace,
+                "label_selector": f"{CLIENT_KEY_LABEL}=true",
+            }
         if kind in ("policy", "pool"):
             co = client.CustomObjectsApi(self._api)
             plural = PLURAL if kind == "policy" else POOL_PLURAL

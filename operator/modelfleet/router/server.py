@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from modelfleet.router.access import Access
 from modelfleet.router.admission import AdmissionGate, Limits, QueueTimeout, Rejected
 from modelfleet.router.assets import AssetStore, AssetTicket, StickyAssets
 from modelfleet.router.config import Snapshot
@@ -59,12 +60,17 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         operator_credential: Callable[[], bytes | None] = lambda: None,
         asset_store: AssetStore | None = None,
+        access: Access | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        # Client keys (router.access); None: --client-auth off, every client is served.
+        self.access = access
         # The operator's credential for pool pins (routing.pin); read per pinned request,
         # so a rotated Secret takes effect without a restart.
         self._credential = operator_credential
         self.metrics = RouterMetrics()
+        if access is not None:
+            self.metrics.registry.register(access.registry)
         self.stats = AttemptStats()
         self.snapshot: Snapshot | None = None
         self._rnd = (rng or random.Random()).random
@@ -106,12 +112,15 @@ class Router:
         self._gates = gates
         self.ladder.keep_only(u for urls in snapshot.endpoints.values() for u in urls)
         self.snapshot = snapshot
+        if self.access is not None:
+            self.access.update(snapshot.client_keys)
         self.ladder.holds.wake(snapshot)  # requests held for pools that now have workers
 
     # -- app -------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+        counted = [] if self.access is None else [self.access.count]
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors, *counted])
         app.router.add_post("/v1/images/generations", self.generations)
         app.router.add_post("/v1/images/edits", self.edits)
         app.router.add_get("/v1/models", self.models)
@@ -301,6 +310,12 @@ class Router:
         if isinstance(pin, PinRefused):
             self.metrics.pinned(ns, headers.get(POOL_HEADER.lower(), ""), "refused")
             return _error(pin.status, pin.code, pin.message, pin.param)
+        client = None  # the request's ClientKey; None: anonymous or --client-auth off
+        if pin is None and self.access is not None:
+            who = self.access.authenticate(request, policy.anonymous)
+            if isinstance(who, web.Response):
+                return who
+            client = who
         try:
             parsed = parse(headers)
         except RequestError as exc:
@@ -324,6 +339,11 @@ class Router:
                 f"(tier {parsed.intent.tier}, tags {sorted(parsed.intent.tags)})",
             )
         route_headers = {"X-ModelFleet-Route": route.name}
+        if self.access is not None:
+            denied = self.access.authorize(client, parsed.intent.tier, parsed.model, route.name)
+            if denied is not None:
+                self._finish(ns, pname, route.name, "", Outcome.CLIENT_ERROR, start)
+                return denied
         entry = self._gates.get(policy.key)
         if entry is None:  # config swapped between lines above; treat as the new one
             return _error(503, "not_ready", "configuration changed, retry")
@@ -420,6 +440,10 @@ class Router:
             return _error(
                 400, "unknown_policy", f"no RoutingPolicy named {wanted!r}", "X-ModelFleet-Policy"
             )
+        if self.access is not None:
+            who = self.access.authenticate(request, policy.anonymous)
+            if isinstance(who, web.Response):
+                return who
         return snap, policy
 
     async def _pinned(

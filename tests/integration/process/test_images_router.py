@@ -64,7 +64,14 @@ async def test_router_serves_a_static_config(
     listen = ["--host", "127.0.0.1", "--port", str(port)]
     container = oci_image.run(
         image,
-        args=["modelfleet", "router", "--config", "/config/router.yaml", *listen],
+        args=[
+            "modelfleet",
+            "router",
+            "--config",
+            "/config/router.yaml",
+            "--client-auth=off",
+            *listen,
+        ],
         mounts=(oci_image.Mount(config, "/config"),),
         log_path=tmp_path / "router.log",
     )

@@ -14,7 +14,7 @@ from modelfleet_dev.routerproc import free_port, policy
 def _run(cfg: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "modelfleet.cli", "router", "--host", "127.0.0.1",
-         "--port", str(free_port()), "--config", str(cfg)],
+         "--port", str(free_port()), "--config", str(cfg), "--client-auth", "off"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
