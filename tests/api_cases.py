@@ -52,6 +52,7 @@ DELETE = object()
 POOL, POLICY, CANARY = "modelpool-production.yaml", "routingpolicy.yaml", "canary.yaml"
 HOSTED, OPENAI = "modelpool-ideogram.yaml", "modelpool-openai.yaml"
 AUTO = "modelpool-autoscaled.yaml"
+TIERS = "routingpolicy-tiers.yaml"
 _AS = ("spec", "autoscaling")
 
 
@@ -288,11 +289,82 @@ INVALID: list[Invalid] = [
         "spec.routes[0].name",
     ),
     Invalid(
-        "policy-tier-enum",
+        "policy-tier-undeclared",
         POLICY,
         ("spec", "routes", 1, "match", "tiers"),
         ["draft"],
+        "spec.routes[].match.tiers",
+    ),
+    Invalid(
+        "policy-tier-name",
+        POLICY,
+        ("spec", "routes", 1, "match", "tiers"),
+        ["Draft_1"],
         "spec.routes[1].match.tiers[0]",
+    ),
+    # RoutingPolicy: declared tiers (spec.tiers)
+    Invalid(
+        "policy-tiers-duplicate",
+        TIERS,
+        ("spec", "tiers"),
+        [{"name": "production"}, {"name": "preview"}, {"name": "preview"}],
+        "spec.tiers[2]",
+    ),
+    Invalid(
+        "policy-tiers-name", TIERS, ("spec", "tiers", 1, "name"), "Pre_view", "spec.tiers[1].name"
+    ),
+    Invalid(
+        "policy-tiers-route-undeclared",
+        TIERS,
+        ("spec", "tiers"),
+        [{"name": "production", "priority": 100}],
+        "spec.routes[].match.tiers",
+    ),
+    Invalid("policy-default-tier", TIERS, ("spec", "defaultTier"), "gold", "spec.defaultTier"),
+    Invalid(
+        "policy-default-tier-builtin", POLICY, ("spec", "defaultTier"), "gold", "spec.defaultTier"
+    ),
+    Invalid(
+        "policy-tiers-priority-max",
+        TIERS,
+        ("spec", "tiers", 0, "priority"),
+        1001,
+        "spec.tiers[0].priority",
+    ),
+    Invalid(
+        "policy-tiers-budget-min",
+        TIERS,
+        ("spec", "tiers", 1, "latencyBudgetMs"),
+        0,
+        "spec.tiers[1].latencyBudgetMs",
+    ),
+    Invalid(
+        "policy-degrade-undeclared",
+        TIERS,
+        ("spec", "tiers", 0, "degradeTo"),
+        {"slow": "draft"},
+        "spec.tiers[].degradeTo",
+    ),
+    Invalid(
+        "policy-degrade-self",
+        TIERS,
+        ("spec", "tiers", 0, "degradeTo"),
+        {"budget": "production"},
+        "spec.tiers[].degradeTo",
+    ),
+    Invalid(
+        "policy-degrade-up",  # a tier of higher priority: two such would loop
+        TIERS,
+        ("spec", "tiers", 1, "degradeTo"),
+        {"slow": "production"},
+        "spec.tiers[].degradeTo",
+    ),
+    Invalid(
+        "policy-degrade-unknown-field",
+        TIERS,
+        ("spec", "tiers", 0, "degradeTo"),
+        {"onSlow": "preview"},
+        "onSlow",
     ),
     Invalid(
         "policy-inflight-min",

@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from modelfleet.api.common import DNS_LABEL_PATTERN, ApiModel, Condition, ObjectMeta
+from modelfleet.api.common import DNS_LABEL_PATTERN, ApiModel, Condition, ObjectMeta, cel
 
-Tier = Literal["preview", "production"]
+# A tier's name as requests carry it (field `tier`, header X-ModelFleet-Tier).
+TierName = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, max_length=63)]
+# The tiers a policy has when spec.tiers is empty (ModelFleet before spec.tiers):
+# production, the default, ahead of preview. Their priorities are these.
+BUILTIN_TIERS: tuple[tuple[str, int], ...] = (("preview", 0), ("production", 100))
+BUILTIN_DEFAULT_TIER = "production"
+MAX_TIERS = 16
+_BUILTIN_CEL = "['preview', 'production']"
+_HAS_TIERS = "(has(self.tiers) && size(self.tiers) > 0)"
 
 
 class RouteMatch(ApiModel):
     """What a request must have for a route to take it. Every listed criterion must hold;
     an empty match takes everything (the catch-all)."""
 
-    tiers: list[Tier] = Field(
+    tiers: list[TierName] = Field(
         default_factory=list,
+        max_length=MAX_TIERS,
         json_schema_extra={"x-kubernetes-list-type": "set"},
-        description="Request tiers (field `tier` or header X-ModelFleet-Tier): preview, production.",
+        description=(
+            "Request tiers (field `tier` or header X-ModelFleet-Tier), each declared in "
+            "spec.tiers (preview, production when spec.tiers is empty)."
+        ),
     )
     tags: list[str] = Field(
         default_factory=list,
@@ -150,6 +162,117 @@ class AdmissionSpec(ApiModel):
     )
 
 
+class TierDegrade(ApiModel):
+    """Where a tier's requests go instead of being refused: routed again as that tier
+    (its routes and pools; the request keeps its own tier's queue priority and budget)."""
+
+    slow: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description=(
+            "Tier to route as when the expected wait exceeds latencyBudgetMs; unset: "
+            "refuse with 429 latency_budget_exceeded."
+        ),
+    )
+    budget: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description=(
+            "Tier to route as when the client key's spend budget is used up; unset: "
+            "refuse with 429 budget_exceeded."
+        ),
+    )
+
+
+class TierSpec(ApiModel):
+    """One request tier: its queue priority and latency budget."""
+
+    name: str = Field(
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="Tier name as requests carry it (field `tier`, header X-ModelFleet-Tier).",
+    )
+    priority: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description=(
+            "Admission order (0-1000): higher tiers are served first and shed last; a full "
+            "queue drops the newest waiter of the lowest priority for a higher one."
+        ),
+    )
+    latency_budget_ms: int | None = Field(
+        default=None,
+        ge=1,
+        le=600000,
+        description=(
+            "Longest expected time to answer (1-600000 ms): wait for a slot plus the "
+            "route's recent time per request. Beyond it the request is refused at once "
+            "(429 latency_budget_exceeded) or degraded (degradeTo.slow). Unset: no budget."
+        ),
+    )
+    degrade_to: TierDegrade | None = Field(
+        default=None, description="Tiers to route as instead of refusing: on slow, on budget."
+    )
+
+
+_ROUTE_TIERS = (
+    "spec.routes[].match.tiers must name tiers declared in spec.tiers "
+    "(preview or production when spec.tiers is empty)"
+)
+_DEFAULT_TIER = (
+    "spec.defaultTier must name a tier declared in spec.tiers "
+    "(preview or production when spec.tiers is empty)"
+)
+_DEGRADE_DECLARED = "spec.tiers[].degradeTo.slow and .budget must name tiers declared in spec.tiers"
+_DEGRADE_LOWER = (
+    "spec.tiers[].degradeTo.slow and .budget must name a tier of lower priority "
+    "(degrading only goes down, so it never loops)"
+)
+
+
+def _declared(ref: str) -> str:
+    return f"({_HAS_TIERS} ? self.tiers.exists(d, d.name == {ref}) : {ref} in {_BUILTIN_CEL})"
+
+
+def _degrade_rule(kind: str) -> str:
+    return f"!has(t.degradeTo.{kind}) || self.tiers.exists(d, d.name == t.degradeTo.{kind})"
+
+
+def _lower_rule(kind: str) -> str:
+    return (
+        f"!has(t.degradeTo.{kind}) || "
+        f"self.tiers.all(d, d.name != t.degradeTo.{kind} || d.priority < t.priority)"
+    )
+
+
+_CEL_RULES: list[Any] = [
+    cel(
+        "self.routes.all(r, !has(r.match) || !has(r.match.tiers) || "
+        f"r.match.tiers.all(t, {_declared('t')}))",
+        _ROUTE_TIERS,
+        ".routes",
+    ),
+    cel(
+        f"!has(self.defaultTier) || {_declared('self.defaultTier')}", _DEFAULT_TIER, ".defaultTier"
+    ),
+    cel(
+        "!has(self.tiers) || self.tiers.all(t, !has(t.degradeTo) || "
+        f"(({_degrade_rule('slow')}) && ({_degrade_rule('budget')})))",
+        _DEGRADE_DECLARED,
+        ".tiers",
+    ),
+    cel(
+        "!has(self.tiers) || self.tiers.all(t, !has(t.degradeTo) || "
+        f"(({_lower_rule('slow')}) && ({_lower_rule('budget')})))",
+        _DEGRADE_LOWER,
+        ".tiers",
+    ),
+]
+
+
 class AccessSpec(ApiModel):
     """Who may send requests through this policy (docs/clients.md#keys)."""
 
@@ -165,6 +288,8 @@ class AccessSpec(ApiModel):
 class RoutingPolicySpec(ApiModel):
     """Desired routing."""
 
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _CEL_RULES})
+
     routes: list[Route] = Field(
         min_length=1,
         max_length=64,
@@ -176,7 +301,29 @@ class RoutingPolicySpec(ApiModel):
     )
     admission: AdmissionSpec = Field(default_factory=AdmissionSpec, description="Admission.")
     access: AccessSpec = Field(
-        default_factory=AccessSpec, description="Client keys: whether anonymous requests are served."
+        default_factory=AccessSpec,
+        description="Client keys: whether anonymous requests are served.",
+    )
+    tiers: list[TierSpec] = Field(
+        default_factory=list,
+        max_length=MAX_TIERS,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+        description=(
+            "Request tiers with their priority and latency budget (docs/clients.md). "
+            "Empty: preview (priority 0) and production (priority 100)."
+        ),
+    )
+    default_tier: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description=(
+            "Tier of requests that name none; default: the first of spec.tiers "
+            "(production when spec.tiers is empty)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -187,6 +334,48 @@ class RoutingPolicySpec(ApiModel):
                 raise ValueError(f"spec.routes[{i}].name {route.name!r} is not unique")
             seen.add(route.name)
         return self
+
+    @model_validator(mode="after")
+    def _tiers_declared(self) -> RoutingPolicySpec:
+        names = self.tier_names()
+        listed = ", ".join(names)
+        by_name: dict[str, TierSpec] = {}
+        for i, tier in enumerate(self.tiers):
+            if tier.name in by_name:
+                raise ValueError(f"spec.tiers[{i}].name {tier.name!r} is not unique")
+            by_name[tier.name] = tier
+        for i, route in enumerate(self.routes):
+            for j, t in enumerate(route.match.tiers):
+                if t not in names:
+                    raise ValueError(
+                        f"spec.routes[{i}].match.tiers[{j}] {t!r} is not a declared tier "
+                        f"({listed}); {_ROUTE_TIERS}"
+                    )
+        if self.default_tier is not None and self.default_tier not in names:
+            raise ValueError(
+                f"spec.defaultTier {self.default_tier!r} is not a declared tier ({listed})"
+            )
+        for kind in ("slow", "budget"):
+            for i, tier in enumerate(self.tiers):
+                target = getattr(tier.degrade_to, kind) if tier.degrade_to else None
+                if target is not None and target not in by_name:
+                    raise ValueError(
+                        f"spec.tiers[{i}].degradeTo.{kind} {target!r} is not a declared tier "
+                        f"({listed})"
+                    )
+                if target is not None and by_name[target].priority >= tier.priority:
+                    raise ValueError(
+                        f"spec.tiers[{i}].degradeTo.{kind} {target!r} has priority "
+                        f"{by_name[target].priority}, not below {tier.name!r}'s "
+                        f"{tier.priority}; {_DEGRADE_LOWER}"
+                    )
+        return self
+
+    def tier_names(self) -> tuple[str, ...]:
+        """The tiers requests may name, in the order declared."""
+        if self.tiers:
+            return tuple(t.name for t in self.tiers)
+        return tuple(name for name, _ in BUILTIN_TIERS)
 
 
 class PoolWeight(ApiModel):
