@@ -168,9 +168,10 @@ class Access:
     async def count(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """Counts every request that authenticated (or was let in anonymously) by key id."""
+        """Counts every image request that authenticated (or was let in anonymously) by
+        key id; the models list is not counted."""
         resp = await handler(request)
-        if CLIENT in request:
+        if CLIENT in request and request.path.startswith("/v1/images/"):
             key: ClientKey | None = request[CLIENT]
             self.key_requests.labels(key.id if key else ANONYMOUS, outcome_of(resp.status)).inc()
         return resp
