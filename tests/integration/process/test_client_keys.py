@@ -40,7 +40,7 @@ def config(path: Path, worker: str, keys: list[dict[str, Any]]) -> Path:
     return path
 
 
-KEYS = [
+KEYS: list[dict[str, Any]] = [
     {"id": "team-a", "sha256": key_digest(KEY).hex()},
     {"id": "previewer", "sha256": key_digest(PREVIEW_KEY).hex(), "tiers": ["preview"]},
 ]
