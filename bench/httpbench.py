@@ -1,9 +1,9 @@
-"""HTTP pieces of bench/router_images.py: a stand-in worker that answers prebuilt bodies at
-once, a load generator that counts bytes without keeping them (its own process: it must
+"""HTTP pieces of bench/router_images.py and bench/router_latency.py: a stand-in worker that
+answers a prebuilt body at once, a load generator that counts bytes without keeping them (its own process: it must
 never share an event loop with a target), a blocking client for one-at-a-time requests,
 nginx and redis-server on loopback, and CPU / RSS meters of a process tree.
 
-    python bench/httpbench.py --serve-upstream PORT --answer FILE
+    python bench/httpbench.py --serve-upstream PORT --answer FILE [--lean-headers]
     python bench/httpbench.py --load PORT --path P --body FILE --ctype T --conns N --seconds S
 """
 
@@ -46,12 +46,21 @@ def free_port() -> int:
 # -- upstream: answers every request at once ------------------------------------------------
 
 
-def _response(body: bytes) -> bytes:
+# The headers a worker's answer carries: service time and batch size (what the router reads
+# for the canary's service-time checks), then provenance (model, revision, cost).
+LEAN_HEADERS = b"X-ModelFleet-Service-Time: 0.000100\r\nX-ModelFleet-Batch-Size: 1\r\n"
+WORKER_HEADERS = (
+    LEAN_HEADERS
+    + b"X-ModelFleet-Model: bench-model\r\nX-ModelFleet-Revision: r1\r\n"
+    + b"X-ModelFleet-Cost-USD: 0.0\r\n"
+)
+
+
+def _response(body: bytes, headers: bytes = WORKER_HEADERS) -> bytes:
     return (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-        b"X-ModelFleet-Service-Time: 0.000100\r\nX-ModelFleet-Batch-Size: 1\r\n"
-        b"X-ModelFleet-Model: bench-model\r\nX-ModelFleet-Revision: r1\r\n"
-        b"X-ModelFleet-Cost-USD: 0.0\r\nContent-Length: "
+        + headers
+        + b"Content-Length: "
         + str(len(body)).encode()
         + b"\r\n\r\n"
         + body
@@ -99,9 +108,10 @@ class _Upstream(asyncio.Protocol):
                     self.t.write(self.small if SMALL_MARKER in self.first else self.big)
 
 
-def serve_upstream(port: int, answer: Path) -> None:
+def serve_upstream(port: int, answer: Path, headers: bytes = WORKER_HEADERS) -> None:
+    """Answer every POST with `answer`'s bytes (small ones for SMALL_MARKER), GET with ok."""
     uvloop_install()
-    _Upstream.big = _response(answer.read_bytes())
+    _Upstream.big = _response(answer.read_bytes(), headers)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -115,7 +125,7 @@ def serve_upstream(port: int, answer: Path) -> None:
 # -- load generator -------------------------------------------------------------------------
 
 
-class _Conn(asyncio.Protocol):
+class Conn(asyncio.Protocol):
     """One keep-alive connection; reads Content-Length or chunked answers, counting bytes."""
 
     def __init__(self) -> None:
@@ -208,11 +218,11 @@ async def load(
 
     async def worker(deadline: float) -> None:
         nonlocal errors, sent_bytes, received
-        _, conn = await loop.create_connection(_Conn, "127.0.0.1", port)
+        _, conn = await loop.create_connection(Conn, "127.0.0.1", port)
         while time.perf_counter() < deadline and budget[0] != 0:
             budget[0] -= 1
             if conn.closed:
-                _, conn = await loop.create_connection(_Conn, "127.0.0.1", port)
+                _, conn = await loop.create_connection(Conn, "127.0.0.1", port)
             conn.waiter = loop.create_future()
             before = conn.received
             t0 = time.perf_counter()
@@ -250,14 +260,34 @@ def run_load(
     count: int = -1,
 ) -> dict[str, Any]:
     """In a fresh process, so the generator never shares a loop with a target."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--load", str(port), "--path", path.decode(),
-         "--body", str(body), "--ctype", ctype, "--conns", str(conns),
-         "--seconds", str(seconds), "--count", str(count)],
-        capture_output=True, text=True, timeout=seconds + 120, check=True,
+    return json_run(
+        [__file__, "--load", str(port), "--path", path.decode(), "--body", str(body),
+         "--ctype", ctype, "--conns", str(conns), "--seconds", str(seconds),
+         "--count", str(count)],
+        timeout_s=seconds + 120,
     )  # fmt: skip
+
+
+def json_run(argv: list[str], timeout_s: float) -> dict[str, Any]:
+    """Run `python ARGV...` and return the JSON object its last stdout line holds."""
+    out = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=timeout_s, check=True
+    )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def spawn_upstream(
+    answer: Path, headers: bytes = WORKER_HEADERS
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The stand-in worker in its own process, ready; its port."""
+    port = free_port()
+    argv = [sys.executable, __file__, "--serve-upstream", str(port), "--answer", str(answer)]
+    if headers == LEAN_HEADERS:
+        argv.append("--lean-headers")
+    proc = subprocess.Popen(argv)
+    wait_http(port)
+    return proc, port
 
 
 # -- targets and meters ---------------------------------------------------------------------
@@ -277,7 +307,46 @@ def wait_http(port: int, timeout_s: float = 30) -> None:
     raise RuntimeError(f"nothing ready on port {port}")
 
 
-def start_nginx(upstream_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes], int] | None:
+def start_router(
+    upstream_port: int, tmp: Path, name: str = "router", *args: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`modelfleet router --config` with one route to `upstream_port` (admission wide
+    open, client auth off), ready; its port. `args`: more router flags."""
+    cfg = tmp / f"{name}.yaml"
+    cfg.write_text(
+        "policies:\n"
+        "- apiVersion: modelfleet.io/v1alpha1\n  kind: RoutingPolicy\n"
+        "  metadata: {name: bench}\n"
+        "  spec:\n    admission: {maxInFlight: 10000, maxQueue: 10000}\n"
+        "    routes: [{name: all, pool: fast}]\n"
+        f"endpoints:\n  fast: [http://127.0.0.1:{upstream_port}]\n"
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelfleet.cli", "router", "--host", "127.0.0.1",
+         "--port", str(port), "--config", str(cfg), "--log-level", "WARNING",
+         "--client-auth", "off", *args],
+    )  # fmt: skip
+    wait_http(port)
+    return proc, port
+
+
+# Buffers for image-sized bodies (router_images.py): a 2 MB upload and answer stay in memory.
+IMAGE_BUFFERS = """
+  client_max_body_size 32m;
+  client_body_buffer_size 4m;
+  proxy_buffer_size 64k;
+  proxy_buffers 64 64k;
+  proxy_busy_buffers_size 256k;
+  proxy_max_temp_file_size 0;"""
+
+
+def start_nginx(
+    upstream_port: int, tmp: Path, buffers: str = IMAGE_BUFFERS
+) -> tuple[subprocess.Popen[bytes], int] | None:
+    """nginx as a plain reverse proxy (one worker, upstream keepalive, no access log) in
+    front of `upstream_port`, ready; None when nginx is not installed. `buffers`: extra
+    `http` directives ("" for nginx's defaults)."""
     nginx = shutil.which("nginx") or (
         "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
     )
@@ -296,13 +365,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-  access_log off;
-  client_max_body_size 32m;
-  client_body_buffer_size 4m;
-  proxy_buffer_size 64k;
-  proxy_buffers 64 64k;
-  proxy_busy_buffers_size 256k;
-  proxy_max_temp_file_size 0;
+  access_log off;{buffers}
   client_body_temp_path {prefix}/body;
   proxy_temp_path {prefix}/proxy;
   fastcgi_temp_path {prefix}/fastcgi;
@@ -340,6 +403,7 @@ def _proc_pids(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> float:
+    """User+system CPU of `pid` and its direct children (nginx's worker process)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for p in _proc_pids(pid):
@@ -503,6 +567,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--serve-upstream", type=int)
     p.add_argument("--answer")
+    p.add_argument("--lean-headers", action="store_true", help="service time and batch only")
     p.add_argument("--load", type=int)
     p.add_argument("--path")
     p.add_argument("--body")
@@ -512,7 +577,8 @@ def main() -> int:
     p.add_argument("--count", type=int, default=-1)
     args = p.parse_args()
     if args.serve_upstream:
-        serve_upstream(args.serve_upstream, Path(args.answer))
+        headers = LEAN_HEADERS if args.lean_headers else WORKER_HEADERS
+        serve_upstream(args.serve_upstream, Path(args.answer), headers)
         return 0
     uvloop_install()
     body = Path(args.body).read_bytes()

@@ -50,15 +50,15 @@ from httpbench import (
     RssSampler,
     SeqClient,
     cpu_seconds,
-    free_port,
     raw_request,
     round_robin,
     rss_mb,
     run_load,
+    spawn_upstream,
     start_nginx,
     start_redis,
+    start_router,
     stop,
-    wait_http,
 )
 
 GEN_PATH = "/v1/images/generations"
@@ -118,28 +118,6 @@ def write_bodies(tmp: Path) -> dict[str, Path]:
         out[name] = tmp / f"{name}.body"
         out[name].write_bytes(data)
     return out
-
-
-def start_router(
-    upstream_port: int, tmp: Path, name: str, *args: str
-) -> tuple[subprocess.Popen[bytes], int]:
-    cfg = tmp / f"{name}.yaml"
-    cfg.write_text(
-        "policies:\n"
-        "- apiVersion: modelfleet.io/v1alpha1\n  kind: RoutingPolicy\n"
-        "  metadata: {name: bench}\n"
-        "  spec:\n    admission: {maxInFlight: 10000, maxQueue: 10000}\n"
-        "    routes: [{name: all, pool: fast}]\n"
-        f"endpoints:\n  fast: [http://127.0.0.1:{upstream_port}]\n"
-    )
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelfleet.cli", "router", "--host", "127.0.0.1",
-         "--port", str(port), "--config", str(cfg), "--log-level", "WARNING",
-         "--client-auth", "off", *args],
-    )  # fmt: skip
-    wait_http(port)
-    return proc, port
 
 
 # -- sticky ---------------------------------------------------------------------------------
@@ -406,15 +384,8 @@ def main() -> int:
         bodies = write_bodies(tmp)
         sizes = {k: float(v.stat().st_size) for k, v in bodies.items()}
         try:
-            up_port = free_port()
-            httpbench = str(Path(__file__).with_name("httpbench.py"))
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, httpbench, "--serve-upstream", str(up_port),
-                     "--answer", str(bodies["answer"])]
-                )
-            )  # fmt: skip
-            wait_http(up_port)
+            upstream, up_port = spawn_upstream(bodies["answer"])
+            procs.append(upstream)
             router, router_port = start_router(up_port, tmp, "router", "--asset-store", "none")
             procs.append(router)
             targets = {"direct": up_port, "router": router_port}

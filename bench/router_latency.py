@@ -3,11 +3,13 @@
     .venv/bin/python bench/router_latency.py [--rates 200,500,1000] [--duration 6]
 
 Method
-- Upstream: a raw asyncio HTTP/1.1 keep-alive server (separate process) answering every
-  POST with a fixed worker-shaped JSON (~220 bytes) at once, so the upstream adds ~nothing.
+- Upstream (bench/httpbench.py, like the other router benches): a raw asyncio HTTP/1.1
+  keep-alive server (separate process) answering every POST with a fixed worker-shaped
+  JSON (~220 bytes) and the service-time headers at once, so the upstream adds ~nothing.
 - Targets, each in its own process, all on 127.0.0.1: (a) the upstream directly,
   (b) the router with a one-route static config, (c) nginx as a plain reverse proxy
-  (`proxy_pass`, upstream keepalive, one worker process, access log off).
+  (`proxy_pass`, upstream keepalive, one worker process, access log off,
+  nginx's default buffers).
 - Load: an open-loop generator in its own process (uvloop, raw HTTP/1.1 over up to 512
   keep-alive connections, no pipelining). Request i is due at t0 + i/rate whatever
   happened before; latency is measured from that due time to the last byte of the
@@ -24,14 +26,25 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
+
+from httpbench import (
+    LEAN_HEADERS,
+    Conn,
+    cpu_seconds,
+    json_run,
+    raw_request,
+    spawn_upstream,
+    start_nginx,
+    start_router,
+    stop,
+    uvloop_install,
+)
 
 REQUEST_BODY = b'{"prompt":"a lighthouse at dusk","n":1,"size":"512x512"}'
 RESPONSE_BODY = (
@@ -41,112 +54,13 @@ RESPONSE_BODY = (
 P99_LIMIT_S = 0.050
 
 
-def _uvloop() -> None:
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# -- upstream: a minimal keep-alive HTTP server -------------------------------------------
-
-
-class _Upstream(asyncio.Protocol):
-    RESPONSE = (
-        # The service-time headers real workers send (the router reads them).
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-        b"X-ModelFleet-Service-Time: 0.000100\r\nX-ModelFleet-Batch-Size: 1\r\nContent-Length: "
-        + str(len(RESPONSE_BODY)).encode()
-        + b"\r\n\r\n"
-        + RESPONSE_BODY
-    )
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio subclass
-        self.buf = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.buf[:end].lower()
-            length = 0
-            i = head.find(b"content-length:")
-            if i >= 0:
-                length = int(head[i + 15 :].split(b"\r\n", 1)[0])
-            if len(self.buf) < end + 4 + length:
-                return
-            self.buf = self.buf[end + 4 + length :]
-            if head.startswith(b"get /readyz"):
-                self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            else:
-                self.t.write(self.RESPONSE)
-
-
-def serve_upstream(port: int) -> None:
-    _uvloop()
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(_Upstream, "127.0.0.1", port, backlog=4096)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
-
-
-# -- load generator -----------------------------------------------------------------------
-
-
-class _Conn(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.buf = b""
-        self.waiter: asyncio.Future[None] | None = None
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio subclass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.waiter and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("closed"))
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = self.buf[:end].lower()
-        i = head.find(b"content-length:")
-        length = int(head[i + 15 :].split(b"\r\n", 1)[0]) if i >= 0 else 0
-        if len(self.buf) >= end + 4 + length:
-            self.status = int(head[9:12])
-            self.buf = self.buf[end + 4 + length :]
-            if self.waiter and not self.waiter.done():
-                self.waiter.set_result(None)
+# -- load generator: open loop ----------------------------------------------------------
 
 
 async def _load(port: int, rate: float, duration: float, warmup: float) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    request = (
-        b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Type: application/json\r\nContent-Length: "
-        + str(len(REQUEST_BODY)).encode()
-        + b"\r\n\r\n"
-        + REQUEST_BODY
-    )
-    idle: list[_Conn] = []
+    request = raw_request("/v1/images/generations", REQUEST_BODY, "application/json")
+    idle: list[Conn] = []
     max_conns, opened = 512, 0
     slot = asyncio.Semaphore(max_conns)
     lat: list[float] = []
@@ -162,7 +76,7 @@ async def _load(port: int, rate: float, duration: float, warmup: float) -> dict[
                     conn = c
                     break
             if conn is None:
-                _, conn = await loop.create_connection(_Conn, "127.0.0.1", port)
+                _, conn = await loop.create_connection(Conn, "127.0.0.1", port)
                 opened += 1
             conn.waiter = loop.create_future()
             conn.t.write(request)
@@ -211,117 +125,15 @@ async def _load(port: int, rate: float, duration: float, warmup: float) -> dict[
 
 def run_load(port: int, rate: float, duration: float, warmup: float = 1.0) -> dict[str, Any]:
     """In a fresh process, so the generator never shares a core's loop with a target."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--load", str(port), "--rate", str(rate),
-         "--duration", str(duration), "--warmup", str(warmup)],
-        capture_output=True, text=True, timeout=duration + warmup + 60, check=True,
+    result: dict[str, Any] = json_run(
+        [__file__, "--load", str(port), "--rate", str(rate), "--duration", str(duration),
+         "--warmup", str(warmup)],
+        timeout_s=duration + warmup + 60,
     )  # fmt: skip
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
 
 # -- targets ------------------------------------------------------------------------------
-
-
-def _wait_http(port: int, path: str = "/readyz", timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing ready on port {port}")
-
-
-def start_router(upstream_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    cfg = tmp / "router.yaml"
-    cfg.write_text(
-        "policies:\n"
-        "- apiVersion: modelfleet.io/v1alpha1\n  kind: RoutingPolicy\n"
-        "  metadata: {name: bench}\n"
-        "  spec:\n    admission: {maxInFlight: 10000, maxQueue: 10000}\n"
-        "    routes: [{name: all, pool: fast}]\n"
-        f"endpoints:\n  fast: [http://127.0.0.1:{upstream_port}]\n"
-    )
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelfleet.cli", "router", "--host", "127.0.0.1",
-         "--port", str(port), "--config", str(cfg), "--log-level", "WARNING",
-         "--client-auth", "off"],
-    )  # fmt: skip
-    _wait_http(port)
-    return proc, port
-
-
-def start_nginx(upstream_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes], int] | None:
-    nginx = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
-    )
-    if nginx is None:
-        return None
-    port = free_port()
-    prefix = tmp / "nginx"
-    (prefix / "logs").mkdir(parents=True)
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {prefix}/body;
-  proxy_temp_path {prefix}/proxy;
-  fastcgi_temp_path {prefix}/fastcgi;
-  uwsgi_temp_path {prefix}/uwsgi;
-  scgi_temp_path {prefix}/scgi;
-  upstream fast {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    location / {{
-      proxy_pass http://fast;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }}
-  }}
-}}
-"""
-    )
-    proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf)])
-    _wait_http(port)
-    return proc, port
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User+system CPU of `pid` and its direct children (nginx's worker process)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry.name) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def main() -> int:
@@ -330,16 +142,12 @@ def main() -> int:
     p.add_argument("--sweep", default="650,800,900,1200,1500,2000", help="router-only rates too")
     p.add_argument("--duration", type=float, default=6.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=1.0)
-    p.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     p.add_argument("--load", type=int, help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     args = p.parse_args()
 
-    if args.serve_upstream:
-        serve_upstream(args.serve_upstream)
-        return 0
     if args.load:
-        _uvloop()
+        uvloop_install()
         print(json.dumps(asyncio.run(_load(args.load, args.rate, args.duration, args.warmup))))
         return 0
 
@@ -349,15 +157,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         try:
-            up_port = free_port()
-            procs.append(
-                subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(up_port)])
-            )
-            _wait_http(up_port)
+            answer = tmp / "answer.json"
+            answer.write_bytes(RESPONSE_BODY)
+            upstream, up_port = spawn_upstream(answer, LEAN_HEADERS)
+            procs.append(upstream)
             router, router_port = start_router(up_port, tmp)
             procs.append(router)
             targets = {"direct": up_port, "router": router_port}
-            ng = start_nginx(up_port, tmp)
+            ng = start_nginx(up_port, tmp, buffers="")
             if ng:
                 procs.append(ng[0])
                 targets["nginx"] = ng[1]
@@ -367,11 +174,11 @@ def main() -> int:
             results: dict[tuple[str, float], dict[str, Any]] = {}
             for rate in rates:
                 for name, port in targets.items():
-                    cpu0 = _cpu_seconds(pids[name]) if name in pids else 0.0
+                    cpu0 = cpu_seconds(pids[name]) if name in pids else 0.0
                     results[(name, rate)] = run_load(port, rate, args.duration, args.warmup)
                     r = results[(name, rate)]
                     if name in pids:  # warm-up requests included: all of them cost CPU
-                        r["cpu_us"] = (_cpu_seconds(pids[name]) - cpu0) / max(r["sent"], 1) * 1e6
+                        r["cpu_us"] = (cpu_seconds(pids[name]) - cpu0) / max(r["sent"], 1) * 1e6
                     print(
                         f"  {name:7s} {rate:6.0f}/s  p50 {r['p50_ms']:7.2f} ms  "
                         f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}",
@@ -393,7 +200,7 @@ def main() -> int:
                 max_ok = rate
         finally:
             for proc in reversed(procs):
-                _stop(proc)
+                stop(proc)
 
     print(f"\n### Router latency overhead (open loop, {args.duration:g} s per run, 127.0.0.1)\n")
     print(
