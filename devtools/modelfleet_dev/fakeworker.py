@@ -3,6 +3,7 @@ demand (500, 429, 400, hang, connection reset, garbage 200, delay), and text
 verification results on demand (the `modelfleet` block a worker with OCR returns).
 
 In-process: `FakeWorker(name)`, `await w.start()`, `w.url`, `w.mode = "fail"`.
+Edits (multipart) are answered like a generation of their text fields.
 As a process: `python -m modelfleet_dev.fakeworker --port 8081 [--name a]`; the mode
 can then be set with `POST /_control {"mode": ..., "delay_ms": ...}`.
 
@@ -33,6 +34,16 @@ TINY_PNG_B64 = (
 )
 
 
+_FORM_NUMBERS: dict[str, Any] = {
+    "n": int,
+    "seed": int,
+    "steps": int,
+    "guidance_scale": float,
+    "min_word_accuracy": float,
+    "strength": float,
+}
+
+
 def _err(status: int, code: str, message: str) -> web.Response:
     return web.json_response(error_body(code, message), status=status)
 
@@ -45,13 +56,15 @@ class FakeWorker:
         self.mode = "ok"
         self.delay_s = 0.0
         self.requests = 0  # generation requests received (any mode)
-        self.bodies: list[dict[str, Any]] = []
+        self.bodies: list[dict[str, Any]] = []  # generations' JSON, edits' text fields
+        self.edit_files: list[list[str]] = []  # each edit's file part names, in order
         self.keep_bodies = True
         self.scores: list[float | str] = []  # per image, consumed in order
         self.default_score: float | str | None = None  # after scores: None = no block
         self.verified = 0  # images that got a block
         self.in_flight = 0  # generation requests being answered now
         self.max_in_flight = 0  # the most at once since start
+        self.cost_usd: float | None = None  # per image, sent as X-ModelFleet-Cost-USD
         self._runner: web.AppRunner | None = None
         self._hung: asyncio.Event = asyncio.Event()
 
@@ -62,6 +75,7 @@ class FakeWorker:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/images/generations", self.generate)
+        app.router.add_post("/v1/images/edits", self.edit)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_post("/_control", self.control)
         return app
@@ -128,14 +142,34 @@ class FakeWorker:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            return await self._generate(request)
+            raw = await request.read()
+            return await self._generate(request, json.loads(raw) if raw else {})
         finally:
             self.in_flight -= 1
 
-    async def _generate(self, request: web.Request) -> web.StreamResponse:
+    async def edit(self, request: web.Request) -> web.StreamResponse:
+        """An edit answers like a generation of its text fields (numbers parsed, `text`
+        and `text[]` a list); the file parts are only named in `edit_files`."""
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            body: dict[str, Any] = {}
+            files: list[str] = []
+            for name, value in (await request.post()).items():
+                if isinstance(value, web.FileField):
+                    files.append(name)
+                elif name.removesuffix("[]") == "text":
+                    body.setdefault("text", []).append(str(value))
+                else:
+                    body[name] = _FORM_NUMBERS.get(name, str)(str(value))
+            if self.keep_bodies:
+                self.edit_files.append(files)
+            return await self._generate(request, body)
+        finally:
+            self.in_flight -= 1
+
+    async def _generate(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         self.requests += 1
-        raw = await request.read()
-        body = json.loads(raw) if raw else {}
         if self.keep_bodies:
             self.bodies.append(body)
         mode = self.mode
@@ -179,7 +213,14 @@ class FakeWorker:
                 "timing": {"queue_ms": 0.0, "inference_ms": self.delay_s * 1000},
                 "worker": self.name,
             },
-            headers={"X-Fake-Worker": self.name},
+            headers={
+                "X-Fake-Worker": self.name,
+                **(
+                    {}
+                    if self.cost_usd is None
+                    else {"X-ModelFleet-Cost-USD": repr(self.cost_usd * n)}
+                ),
+            },
         )
 
 

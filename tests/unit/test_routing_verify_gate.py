@@ -10,6 +10,7 @@ import pytest
 
 from modelfleet.api.routingpolicy import RoutingPolicy, RoutingPolicySpec, VerifySpec
 from modelfleet.routing.compile import compile_routes
+from modelfleet.routing.form import replace_text_fields, scan_form
 from modelfleet.routing.intent import RequestError, parse_request
 from modelfleet.routing.table import compile_policy
 from modelfleet.routing.verify_gate import (
@@ -31,9 +32,10 @@ from modelfleet.routing.verify_gate import (
     next_step,
     offer,
     rerender_body,
+    rerender_fields,
     verdict,
 )
-from modelfleet_worker.validation import Limits, validate_request
+from modelfleet_worker.validation import Limits, form_to_body, validate_request
 from modelfleet_worker.validation import RequestError as WorkerRequestError
 
 
@@ -221,6 +223,55 @@ def test_rerender_body(
     got = rerender_body(forward, spec(**kw), n, round_no)
     assert got == {**want, "min_word_accuracy": 0.9}
     assert forward.get("min_word_accuracy") is None  # the caller's dict is not changed
+
+
+# -- an edit's re-render: the client's form with rerender_body's fields replaced ------------
+
+B = b"b0undary"
+PNG = b"\x89PNG\r\n\x1a\n\x00\r\n--b0undar" + bytes(range(256))  # binary, boundary-like
+
+
+def form(*parts: tuple[str, bytes, str | None]) -> bytes:
+    out = b""
+    for name, value, filename in parts:
+        fn = f'; filename="{filename}"' if filename else ""
+        ctype = "\r\nContent-Type: image/png" if filename else ""
+        head = f'--b0undary\r\nContent-Disposition: form-data; name="{name}"{fn}{ctype}\r\n\r\n'
+        out += head.encode() + value + b"\r\n"
+    return out + b"--b0undary--\r\n"
+
+
+def test_an_edits_rerender_replaces_only_the_gates_fields() -> None:
+    client = form(
+        ("image", PNG, "in.png"),
+        ("prompt", b'a sign "SALE NOW"', None),
+        ("seed", b"7", None),
+        ("text[]", b"SALE NOW", None),
+        ("steps", b"20", None),
+        ("mask", PNG[::-1], "mask.png"),
+    )
+    forward = {"prompt": 'a sign "SALE NOW"', "seed": 7, "text": ["SALE NOW"], "steps": 20}
+    body = rerender_body(forward, spec(onFail={"guidanceScale": 12, "steps": 40}), 1, 1)
+    fields = rerender_fields(body)
+    assert fields == {"n": "1", "seed": "15", "steps": "40", "guidance_scale": "12.0",
+                      "min_word_accuracy": "0.9"}  # fmt: skip
+    out = replace_text_fields(client, B, fields)
+    scan = scan_form(out, B)
+    assert scan.files == {"image": 1, "mask": 1}
+    assert scan.file_bytes == len(PNG) * 2
+    assert PNG in out and PNG[::-1] in out  # files byte for byte
+    assert scan.fields == {
+        "prompt": ['a sign "SALE NOW"'],
+        "text[]": ["SALE NOW"],  # kept: not a field the gate changes
+        **{k: [v] for k, v in fields.items()},
+    }
+    # As the worker reads the form: the numbers it would have got in a JSON body.
+    got = form_to_body(scan.fields)
+    assert {k: got[k] for k in fields} == {k: body[k] for k in fields}
+    # A seedless request stays seedless; a field sent as name[] is replaced too.
+    out = replace_text_fields(form(("image", PNG, "a.png"), ("n[]", b"3", None)), B, {"n": "1"})
+    assert scan_form(out, B).fields == {"n": ["1"]}
+    assert "seed" not in rerender_fields(rerender_body({"prompt": "p"}, spec(), 1, 1))
 
 
 # -- verdict, annotate, messages ------------------------------------------------------------

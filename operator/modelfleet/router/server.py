@@ -295,7 +295,7 @@ class Router:
         edit: Payload | None,
     ) -> web.Response:
         """Policy, pin, parse, route (by model or intent), admit, forward. `edit`: an
-        edit's payload (no text gate: it re-renders generations); None: a generation."""
+        edit's payload (forwarded as sent; the text gate re-renders it); None: a generation."""
         headers = {k.lower(): v for k, v in request.headers.items()}
         policy = select_policy(snap.policies, headers.get(POLICY_HEADER))
         if policy is None:
@@ -378,14 +378,19 @@ class Router:
                 del self._queued[qkey]
         try:
             text_gate: GateRequest | None = None
-            if edit is not None:
-                payload = edit
-            elif route.verify is not None and expected_text(
+            verify = route.verify
+            if verify is not None and not expected_text(
                 parsed.intent.prompt, parsed.forward.get("text")
             ):
+                verify = None  # nothing to verify: no gate
+            if edit is not None:
+                payload = edit
+                if verify is not None:  # sent as is: the worker scores at its own bar
+                    text_gate = GateRequest(verify, parsed.forward, edit)
+            elif verify is not None:
                 # The text gate: the worker scores at the route's threshold.
-                fwd = {**parsed.forward, "min_word_accuracy": route.verify.min_word_accuracy}
-                text_gate = GateRequest(route.verify, fwd)
+                fwd = {**parsed.forward, "min_word_accuracy": verify.min_word_accuracy}
+                text_gate = GateRequest(verify, fwd)
                 payload = Payload(json.dumps(fwd, separators=(",", ":")).encode())
             else:
                 payload = Payload(_generation_body(parsed))
@@ -536,8 +541,8 @@ class Router:
         slot and before its deadline, one pool each (no ladder: docs/router.md)."""
         deadline = start + self.settings.request_timeout_s
 
-        async def render_on(pool: str, body: bytes, until: float) -> Served | Unserved:
-            return await self.ladder.serve(snap, ns, route.name, (pool,), Payload(body), until)
+        async def render_on(pool: str, payload: Payload, until: float) -> Served | Unserved:
+            return await self.ladder.serve(snap, ns, route.name, (pool,), payload, until)
 
         tg = TextGate(self.metrics, self._clock, (ns, pname, route.name))
         ans = await tg.run(gate, first, deadline, render_on, headers)

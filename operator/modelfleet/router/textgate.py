@@ -1,9 +1,10 @@
 """The text gate's shell: read a verified answer, re-render what failed, answer the client.
 
-Only routes with `verify` come here, and only for requests with expected text; every
-other response passes through unread. The decisions are modelfleet.routing.verify_gate's;
-this module parses bodies, sends the re-renders through the router's ladder (inside the
-request's admission slot and before its deadline) and counts."""
+Only routes with `verify` come here, and only for requests with expected text (generations
+and edits); every other response passes through unread. The decisions are
+modelfleet.routing.verify_gate's; this module parses bodies, sends the re-renders through
+the router's ladder (inside the request's admission slot and before its deadline) and
+counts."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any
 
 from modelfleet.api.routingpolicy import VerifySpec
 from modelfleet.router.metrics import RouterMetrics
-from modelfleet.router.upstream import AttemptResult
+from modelfleet.router.upstream import AttemptResult, Payload
+from modelfleet.routing.form import boundary_of, replace_text_fields
 from modelfleet.routing.hold import ColdFailure
 from modelfleet.routing.ladder import Attempt, Tried, exhausted
 from modelfleet.routing.verify_gate import (
@@ -33,6 +35,7 @@ from modelfleet.routing.verify_gate import (
     next_step,
     offer,
     rerender_body,
+    rerender_fields,
     verdict,
 )
 from modelfleet_common.errors import error_json
@@ -62,13 +65,25 @@ class Unserved:
 
 
 # Render n images on one pool before the deadline (the router's ladder for that pool).
-RenderOn = Callable[[str, bytes, float], Awaitable[Served | Unserved]]
+RenderOn = Callable[[str, Payload, float], Awaitable[Served | Unserved]]
 
 
 @dataclass(frozen=True)
 class GateRequest:
     spec: VerifySpec
-    forward: Mapping[str, Any]  # the body sent to the worker, threshold included
+    # A generation: the body sent to the worker, threshold included. An edit: its fields
+    # as JSON values (what rerender_body changes), the form itself in `edit`.
+    forward: Mapping[str, Any]
+    edit: Payload | None = None  # an edit's multipart payload as the client sent it
+
+    def rerender(self, body: Mapping[str, Any]) -> Payload:
+        """A re-render's payload: the JSON body, or the edit's form with the changed
+        fields replaced (its files as sent)."""
+        if self.edit is None:
+            return Payload(json.dumps(body, separators=(",", ":")).encode())
+        e = self.edit
+        form = replace_text_fields(e.body, boundary_of(e.content_type), rerender_fields(body))
+        return Payload(form, e.path, e.content_type)
 
 
 @dataclass(frozen=True)
@@ -151,7 +166,7 @@ class TextGate:
                 m.text(m.text_rerendered, *self.labels, slots[i].best.pool, pool)
             body = rerender_body(gate.forward, spec, len(step.slots), rounds + 1)
             t0 = self.clock()
-            got = await render_on(pool, json.dumps(body, separators=(",", ":")).encode(), deadline)
+            got = await render_on(pool, gate.rerender(body), deadline)
             render_s = self.clock() - t0
             if isinstance(got, Unserved) or got.res.outcome is not Attempt.OK:
                 stop = _why_unserved(pool, got)

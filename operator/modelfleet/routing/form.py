@@ -1,12 +1,14 @@
 """The router's view of a multipart/form-data edit: the text fields routing needs, and how
 many files of each name, found in the body bytes without copying the files. Pure.
 
-The body is forwarded to the worker unchanged; only text parts are decoded (they are short:
-prompt, model, tier...). The worker parses the whole form again, files included."""
+The body is forwarded to the worker unchanged (a text gate's re-render replaces a few text
+fields: replace_text_fields); only text parts are decoded (they are short: prompt, model,
+tier...). The worker parses the whole form again, files included."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 MAX_TEXT_PART_BYTES = 64 * 1024  # a longer "text" part is a file sent without a filename
@@ -113,3 +115,32 @@ def part_being_read(head: bytes, boundary: bytes) -> str | None:
     if end < 0:
         return None
     return _disposition(head[i:end])[0]
+
+
+def replace_text_fields(body: bytes, boundary: bytes, fields: Mapping[str, str]) -> bytes:
+    """The same multipart body with every text part named in `fields` (or `name[]`)
+    dropped and one part per entry of `fields` appended; file parts and the other text
+    parts are kept byte for byte, in order. How the text gate re-sends an edit with other
+    settings. Raises FormError on a malformed body (scan_form refused those already)."""
+    delim = b"--" + boundary
+    sep = b"\r\n" + delim
+    pos = body.find(delim)
+    if pos < 0:
+        raise FormError("multipart body does not contain its boundary")
+    pos += len(delim)
+    kept: list[bytes] = []
+    while not body.startswith(b"--", pos):
+        if not body.startswith(b"\r\n", pos):
+            raise FormError("malformed multipart body: boundary not followed by CRLF")
+        head_end = body.find(b"\r\n\r\n", pos + 2)
+        end = body.find(sep, max(head_end, pos))
+        if head_end < 0 or end < 0:
+            raise FormError("multipart body is truncated (no closing boundary)")
+        name, filename = _disposition(body[pos + 2 : head_end])
+        if filename is not None or name is None or name.removesuffix("[]") not in fields:
+            kept.append(body[pos + 2 : end])
+        pos = end + len(sep)
+    for name, value in fields.items():
+        head = f'Content-Disposition: form-data; name="{name}"\r\n\r\n'
+        kept.append(head.encode("utf-8") + value.encode("utf-8"))
+    return b"".join(delim + b"\r\n" + part + b"\r\n" for part in kept) + delim + b"--\r\n"

@@ -5,10 +5,12 @@ here that report is judged at the route's threshold, renders of one image are
 ranked, and it is decided whether a failed image is rendered again, where, with
 which settings, and what the client is told. Images are handled one by one: a
 request for n images re-renders only those that failed, together, in one request.
+Generations and edits alike: an edit's re-render is its form with rerender_fields replaced.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -160,6 +162,16 @@ def rerender_body(
         body["seed"] = (seed + round_no * SEED_STRIDE) % SEED_SPAN
     body["min_word_accuracy"] = spec.min_word_accuracy
     return body
+
+
+# The fields rerender_body sets: what an edit's re-render replaces in the client's form.
+RERENDER_FIELDS = ("n", "seed", "steps", "guidance_scale", "min_word_accuracy")
+
+
+def rerender_fields(body: Mapping[str, Any]) -> dict[str, str]:
+    """rerender_body's settings as multipart text values, for an edit's re-render (the
+    client's form with these fields replaced; its files and other fields unchanged)."""
+    return {k: json.dumps(body[k]) for k in RERENDER_FIELDS if k in body}
 
 
 def verdict(slots: Sequence[Slot]) -> str:

@@ -101,6 +101,35 @@ async def test_failed_render_rescued_on_the_onfail_pool(
     assert await metric(http, r, "modelfleet_router_requests_total", outcome="ok", pool="typo") == 1
 
 
+async def test_an_edit_is_gated_too_its_files_resent_as_sent(
+    workers: Any, http: aiohttp.ClientSession, router: Any
+) -> None:
+    typo, good = await workers("typo", 0.5), await workers("good", 1.0)
+    routes = typo_route(onFail={"pool": "good", "guidanceScale": 12, "steps": 40})
+    r = router(routes, {"typo": [typo.url], "good": [good.url]})
+    fd = aiohttp.FormData()
+    fd.add_field("image", b"\x89PNG fake image bytes", filename="in.png", content_type="image/png")
+    fd.add_field("mask", b"\x89PNG fake mask", filename="mask.png", content_type="image/png")
+    for name, value in (("prompt", SIGN), ("seed", "7"), ("steps", "20")):
+        fd.add_field(name, value)
+    async with http.post(r.url + "/v1/images/edits", data=fd) as resp:
+        status, h, doc = resp.status, resp.headers, await resp.json()
+    assert status == 200, doc
+    assert (h["X-ModelFleet-Verify"], h["X-ModelFleet-Rerender-Pool"]) == ("rescued", "good")
+    b = doc["data"][0]["modelfleet"]
+    assert (b["passed"], b["rerendered"], b["attempts"], b["pool"]) == (True, True, 2, "good")
+    # The client's form went to the first pool as sent; the re-render is that form with
+    # the gate's settings, both files again.
+    assert typo.bodies == [{"prompt": SIGN, "seed": 7, "steps": 20}]
+    assert good.bodies == [
+        {"prompt": SIGN, "n": 1, "seed": 15, "steps": 40, "guidance_scale": 12.0,
+         "min_word_accuracy": 0.9}
+    ]  # fmt: skip
+    assert typo.edit_files == good.edit_files == [["image", "mask"]]
+    labels = {"route": "typo", "policy": "main"}
+    assert await metric(http, r, "modelfleet_router_text_rescued_total", **labels) == 1
+
+
 async def test_same_pool_with_stronger_settings_and_a_passing_first_render(
     workers: Any, http: aiohttp.ClientSession, router: Any
 ) -> None:
