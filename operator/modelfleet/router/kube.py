@@ -15,12 +15,12 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from modelfleet import GROUP, VERSION
+from modelfleet.api.common import parse_time
 from modelfleet.api.routingpolicy import RoutingPolicy
 from modelfleet.router.config import Snapshot, format_validation_error
 from modelfleet.routing.clients import CLIENT_KEY_LABEL, KeyRing, ring_from_secrets
@@ -95,7 +95,7 @@ def endpoints_from_slices(slices: Iterable[Mapping[str, Any]]) -> dict[Key, tupl
 def _created(meta: Mapping[str, Any]) -> int:
     try:
         ts = str(meta.get("creationTimestamp") or "")
-        return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp())
+        return int(parse_time(ts).timestamp())
     except ValueError:
         return 0
 
