@@ -140,10 +140,11 @@ class Worker:
         return self.proc.returncode
 
 
-def start_worker(model: Path, **settings: Any) -> Worker:
+def start_worker(model: Path | str, **settings: Any) -> Worker:
+    """`model`: a directory, or (a str) any model URI the worker takes."""
     port = free_port()
     overrides = {
-        "MODELFLEET_WORKER_MODEL": f"file://{model}",
+        "MODELFLEET_WORKER_MODEL": model if isinstance(model, str) else f"file://{model}",
         "MODELFLEET_WORKER_HOST": "127.0.0.1",
         "MODELFLEET_WORKER_PORT": str(port),
         "MODELFLEET_WORKER_POOL": "test-pool",
@@ -199,7 +200,7 @@ def running_text_workers(
 
 
 @contextmanager
-def running_worker(model: Path, **settings: Any) -> Iterator[Worker]:
+def running_worker(model: Path | str, **settings: Any) -> Iterator[Worker]:
     w = start_worker(model, **settings)
     try:
         w.wait_ready()

@@ -6,6 +6,7 @@ pin change triggers exactly one rebuild and nothing is ever committed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,6 +26,10 @@ HELM_VERSION = "v3.22.0"
 # release workflow; built and cached like the cluster binaries.
 ACTIONLINT_VERSION = "v1.7.12"
 KUBE_SCORE_VERSION = "v1.20.0"
+# The S3 server the s3:// fetch tests run against: gofakes3 (MIT) behind a SigV4
+# check, from devtools/modelfleet_dev/s3server/main.go (keyed by that file's hash).
+GOFAKES3_VERSION = "v1.2.0"
+S3SERVER_MAIN = Path(__file__).with_name("s3server") / "main.go"
 
 # k8s.io/kubernetes resolves these to ./staging in its own go.mod; as a
 # dependency they must point at the published module of the matching version.
@@ -83,6 +88,7 @@ class Component:
     version: str
     binaries: tuple[str, ...]
     go_mod: str | None = None  # wrapper module text, when `go install` cannot be used
+    main_go: Path | None = None  # the wrapper module's main.go (default: an empty main)
     packages: tuple[str, ...] = ()
     ldflags: tuple[str, ...] = field(default_factory=tuple)
     # go build names a binary after its package's last path element
@@ -150,6 +156,22 @@ def _etcd_component() -> Component:
     )
 
 
+def _s3server_component() -> Component:
+    digest = hashlib.sha256(S3SERVER_MAIN.read_bytes()).hexdigest()[:10]
+    go_mod = (
+        "module modelfleet.local/modelfleet-s3\n\ngo 1.24\n\n"
+        f"require github.com/johannesboyne/gofakes3 {GOFAKES3_VERSION}\n"
+    )
+    return Component(
+        name="modelfleet-s3",
+        version=f"{GOFAKES3_VERSION}-{digest}",
+        binaries=("modelfleet-s3",),
+        go_mod=go_mod,
+        main_go=S3SERVER_MAIN,
+        packages=(".",),
+    )
+
+
 def helm_kube_version_ldflags(go_mod: str) -> tuple[str, ...]:
     """What Helm's Makefile sets: the default Kubernetes version (used by `helm
     template` without a cluster and by `helm lint`) is its client-go v0.N as 1.N.
@@ -202,6 +224,7 @@ def components() -> list[Component]:
             packages=(f"github.com/zegl/kube-score/cmd/kube-score@{KUBE_SCORE_VERSION}",),
             ldflags=(f"-X main.version={KUBE_SCORE_VERSION}",),
         ),
+        _s3server_component(),
     ]
 
 
@@ -282,7 +305,10 @@ def build(component: Component, force: bool = False) -> float:
     _log(f"building {component.name} {component.version} (log: {log})")
     if component.go_mod is not None:
         (work / "go.mod").write_text(component.go_mod)
-        (work / "main.go").write_text("package main\n\nfunc main() {}\n")
+        main = "package main\n\nfunc main() {}\n"
+        (work / "main.go").write_text(
+            main if component.main_go is None else component.main_go.read_text()
+        )
         _run_logged(["go", "mod", "download"], work, env, log, f"{component.name} (download)")
         cmd = ["go", "build", "-mod=mod", "-ldflags", ldflags, "-o", str(staging) + "/"]
         _run_logged([*cmd, *component.packages], work, env, log, component.name)

@@ -1,6 +1,6 @@
 """What `fetch` says when a store refuses: the S3 message per case, and the HTTP
 status found behind huggingface_hub errors (response.status_code, through the
-cause chain) and botocore's ClientError (response dict: ResponseMetadata)."""
+cause chain) and minio's S3Error (a urllib3 response: status)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ class _Resp:
         self.status_code = status
 
 
+class _Urllib3Resp:
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
 class _HttpError(Exception):
     def __init__(self, response: Any) -> None:
         super().__init__("refused")
@@ -51,12 +56,7 @@ def _chained(inner: BaseException) -> BaseException:
     [
         (_HttpError(_Resp(401)), 401),
         (_chained(_HttpError(_Resp(403))), 403),  # snapshot_download's local-cache wrapper
-        (
-            _HttpError(
-                {"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}
-            ),
-            403,
-        ),
+        (_HttpError(_Urllib3Resp(403)), 403),  # minio's S3Error.response
         (ValueError("no response"), None),
         (_HttpError(None), None),
     ],

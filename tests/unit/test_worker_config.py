@@ -124,20 +124,20 @@ def test_cache_path_is_stable() -> None:
     assert cache_path(parse_uri("hf://org/name@v1"), "/c") == Path("/c/hf/org--name/v1")
 
 
-def test_s3_without_boto3_is_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_s3_without_minio_is_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import builtins
 
     from modelfleet_worker import fetch as fetch_mod
 
     real_import = builtins.__import__
 
-    def no_boto(name: str, *a: object, **k: object) -> object:
-        if name == "boto3":
-            raise ImportError("no boto3")
+    def no_minio(name: str, *a: object, **k: object) -> object:
+        if name == "minio":
+            raise ImportError("no minio")
         return real_import(name, *a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(builtins, "__import__", no_boto)
-    with pytest.raises(FetchError, match="boto3"):
+    monkeypatch.setattr(builtins, "__import__", no_minio)
+    with pytest.raises(FetchError, match="need the `minio` package"):
         fetch_mod.fetch("s3://bucket/model", str(tmp_path))
 
 

@@ -7,7 +7,6 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlparse
 
 log = logging.getLogger("modelfleet_worker.fetch")
@@ -22,13 +21,14 @@ CREDENTIALS_SECRET_ENV = "MODELFLEET_WORKER_CREDENTIALS_SECRET"
 
 
 def _http_status(exc: BaseException) -> int | None:
-    """The HTTP status behind a huggingface_hub error (its cause chain included)."""
+    """The HTTP status behind a huggingface_hub error (requests: status_code) or a
+    minio S3Error (urllib3: status), its cause chain included."""
     seen: BaseException | None = exc
     while seen is not None:
         response = getattr(seen, "response", None)
         status = getattr(response, "status_code", None)
-        if isinstance(response, dict):  # botocore ClientError
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status is None:
+            status = getattr(response, "status", None)
         if isinstance(status, int):
             return status
         seen = seen.__cause__ or seen.__context__
@@ -148,44 +148,6 @@ def _fetch_hf(ref: ModelRef, dest: Path) -> Path:
 
 
 def _fetch_s3(ref: ModelRef, dest: Path) -> Path:
-    try:
-        import boto3
-    except ImportError as exc:
-        raise FetchError(
-            "s3:// models need boto3, which is not installed in this image; "
-            "`pip install boto3` or use hf:// / file://"
-        ) from exc
-    bucket, _, prefix = ref.location.partition("/")
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
-    try:
-        return _download_s3(client, ref, bucket, prefix, dest)
-    except Exception as exc:
-        status = _http_status(exc)
-        missing = type(exc).__name__ == "NoCredentialsError"
-        if status not in (401, 403) and not missing:
-            raise
-        keys = bool(os.environ.get("AWS_ACCESS_KEY_ID"))
-        secret = os.environ.get(CREDENTIALS_SECRET_ENV, "")
-        uri = f"s3://{ref.location}"
-        raise FetchError(s3_refused_message(uri, status, keys, secret)) from None
+    from . import fetch_s3
 
-
-def _download_s3(client: Any, ref: ModelRef, bucket: str, prefix: str, dest: Path) -> Path:
-    paginator = client.get_paginator("list_objects_v2")
-    count = 0
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            key = obj["Key"]
-            rel = key[len(prefix) :]
-            if not rel or rel.endswith("/"):
-                continue
-            target = dest / rel
-            if ".." in Path(rel).parts:
-                raise FetchError(f"refusing s3 key that escapes the cache: {key!r}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, key, str(target))
-            count += 1
-    if count == 0:
-        raise FetchError(f"no objects under s3://{ref.location}")
-    return dest
+    return fetch_s3.fetch_s3(ref, dest)
