@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelfleet.routing.sticky import ASSET_FIELD, asset_id_of
+from modelfleet_common.errors import error_body
 from modelfleet_common.expected_text import ExpectedTextError, parse_text_field
 
 TIER_HEADER = "X-ModelFleet-Tier"
@@ -90,7 +91,7 @@ class RequestError(Exception):
         self.param = param
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "param": self.param}}
+        return error_body(self.code, self.message, self.param)
 
 
 @dataclass(frozen=True)
