@@ -31,7 +31,7 @@ class Wall:
 
 
 def spend(hold_s: float = 300.0, wall: Wall | None = None) -> Spend:
-    return Spend(MemorySpendStore(hold_s=hold_s), CollectorRegistry(), wall=wall or Wall())
+    return Spend(CollectorRegistry(), store=MemorySpendStore(hold_s=hold_s), wall=wall or Wall())
 
 
 async def test_first_request_is_a_probe_the_rest_wait_for_its_cost() -> None:
@@ -71,7 +71,7 @@ async def test_a_failed_probe_hands_over_to_the_next_request() -> None:
 
 
 async def test_probe_wait_is_bounded() -> None:
-    s = Spend(MemorySpendStore(), CollectorRegistry(), wall=Wall(), probe_wait_s=0.05)
+    s = Spend(CollectorRegistry(), wall=Wall(), probe_wait_s=0.05)
     k = key()
     assert isinstance(await s.reserve(k, 1, ("a",)), Ticket)
     with pytest.raises(StoreDown, match=r"first request has not finished within 0\.05 s"):
@@ -81,7 +81,7 @@ async def test_probe_wait_is_bounded() -> None:
 async def test_release_frees_the_reservation_and_settle_charges_real_cost() -> None:
     s = spend()
     k = key(1.0)
-    s.costs.learn("ns", "a", 0.5, 1)
+    s.costs.learn("ns", "a", 500_000_000)
     t1 = await s.reserve(k, 1, ("a",))
     t2 = await s.reserve(k, 1, ("a",))
     assert isinstance(t1, Ticket) and isinstance(t2, Ticket)
@@ -101,7 +101,7 @@ async def test_unsettled_reservations_expire_after_hold() -> None:
     wall = Wall()
     s = spend(hold_s=60.0, wall=wall)
     k = key(1.0)
-    s.costs.learn("ns", "a", 1.0, 1)
+    s.costs.learn("ns", "a", 1_000_000_000)
     assert isinstance(await s.reserve(k, 1, ("a",)), Ticket)  # never settled (router died)
     assert isinstance(await s.reserve(k, 1, ("a",)), Refused)
     wall.t += 61
@@ -112,7 +112,7 @@ async def test_a_new_period_starts_from_zero() -> None:
     wall = Wall()
     s = spend(wall=wall)
     k = key(1.0)
-    s.costs.learn("ns", "a", 1.0, 1)
+    s.costs.learn("ns", "a", 1_000_000_000)
     t = await s.reserve(k, 1, ("a",))
     assert isinstance(t, Ticket)
     await s.settle(t, k, "a", 1.0, 1)
@@ -138,9 +138,9 @@ async def test_requests_per_minute() -> None:
 
 async def test_clients_rows_and_metrics_never_hold_the_key() -> None:
     reg = CollectorRegistry()
-    s = Spend(MemorySpendStore(), reg, wall=Wall())
+    s = Spend(reg, wall=Wall())
     k = key(2.0, rpm=10)
-    s.costs.learn("ns", "a", 0.5, 1)
+    s.costs.learn("ns", "a", 500_000_000)
     await s.rate(k)
     t = await s.reserve(k, 2, ("a",))
     assert isinstance(t, Ticket) and t.estimate == 1_000_000_000

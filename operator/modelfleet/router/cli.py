@@ -22,6 +22,13 @@ from modelfleet.router.assets import (
     describe,
 )
 from modelfleet.router.config import ConfigError, Snapshot, load_static_config
+from modelfleet.router.spendstore import (
+    SpendConfigError,
+    SpendStore,
+    add_spend_args,
+    spend_store_from_args,
+)
+from modelfleet.router.spendstore import describe as describe_spend
 from modelfleet.routing.clients import CLIENT_KEY_LABEL
 from modelfleet.routing.hold import HoldLimits
 from modelfleet.routing.pin import read_credential
@@ -154,6 +161,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "many at once); beyond: 429 too_many_auth_failures (default 10)",
     )
     add_asset_args(p)  # sticky assets: --asset-store, --asset-store-password-file, --asset-ttl
+    add_spend_args(p)  # client keys' spend: --spend-store, --spend-store-password-file, ...
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(handler=_run)
@@ -236,7 +244,8 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
     try:
         store = asset_store_from_args(args)
-    except AssetConfigError as exc:
+        spend = spend_store_from_args(args, settings.request_timeout_s)
+    except (AssetConfigError, SpendConfigError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     if args.client_auth == "keys" and args.kube:
@@ -249,7 +258,7 @@ def _run(args: argparse.Namespace) -> int:
             )
             return EXIT_CONFIG
     try:
-        return asyncio.run(_serve(args, settings, snapshot, credential, store))
+        return asyncio.run(_serve(args, settings, snapshot, credential, store, spend))
     except KeyboardInterrupt:
         return 0
 
@@ -260,6 +269,7 @@ async def _serve(
     snapshot: Snapshot | None,
     credential: CredentialFile | None = None,
     store: AssetStore | None = None,
+    spend: SpendStore | None = None,
 ) -> int:
     from aiohttp import web
 
@@ -289,6 +299,9 @@ async def _serve(
     else:
         log.info("client keys: clientKeys of %s", args.config)
     log.info("sticky asset store: %s", describe(store))
+    if spend is not None:
+        router.spend.use(spend)
+        log.info("client key spend store: %s", describe_spend(spend))
     if credential is not None:
         log.info("pool pins allowed with the operator credential in %s", credential.path)
     loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ from modelfleet.router.metrics import LiveCollector, RouterMetrics
 from modelfleet.router.responses import JSON, json_errors, rejected, relay
 from modelfleet.router.responses import error as _error
 from modelfleet.router.serving import Ladder, Settings
+from modelfleet.router.spend import Spend
 from modelfleet.router.textgate import GateRequest, Served, TextGate, Unserved
 from modelfleet.router.upstream import EDITS_PATH, Payload
 from modelfleet.routing.form import FormError, boundary_of, part_being_read, scan_form
@@ -72,6 +73,7 @@ class Router:
         if access is not None:
             self.metrics.registry.register(access.registry)
         self.stats = AttemptStats()
+        self.spend = Spend(self.metrics, clock)  # per-key rpm, budgets (memory until .use)
         self.snapshot: Snapshot | None = None
         self._rnd = (rng or random.Random()).random
         self._clock = clock
@@ -141,6 +143,7 @@ class Router:
         await self.ladder.close()
         if self.assets is not None:
             await self.assets.close()
+        await self.spend.close()
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -184,6 +187,7 @@ class Router:
                 "window_seconds": window,
                 "offset_seconds": offset,
                 "pools": [p.wire(self.stats.bounds, self.stats.service_bounds) for p in pools],
+                "clients": await self.spend.clients(),
             }
         )
 
@@ -344,6 +348,8 @@ class Router:
             if denied is not None:
                 self._finish(ns, pname, route.name, "", Outcome.CLIENT_ERROR, start)
                 return denied
+        if (limited := await self.spend.limit(client, (ns, pname, route.name), start)) is not None:
+            return limited
         entry = self._gates.get(policy.key)
         if entry is None:  # config swapped between lines above; treat as the new one
             return _error(503, "not_ready", "configuration changed, retry")
@@ -377,6 +383,9 @@ class Router:
             else:
                 del self._queued[qkey]
         try:
+            held = await self.spend.hold(client, parsed, route, (ns, pname, route.name), start)
+            if isinstance(held, web.Response):
+                return held
             text_gate: GateRequest | None = None
             verify = route.verify
             if verify is not None and not expected_text(
@@ -404,10 +413,10 @@ class Router:
                 serving = model_pools(parsed.model, ns, snap.model_names)
                 ticket = await self.assets.lookup(ns, parsed.asset_id, ladder, live, serving)
                 ladder, chosen = ticket.ladder, ticket.choice.pool_first or chosen
-            return await self._forward(
+            return await held.settled(self._forward(
                 snap, ns, pname, route, chosen, ladder, payload, start, route_headers, text_gate,
                 ticket, PolicyBounds(gate.limits.queue_timeout_s, gate.limits.max_in_flight),
-            )  # fmt: skip
+            ))  # fmt: skip
         except asyncio.CancelledError:
             # The client went away; the attempt was cancelled with it.
             self._finish(ns, pname, route.name, "", Outcome.CLIENT_ERROR, start)

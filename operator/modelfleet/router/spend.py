@@ -11,24 +11,36 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from modelfleet.router.metrics import RouterMetrics
+from modelfleet.router.responses import rejected
 from modelfleet.router.spendstore import Account, MemorySpendStore, SpendStore
 from modelfleet.routing.budget import (
     MAX_BUDGET_USD,
     Period,
     RateVerdict,
+    budget_message,
     estimate_nano,
     per_image_cost_nano,
     period_of,
+    rate_message,
     reset_time,
     to_nano,
     to_usd,
 )
 from modelfleet.routing.clients import Budget, ClientKey
+from modelfleet.routing.intent import ParsedRequest
+from modelfleet.routing.ladder import Outcome
+from modelfleet.routing.stats import COST_HEADER, parse_cost, response_images
+from modelfleet.routing.table import RouteEntry, pool_ladder
+
+POOL_HEADER = "X-ModelFleet-Pool"  # the pool that served, as router/server.py sets it
+Labels = tuple[str, str, str]  # namespace, policy, route
 
 log = logging.getLogger("modelfleet.router.spend")
 
@@ -70,8 +82,8 @@ class CostMemory:
         self._clock = clock
         self._seen: dict[tuple[str, str], tuple[int, int, int]] = {}  # span, prev max, max
 
-    def learn(self, ns: str, pool: str, cost_usd: float | None, images: int) -> None:
-        per = per_image_cost_nano(cost_usd, images)
+    def learn(self, ns: str, pool: str, per: int) -> None:
+        """One answer's cost per image (routing.budget.per_image_cost_nano)."""
         span = int(self._clock() // self.span_s)
         s, prev, cur = self._seen.get((ns, pool), (span, 0, 0))
         if s != span:
@@ -96,14 +108,19 @@ class Spend:
 
     def __init__(
         self,
-        store: SpendStore,
-        registry: CollectorRegistry,
-        *,
-        wall: Callable[[], float] = time.time,
+        metrics: RouterMetrics | CollectorRegistry,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        store: SpendStore | None = None,
+        wall: Callable[[], float] = time.time,
         probe_wait_s: float = 30.0,
     ) -> None:
-        self.store = store
+        """metrics: the router's (refusals count in its requests_total too) or a bare
+        registry; store: memory until use() names another."""
+        self.store: SpendStore = store or MemorySpendStore()
+        self._router_metrics = metrics if isinstance(metrics, RouterMetrics) else None
+        registry = metrics.registry if isinstance(metrics, RouterMetrics) else metrics
+        self._clock = clock
         self._wall = wall
         self.probe_wait_s = probe_wait_s
         self.costs = CostMemory(clock=clock)
@@ -111,6 +128,10 @@ class Spend:
         # Scopes with this replica's probe in flight (routing.budget): set when it ends.
         self._probes: dict[str, asyncio.Event] = {}
         self._last_log = 0.0
+        # (namespace, pool) -> when the store was last asked for its cost, the cost last
+        # published to it (only changes are written).
+        self._asked: dict[tuple[str, str], float] = {}
+        self._published: dict[tuple[str, str], int] = {}
         # scope -> namespace, key id, rpm, budget; and this replica's totals for the key.
         self.keys: dict[str, tuple[str, str, int | None, Budget | None]] = {}
         self.totals: dict[str, _Totals] = {}
@@ -138,11 +159,12 @@ class Spend:
             "modelfleet_router_spend_store_errors_total",
             "Spend store operations that failed: a budgeted request refused with 503 "
             "(reserve), a charge not recorded (settle), a rate limit counted by this "
-            "replica alone (hit), a /v1/stats budget row without figures (account).",
+            "replica alone (hit), a /v1/stats budget row without figures (account), a "
+            "pool's cost per image not shared (cost).",
             ["op"],
             registry=registry,
         )
-        for op in ("reserve", "settle", "hit", "account"):
+        for op in ("reserve", "settle", "hit", "account", "cost"):
             self.errors.labels(op)
 
     def _failed(self, op: str, exc: BaseException) -> None:
@@ -183,7 +205,10 @@ class Spend:
         scope, totals = self._seen(key)
         budget = key.budget
         pools = tuple(ladder)
-        estimate = estimate_nano(images, self.costs.per_image(key.namespace, pools), pools)
+        per = self.costs.per_image(key.namespace, pools)
+        if len(per) < len(pools):
+            per = await self._shared_costs(key.namespace, pools, per)
+        estimate = estimate_nano(images, per, pools)
         if estimate is None and scope in self._probes:
             # This replica's probe for the key is in flight: its answer gives the estimate.
             try:
@@ -216,6 +241,26 @@ class Spend:
             return Refused(p, acct)
         return Ticket(scope, key.id, key.namespace, p, rid, estimate)
 
+    async def _shared_costs(
+        self, ns: str, pools: tuple[str, ...], per: dict[str, int]
+    ) -> dict[str, int]:
+        """The costs other replicas published for the pools this one has not seen
+        answer, asked at most every 5 s per pool."""
+        now = self._clock()
+        ask = [p for p in pools if p not in per and self._asked.get((ns, p), -1e9) + 5 <= now]
+        if not ask:
+            return per
+        for p in ask:
+            self._asked[(ns, p)] = now
+        try:
+            got = await self.store.costs(ns, ask)
+        except Exception as exc:
+            self._failed("cost", exc)
+            return per
+        for p, v in got.items():
+            self.costs.learn(ns, p, v)
+        return self.costs.per_image(ns, pools)
+
     def _end_probe(self, scope: str, estimate: int | None) -> None:
         if estimate is None:
             ev = self._probes.pop(scope, None)
@@ -229,7 +274,14 @@ class Spend:
         """After the answer (pool: the one that served; None: none did): charge its cost,
         or release the reservation. t None: a key without a budget (metrics only)."""
         if pool is not None:
-            self.costs.learn(key.namespace, pool, cost_usd, images)
+            per = per_image_cost_nano(cost_usd, images)
+            self.costs.learn(key.namespace, pool, per)
+            if self._published.get((key.namespace, pool)) != per:
+                self._published[(key.namespace, pool)] = per
+                try:
+                    await self.store.publish_cost(key.namespace, pool, per)
+                except Exception as exc:
+                    self._failed("cost", exc)
         cost = to_nano(cost_usd or 0.0)
         if t is not None:
             self._end_probe(t.scope, t.estimate)
@@ -294,6 +346,92 @@ class Spend:
 
     async def close(self) -> None:
         await self.store.close()
+
+    # -- the router's calls (router/server.py) -----------------------------------------
+
+    def use(self, store: SpendStore) -> None:
+        """The store the flags name (router/cli.py), before the router serves."""
+        self.store = store
+
+    def _refused(self, where: Labels, start: float, resp: web.Response) -> web.Response:
+        if self._router_metrics is not None:
+            ns, policy, route = where
+            self._router_metrics.finished(
+                ns, policy, route, "", Outcome.REJECTED.value, self._clock() - start
+            )
+        return resp
+
+    async def limit(
+        self, key: ClientKey | None, where: Labels, start: float
+    ) -> web.Response | None:
+        """Requests per minute: 429 rate_limit_exceeded with Retry-After, or None.
+        where: (namespace, policy, route) for the router's requests_total."""
+        if key is None:
+            return None
+        v = await self.rate(key)
+        if v.admitted:
+            return None
+        msg = rate_message(key.id, key.requests_per_minute or 0, v.retry_after_s)
+        return self._refused(
+            where, start, rejected("rate_limit_exceeded", msg, {}, v.retry_after_s)
+        )
+
+    async def hold(
+        self,
+        key: ClientKey | None,
+        parsed: ParsedRequest,
+        route: RouteEntry,
+        where: Labels,
+        start: float,
+    ) -> Hold | web.Response:
+        """Before forwarding: the key's budget reservation for the route's ladder, or the
+        refusal (429 budget_exceeded until the period resets; 503 budget_unavailable)."""
+        if key is None:
+            return _NO_HOLD
+        if key.budget is None:
+            return Hold(self, key, None)
+        try:
+            got = await self.reserve(key, _images(parsed), pool_ladder(route, None))
+        except StoreDown as exc:
+            resp = rejected("budget_unavailable", str(exc), {}, 1.0, status=503)
+            return self._refused(where, start, resp)
+        if isinstance(got, Refused):
+            b = key.budget
+            msg = budget_message(key.id, to_usd(got.account.spent), b.amount_usd, got.period)
+            wait = max(1.0, got.period.end - self._wall())
+            return self._refused(where, start, rejected("budget_exceeded", msg, {}, wait))
+        return Hold(self, key, got)
+
+
+class Hold:
+    """One request's spend from admission to its answer: settled() charges the answer's
+    cost (the worker's X-ModelFleet-Cost-USD, relayed) or releases the reservation."""
+
+    def __init__(self, spend: Spend | None, key: ClientKey | None, ticket: Ticket | None):
+        self.spend, self.key, self.ticket = spend, key, ticket
+
+    async def settled(self, answer: Awaitable[web.Response]) -> web.Response:
+        if self.spend is None or self.key is None:
+            return await answer
+        try:
+            resp = await answer
+        except BaseException:
+            await asyncio.shield(self.spend.settle(self.ticket, self.key, None, None, 0))
+            raise
+        ok = resp.status == 200
+        body = resp.body if ok and isinstance(resp.body, bytes) else b""
+        pool = resp.headers.get(POOL_HEADER) if ok else None
+        cost = parse_cost(resp.headers.get(COST_HEADER))
+        await self.spend.settle(self.ticket, self.key, pool, cost, response_images(body))
+        return resp
+
+
+_NO_HOLD = Hold(None, None, None)
+
+
+def _images(parsed: ParsedRequest) -> int:
+    n = parsed.forward.get("n")
+    return n if isinstance(n, int) and n >= 1 else 1
 
 
 @dataclass

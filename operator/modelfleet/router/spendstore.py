@@ -11,6 +11,9 @@ after the period ends:
                                                    (each reservation's amount)
   modelfleet:spend:<namespace>/<key id>:<period>:r zset: reservation id -> expiry (ms)
   modelfleet:rate:<namespace>/<key id>             hash: minute, previous, current
+  modelfleet:cost:<namespace>/<pool>               a pool's cost per image (nano-USD), as
+                                                   last published: a replica that starts
+                                                   knows its estimates (routing.budget)
 Reserve, settle and release are Lua scripts: atomic across replicas. A reservation a
 router never settled (it was killed) expires after --spend-hold (the request deadline and
 a margin) and is dropped by the next reserve.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +34,8 @@ from modelfleet.routing.budget import WINDOW_S, Period, RateVerdict, decide, rat
 
 KEY_PREFIX = "modelfleet:spend:"
 RATE_PREFIX = "modelfleet:rate:"
+COST_PREFIX = "modelfleet:cost:"  # <namespace>/<pool>: its last answer's cost per image
+COST_TTL_S = 3600
 KEEP_AFTER_PERIOD_S = 7 * 86400  # a period's figures stay readable a week after it ends
 DEFAULT_HOLD_S = 300.0
 
@@ -62,6 +68,13 @@ class SpendStore(Protocol):
     async def hit(self, scope: str, rpm: int, now: float) -> RateVerdict:
         """Count one request against rpm unless it is over (routing.budget.rate_decision)."""
         ...
+
+    async def costs(self, namespace: str, pools: Iterable[str]) -> dict[str, int]:
+        """The pools' cost per image (nano-USD) other replicas (or this one before a
+        restart) last published; pools without one are left out."""
+        ...
+
+    async def publish_cost(self, namespace: str, pool: str, per_image: int) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -136,6 +149,12 @@ class MemorySpendStore:
             return
         cutoff = now - KEEP_AFTER_PERIOD_S
         self._acc = {k: v for k, v in self._acc.items() if v[0] > cutoff}
+
+    async def costs(self, namespace: str, pools: Iterable[str]) -> dict[str, int]:
+        return {}  # one replica: router.spend's own CostMemory knows all there is
+
+    async def publish_cost(self, namespace: str, pool: str, per_image: int) -> None:
+        return None
 
     async def close(self) -> None:
         return None
@@ -214,8 +233,9 @@ return {ok and 1 or 0, prev, cur, tostring(elapsed)}
 
 
 class RedisSpendStore:
-    """Spend shared by every replica (module docstring). Short socket timeouts and no
-    client-side retries, as RedisAssetStore."""
+    """Spend shared by every replica (module docstring). No client-side retries, as
+    RedisAssetStore; a longer socket timeout than its (2 s): a budgeted request fails
+    closed when the store does not answer, so a burst must not trip it."""
 
     def __init__(
         self,
@@ -223,7 +243,7 @@ class RedisSpendStore:
         *,
         password_file: Path | None = None,
         hold_s: float = DEFAULT_HOLD_S,
-        socket_timeout_s: float = 0.5,
+        socket_timeout_s: float = 2.0,
         max_connections: int = 256,
     ) -> None:
         from redis.asyncio import Redis
@@ -295,6 +315,16 @@ class RedisSpendStore:
         if int(got[0]):
             return RateVerdict(True)
         return rate_decision(int(got[1]), int(got[2]), float(got[3]), rpm)
+
+    async def costs(self, namespace: str, pools: Iterable[str]) -> dict[str, int]:
+        names = list(pools)
+        if not names:
+            return {}
+        got = await self._redis.mget([f"{COST_PREFIX}{namespace}/{p}" for p in names])
+        return {p: int(v) for p, v in zip(names, got, strict=True) if v is not None}
+
+    async def publish_cost(self, namespace: str, pool: str, per_image: int) -> None:
+        await self._redis.set(f"{COST_PREFIX}{namespace}/{pool}", per_image, ex=COST_TTL_S)
 
     async def close(self) -> None:
         await self._redis.aclose()

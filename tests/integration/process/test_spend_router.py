@@ -1,0 +1,134 @@
+"""Budgets and requests per minute through real routers: two router processes sharing a
+real redis-server, a stand-in worker with a fixed cost per image, 100 concurrent requests
+at the edge of a key's budget (overspend at most one request's cost per replica), spend
+kept across a router restart, requests per minute shared by the replicas, and the key
+never in the answers, /metrics, /v1/stats or the logs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from modelfleet.router.spendstore import RedisSpendStore
+from modelfleet.routing.budget import period_of
+from modelfleet_dev.fakeworker import FakeWorker
+from modelfleet_dev.routerproc import RouterProcess, policy
+from redis_fixture import RedisServer
+
+COST = 0.01  # USD per image, as the stand-in worker reports it
+BUDGET_KEY = "sk-budget-4f1c9a0e7d2b"
+RATE_KEY = "sk-rate-77aa01bc3e"
+
+
+def config(path: Path, worker: FakeWorker) -> Path:
+    keys = [
+        {
+            "id": "team-budget",
+            "sha256": hashlib.sha256(BUDGET_KEY.encode()).hexdigest(),
+            "budget": "0.305 USD/day",
+        },
+        {
+            "id": "team-rate",
+            "sha256": hashlib.sha256(RATE_KEY.encode()).hexdigest(),
+            "requestsPerMinute": 3,
+        },
+    ]
+    doc: dict[str, Any] = {
+        "policies": [policy([{"name": "all", "pool": "p"}])],
+        "endpoints": {"p": [worker.url]},
+        "clientKeys": keys,
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+async def post(
+    http: aiohttp.ClientSession, url: str, key: str, prompt: str = "a cat"
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    async with http.post(
+        url + "/v1/images/generations",
+        json={"prompt": prompt},
+        headers={"Authorization": f"Bearer {key}"},
+    ) as r:
+        return r.status, await r.json(), dict(r.headers)
+
+
+async def test_budget_edge_two_replicas_restart_and_rate(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    workers: Callable[..., Any],
+    http: aiohttp.ClientSession,
+) -> None:
+    worker = await workers("p", cost_usd=COST, delay_s=0.05)
+    cfg = config(tmp_path / "router.yaml", worker)
+    flags = ["--client-auth", "keys", "--spend-store", redis_server.url]
+    routers = [RouterProcess(cfg, flags).start() for _ in range(2)]
+    try:
+        # 100 at once, alternating between the replicas, from a cold start (no cost
+        # known yet: each replica sends one probe and holds the rest for its cost).
+        got = await asyncio.gather(
+            *(post(http, routers[i % 2].url, BUDGET_KEY, f"cat {i}") for i in range(100))
+        )
+        statuses = [s for s, _, _ in got]
+        ok = statuses.count(200)
+        refused = [b for s, b, _ in got if s == 429]
+        # Every one served or refused explicitly.
+        assert ok + len(refused) == 100, [b for s, b, _ in got if s not in (200, 429)]
+        assert all(b["error"]["code"] == "budget_exceeded" for b in refused)
+        store = RedisSpendStore(redis_server.url)
+        try:
+            acct = await store.account("default/team-budget", period_of(time.time(), "day"))
+        finally:
+            await store.close()
+        spent = acct.spent / 1e9
+        assert abs(spent - ok * COST) < 1e-9  # every answer charged, at its real cost
+        assert acct.reserved == 0  # every reservation settled or released
+        assert spent <= 0.305 + 2 * COST  # the bound: one request per replica
+        assert ok >= 30  # and the budget is used: 30 fit in 0.305
+        print(f"100 concurrent at 0.305 USD, {COST} per image: {ok} served, spent {spent:.6f}")
+        msg = refused[0]["error"]["message"]
+        assert "'team-budget'" in msg and "0.305000" in msg and "resets at" in msg
+        assert all(int(h["Retry-After"]) >= 1 for s, _, h in got if s == 429)
+
+        # A replica restarted (a fresh process): the spend is still counted.
+        routers[0].stop()
+        routers[0] = RouterProcess(cfg, flags).start()
+        status, body, _ = await post(http, routers[0].url, BUDGET_KEY)
+        assert status == 429 and body["error"]["code"] == "budget_exceeded"
+        assert f"{spent:.6f}" in body["error"]["message"]
+        async with http.get(routers[0].url + "/v1/stats") as resp:
+            stats = await resp.json()
+        (row,) = [c for c in stats["clients"] if c["key"] == "team-budget"]
+        assert abs(row["budget"]["spent_usd"] - spent) < 1e-9
+        assert row["budget"]["remaining_usd"] < COST
+
+        # Requests per minute, shared by the replicas through Redis: 3, then 429.
+        rate = [await post(http, routers[i % 2].url, RATE_KEY) for i in range(4)]
+        assert [s for s, _, _ in rate] == [200, 200, 200, 429]
+        status, body, headers = rate[-1]
+        assert body["error"]["code"] == "rate_limit_exceeded"
+        assert "'team-rate'" in body["error"]["message"] and int(headers["Retry-After"]) >= 1
+
+        # The keys themselves appear nowhere the router writes.
+        seen = [repr(got), repr(rate)]
+        for proc in routers:
+            for path in ("/metrics", "/v1/stats"):
+                async with http.get(proc.url + path) as resp:
+                    seen.append(await resp.text())
+            seen.append(proc.logs())
+        async with http.get(routers[1].url + "/metrics") as resp:
+            metrics = await resp.text()
+        spend_lines = [x for x in metrics.splitlines() if x.startswith("modelfleet_router_client")]
+        assert any('key="team-budget"' in x for x in spend_lines)
+        for text in seen:
+            assert BUDGET_KEY not in text and RATE_KEY not in text
+    finally:
+        for r in routers:
+            r.__exit__()
