@@ -1,4 +1,5 @@
-"""Admission gate: limits, fast refusal, queue timeout, production first, slot hand-over."""
+"""Admission gate: limits, fast refusal, queue timeout, priority order (tier, then key),
+shedding the lowest priority first, slot hand-over, recent hold times."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import pytest
 
 from modelfleet.router.admission import AdmissionGate, Limits, QueueTimeout, Rejected
 
+PROD, PREVIEW = (100, 0), (0, 0)  # the builtin tiers' priorities, no key priority
+
 
 async def test_fast_path_and_rejection() -> None:
     g = AdmissionGate(Limits(max_in_flight=2, max_queue=1, queue_timeout_s=5))
-    await g.acquire("production")
-    await g.acquire("production")
-    waiter = asyncio.create_task(g.acquire("production"))
+    await g.acquire(PROD)
+    await g.acquire(PROD)
+    waiter = asyncio.create_task(g.acquire(PROD))
     await asyncio.sleep(0)
     assert g.queued == 1
     with pytest.raises(Rejected):
-        await g.acquire("production")
+        await g.acquire(PROD)
     g.release()
     await asyncio.wait_for(waiter, 1)
     assert g.in_flight == 2 and g.queued == 0
@@ -25,32 +28,32 @@ async def test_fast_path_and_rejection() -> None:
 
 async def test_queue_timeout() -> None:
     g = AdmissionGate(Limits(max_in_flight=1, max_queue=4, queue_timeout_s=0.05))
-    await g.acquire("preview")
+    await g.acquire(PREVIEW)
     with pytest.raises(QueueTimeout):
-        await g.acquire("preview")
+        await g.acquire(PREVIEW)
     assert g.queued == 0 and g.in_flight == 1
 
 
 async def test_zero_queue_rejects_at_once() -> None:
     g = AdmissionGate(Limits(max_in_flight=1, max_queue=0, queue_timeout_s=5))
-    await g.acquire("production")
+    await g.acquire(PROD)
     with pytest.raises(Rejected):
-        await g.acquire("production")
+        await g.acquire(PROD)
 
 
 async def test_production_goes_first() -> None:
     g = AdmissionGate(Limits(max_in_flight=1, max_queue=10, queue_timeout_s=5))
-    await g.acquire("production")
+    await g.acquire(PROD)
     order: list[str] = []
 
-    async def wait(tier: str, tag: str) -> None:
-        await g.acquire(tier)
+    async def wait(prio: tuple[int, int], tag: str) -> None:
+        await g.acquire(prio)
         order.append(tag)
 
     tasks = [
-        asyncio.create_task(wait("preview", "p1")),
-        asyncio.create_task(wait("preview", "p2")),
-        asyncio.create_task(wait("production", "P1")),
+        asyncio.create_task(wait(PREVIEW, "p1")),
+        asyncio.create_task(wait(PREVIEW, "p2")),
+        asyncio.create_task(wait(PROD, "P1")),
     ]
     await asyncio.sleep(0)
     for _ in range(3):
@@ -62,16 +65,16 @@ async def test_production_goes_first() -> None:
 
 async def test_full_queue_evicts_newest_preview_for_production() -> None:
     g = AdmissionGate(Limits(max_in_flight=1, max_queue=2, queue_timeout_s=5))
-    await g.acquire("production")
-    p1 = asyncio.create_task(g.acquire("preview"))
-    p2 = asyncio.create_task(g.acquire("preview"))
+    await g.acquire(PROD)
+    p1 = asyncio.create_task(g.acquire(PREVIEW))
+    p2 = asyncio.create_task(g.acquire(PREVIEW))
     await asyncio.sleep(0)
-    prod = asyncio.create_task(g.acquire("production"))
+    prod = asyncio.create_task(g.acquire(PROD))
     await asyncio.sleep(0)
     with pytest.raises(Rejected):
         await p2
     with pytest.raises(Rejected):  # previews never evict anything
-        await g.acquire("preview")
+        await g.acquire(PREVIEW)
     g.release()
     await asyncio.wait_for(prod, 1)
     g.release()
@@ -80,8 +83,8 @@ async def test_full_queue_evicts_newest_preview_for_production() -> None:
 
 async def test_cancelled_waiter_leaks_no_slot() -> None:
     g = AdmissionGate(Limits(max_in_flight=1, max_queue=4, queue_timeout_s=5))
-    await g.acquire("production")
-    t = asyncio.create_task(g.acquire("production"))
+    await g.acquire(PROD)
+    t = asyncio.create_task(g.acquire(PROD))
     await asyncio.sleep(0)
     g.release()  # hands the slot to t...
     t.cancel()  # ...which is cancelled before it runs
@@ -91,13 +94,13 @@ async def test_cancelled_waiter_leaks_no_slot() -> None:
     except asyncio.CancelledError:
         pass
     assert g.in_flight == 0 and g.queued == 0
-    await asyncio.wait_for(g.acquire("production"), 1)
+    await asyncio.wait_for(g.acquire(PROD), 1)
 
 
 async def test_cancelled_while_waiting() -> None:
     g = AdmissionGate(Limits(max_in_flight=1, max_queue=4, queue_timeout_s=5))
-    await g.acquire("production")
-    t = asyncio.create_task(g.acquire("preview"))
+    await g.acquire(PROD)
+    t = asyncio.create_task(g.acquire(PREVIEW))
     await asyncio.sleep(0.01)
     t.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -109,9 +112,77 @@ async def test_cancelled_while_waiting() -> None:
 
 async def test_raising_limits_admits_waiters() -> None:
     g = AdmissionGate(Limits(max_in_flight=1, max_queue=4, queue_timeout_s=5))
-    await g.acquire("production")
-    t = asyncio.create_task(g.acquire("production"))
+    await g.acquire(PROD)
+    t = asyncio.create_task(g.acquire(PROD))
     await asyncio.sleep(0)
     g.update(Limits(max_in_flight=2, max_queue=4, queue_timeout_s=5))
     await asyncio.wait_for(t, 1)
     assert g.in_flight == 2
+
+
+async def test_key_priority_orders_within_a_tier_and_tier_goes_first() -> None:
+    g = AdmissionGate(Limits(max_in_flight=1, max_queue=10, queue_timeout_s=5))
+    await g.acquire(PROD)
+    order: list[str] = []
+
+    async def wait(prio: tuple[int, int], tag: str) -> None:
+        await g.acquire(prio)
+        order.append(tag)
+
+    tasks = [
+        asyncio.create_task(wait((0, 9), "preview-key9")),
+        asyncio.create_task(wait((100, 0), "prod-key0")),
+        asyncio.create_task(wait((100, 5), "prod-key5")),
+        asyncio.create_task(wait((100, 5), "prod-key5-later")),
+    ]
+    await asyncio.sleep(0)
+    assert g.ahead((100, 5)) == 2 and g.ahead((100, 0)) == 3 and g.ahead((0, 0)) == 4
+    for _ in range(4):
+        g.release()
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == ["prod-key5", "prod-key5-later", "prod-key0", "preview-key9"]
+
+
+async def test_full_queue_sheds_lowest_priority_newest_and_counts_it() -> None:
+    g = AdmissionGate(Limits(max_in_flight=1, max_queue=3, queue_timeout_s=5))
+    await g.acquire(PROD)
+    low_old = asyncio.create_task(g.acquire((0, 0), "preview"))
+    await asyncio.sleep(0)
+    low_new = asyncio.create_task(g.acquire((0, 0), "preview"))
+    mid = asyncio.create_task(g.acquire((0, 5), "preview"))
+    await asyncio.sleep(0)
+    prod = asyncio.create_task(g.acquire((100, 0), "production"))
+    await asyncio.sleep(0)
+    with pytest.raises(Rejected):  # the newest of the lowest priority, not the key-5 one
+        await low_new
+    with pytest.raises(Rejected):  # an equal priority sheds nothing
+        await g.acquire((0, 0), "preview")
+    assert not low_old.done() and not mid.done() and not prod.done()
+    assert g.shed == {("preview", "evicted"): 1, ("preview", "queue_full"): 1}
+    for t in (prod, mid, low_old):
+        g.release()
+        await asyncio.wait_for(t, 1)
+
+
+async def test_hold_times_feed_the_expected_time() -> None:
+    now = [1000.0]
+    g = AdmissionGate(Limits(max_in_flight=2, max_queue=8, queue_timeout_s=5), lambda: now[0])
+    assert g.expected_s(PROD, "a") is None  # nothing recent: unknown
+    for held in (1.0, 3.0):
+        await g.acquire(PROD)
+        g.release("a", held)
+    await g.acquire(PROD)
+    g.release("b", 8.0)
+    assert g.hold_s("a") == 2.0 and g.hold_s() == 4.0 and g.hold_s("c") is None
+    assert g.expected_s(PROD, "a") == 2.0  # a free slot: the route's own time
+    await g.acquire(PROD)
+    await g.acquire(PROD)
+    # Both slots busy, none ahead: half a turnover (4 s / 2 slots) then route a's 2 s.
+    assert g.expected_s(PROD, "a") == pytest.approx(0.5 * 4.0 / 2 + 2.0)
+    assert g.expected_s(PROD, "c") == pytest.approx(0.5 * 4.0 / 2 + 4.0)  # unknown route
+    now[0] += 61  # older than HOLD_WINDOW_S: forgotten
+    assert g.hold_s("a") is None and g.expected_s(PROD, "a") is None
+    g.release()
+    g.release()
+    assert g.in_flight == 0

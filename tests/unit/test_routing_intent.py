@@ -49,7 +49,9 @@ def _parse(body: Any, headers: dict[str, str] | None = None) -> Any:
         ({"prompt": "x", "guidance_scale": "7"}, "guidance_scale", "invalid_request"),
         ({"prompt": "x", "guidance_scale": -1}, "guidance_scale", "invalid_request"),
         ({"prompt": "x", "negative_prompt": 1}, "negative_prompt", "invalid_request"),
-        ({"prompt": "x", "tier": "gold"}, "tier", "invalid_request"),
+        ({"prompt": "x", "tier": "Gold!"}, "tier", "invalid_request"),
+        ({"prompt": "x", "tier": 1}, "tier", "invalid_request"),
+        ({"prompt": "x", "tier": "a" * 64}, "tier", "invalid_request"),
         ({"prompt": "x", "tags": "a"}, "tags", "invalid_request"),
         ({"prompt": "x", "tags": [1]}, "tags", "invalid_request"),
         ({"prompt": "x", "tags": [""]}, "tags", "invalid_request"),
@@ -245,8 +247,15 @@ def test_tier_precedence(body_tier: str | None, header: str | None, expected: st
 
 def test_bad_tier_header_names_the_header() -> None:
     with pytest.raises(RequestError) as err:
-        _parse({"prompt": "x"}, {"x-modelfleet-tier": "gold"})
+        _parse({"prompt": "x"}, {"x-modelfleet-tier": "gold tier"})
     assert err.value.param == "X-ModelFleet-Tier"
+
+
+def test_any_tier_name_parses_and_says_where_it_came_from() -> None:
+    # Which tiers exist is the policy's business (routing.tiers.resolve_tier).
+    assert _parse({"prompt": "x", "tier": "gold"}).tier_param == "tier"
+    assert _parse({"prompt": "x"}, {"x-modelfleet-tier": "gold"}).tier_param == "X-ModelFleet-Tier"
+    assert _parse({"prompt": "x"}).tier_param is None
 
 
 def test_null_seed_is_allowed() -> None:

@@ -366,8 +366,8 @@ class RoutingPolicySpec(ApiModel):
                 if target is not None and by_name[target].priority >= tier.priority:
                     raise ValueError(
                         f"spec.tiers[{i}].degradeTo.{kind} {target!r} has priority "
-                        f"{by_name[target].priority}, not below {tier.name!r}'s "
-                        f"{tier.priority}; {_DEGRADE_LOWER}"
+                        f"{by_name[target].priority}, not below {tier.priority} of "
+                        f"{tier.name!r}; {_DEGRADE_LOWER}"
                     )
         return self
 

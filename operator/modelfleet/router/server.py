@@ -13,7 +13,15 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from modelfleet.router.access import Access
-from modelfleet.router.admission import AdmissionGate, Limits, QueueTimeout, Rejected
+from modelfleet.router.admission import (
+    AdmissionGate,
+    Limits,
+    QueueTimeout,
+    Refused,
+    Rejected,
+    TierCollector,
+    admit,
+)
 from modelfleet.router.assets import AssetStore, AssetTicket, StickyAssets
 from modelfleet.router.config import Snapshot
 from modelfleet.router.metrics import LiveCollector, RouterMetrics
@@ -40,10 +48,10 @@ from modelfleet.routing.sticky import model_pools
 from modelfleet.routing.table import (
     PolicyTable,
     RouteEntry,
-    choose_pool,
     pool_ladder,
     select_policy,
 )
+from modelfleet.routing.tiers import resolve_tier
 from modelfleet_common.expected_text import expected_text
 
 __all__ = ["Router", "Settings"]
@@ -89,12 +97,11 @@ class Router:
         self.assets = (
             None if asset_store is None else StickyAssets(asset_store, self.metrics.registry)
         )
-        self.metrics.registry.register(
-            LiveCollector(
-                lambda: [(p.namespace, p.name, g) for p, g in self._gates.values()],
-                lambda: self.snapshot,
-            )
-        )
+        self.metrics.registry.register(TierCollector(self._gate_rows))
+        self.metrics.registry.register(LiveCollector(self._gate_rows, lambda: self.snapshot))
+
+    def _gate_rows(self) -> list[tuple[str, str, AdmissionGate]]:
+        return [(p.namespace, p.name, g) for p, g in self._gates.values()]
 
     # -- configuration ---------------------------------------------------------------
 
@@ -321,7 +328,7 @@ class Router:
                 return who
             client = who
         try:
-            parsed = parse(headers)
+            parsed = resolve_tier(parse(headers), policy.tiers, policy.key)
         except RequestError as exc:
             if pin is not None:
                 self.metrics.pinned(ns, pin, Outcome.CLIENT_ERROR.value)
@@ -342,7 +349,6 @@ class Router:
                 f"no route of RoutingPolicy {policy.key} matches this request "
                 f"(tier {parsed.intent.tier}, tags {sorted(parsed.intent.tags)})",
             )
-        route_headers = {"X-ModelFleet-Route": route.name}
         if self.access is not None:
             denied = self.access.authorize(client, parsed.intent.tier, parsed.model, route.name)
             if denied is not None:
@@ -354,34 +360,15 @@ class Router:
         if entry is None:  # config swapped between lines above; treat as the new one
             return _error(503, "not_ready", "configuration changed, retry")
         gate = entry[1]
-        # Picked before admission so a queued request counts as demand for its pool.
-        chosen = choose_pool(route.pools, self._rnd)
-        qkey = (ns, chosen or "")  # none (every weight 0): counted, not reported
-        self._queued[qkey] = self._queued.get(qkey, 0) + 1
-        try:
-            await gate.acquire(parsed.intent.tier)
-        except Rejected:
+        got = await admit(
+            gate, policy, parsed, route, lambda p: _routed(route_for(policy, p.intent, p.model,
+            snap.model_names)), client.priority if client else 0, self._rnd, self._queued,
+        )  # fmt: skip
+        if isinstance(got, Refused):
             self._finish(ns, pname, route.name, "", Outcome.REJECTED, start)
-            return rejected(
-                "overloaded",
-                f"RoutingPolicy {policy.key} is at capacity "
-                f"({gate.limits.max_in_flight} in flight, {gate.limits.max_queue} queued)",
-                route_headers,
-            )
-        except QueueTimeout:
-            self._finish(ns, pname, route.name, "", Outcome.REJECTED, start)
-            return rejected(
-                "queue_timeout",
-                f"no slot in RoutingPolicy {policy.key} within "
-                f"{gate.limits.queue_timeout_s * 1000:.0f} ms",
-                route_headers,
-            )
-        finally:
-            n = self._queued[qkey] - 1
-            if n:
-                self._queued[qkey] = n
-            else:
-                del self._queued[qkey]
+            return rejected(got.code, got.message, got.headers, got.retry_after_s)
+        route, parsed, chosen, route_headers = got.route, got.parsed, got.chosen, got.headers
+        admitted = self._clock()
         try:
             held = await self.spend.hold(client, parsed, route, (ns, pname, route.name), start)
             if isinstance(held, web.Response):
@@ -422,7 +409,7 @@ class Router:
             self._finish(ns, pname, route.name, "", Outcome.CLIENT_ERROR, start)
             raise
         finally:
-            gate.release()
+            gate.release(route.name, self._clock() - admitted)
 
     async def models(self, request: web.Request) -> web.Response:
         """OpenAI's model list: the names the policy's routes serve now."""
@@ -479,7 +466,7 @@ class Router:
         gate = entry[1]
         headers = {POOL_HEADER: pool, PINNED_HEADER: "true"}
         try:
-            await gate.acquire(parsed.intent.tier)
+            await gate.acquire((policy.tiers.priority(parsed.intent.tier), 0), parsed.intent.tier)
         except (Rejected, QueueTimeout):
             self.metrics.pinned(ns, pool, Outcome.REJECTED.value)
             return rejected("overloaded", f"RoutingPolicy {policy.key} is at capacity", headers)
@@ -594,6 +581,10 @@ class Router:
         self, ns: str, pname: str, route: str, pool: str, outcome: Outcome, start: float
     ) -> None:
         self.metrics.finished(ns, pname, route, pool, outcome.value, self._clock() - start)
+
+
+def _routed(route: RouteEntry | ModelNotFound | None) -> RouteEntry | None:
+    return route if isinstance(route, RouteEntry) else None
 
 
 def _generation_body(parsed: ParsedRequest) -> bytes:

@@ -14,8 +14,11 @@ from modelfleet_common.errors import error_body
 from modelfleet_common.expected_text import ExpectedTextError, parse_text_field
 
 TIER_HEADER = "X-ModelFleet-Tier"
-TIERS = ("preview", "production")
+# A request's tier is any tier name here; the policy's spec.tiers say which exist
+# (routing.tiers.resolve_tier). A request naming none gets the policy's default tier.
 DEFAULT_TIER = "production"
+_TIER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_TIER_CHARS = 63
 MAX_PROMPT_CHARS = 4000
 MAX_TAGS = 32
 MAX_TAG_CHARS = 63
@@ -113,6 +116,8 @@ class ParsedRequest:
     forward_raw: bytes | None = None
     model: str | None = None  # selects the route (routing.models); None: intent routing
     asset_id: str | None = None  # sticky assets (routing.sticky)
+    # Where the tier came from ("tier" or the header); None: the request named none.
+    tier_param: str | None = None
 
 
 def _invalid(param: str, message: str) -> RequestError:
@@ -200,18 +205,24 @@ def _parse_model(v: object) -> str | None:
     return v
 
 
-def _parse_tier(body_tier: object, header_tier: str | None) -> str:
+def _is_tier_name(v: object) -> bool:
+    return isinstance(v, str) and len(v) <= MAX_TIER_CHARS and bool(_TIER_NAME.match(v))
+
+
+def _parse_tier(body_tier: object, header_tier: str | None) -> tuple[str, str | None]:
+    """(tier, the field it came from); the shape only: the policy says which tiers exist."""
     # The body wins over the header: it is the more specific statement of intent.
+    rule = f"a tier name (lower-case letters, digits and '-', at most {MAX_TIER_CHARS})"
     if body_tier is not None:
-        if body_tier not in TIERS:
-            raise _invalid("tier", "tier must be preview or production")
-        return str(body_tier)
+        if not _is_tier_name(body_tier):
+            raise _invalid("tier", f"tier must be {rule}, e.g. preview or production")
+        return str(body_tier), "tier"
     if header_tier is not None:
         t = header_tier.strip().lower()
-        if t not in TIERS:
-            raise _invalid(TIER_HEADER, f"header {TIER_HEADER} must be preview or production")
-        return t
-    return DEFAULT_TIER
+        if not _is_tier_name(t):
+            raise _invalid(TIER_HEADER, f"header {TIER_HEADER} must be {rule}")
+        return t, TIER_HEADER
+    return DEFAULT_TIER, None
 
 
 def _parse_tags(v: object) -> frozenset[str]:
@@ -244,13 +255,12 @@ def _parsed(
         asset_id = asset_id_of(body, headers)
     except ValueError as exc:
         raise _invalid(ASSET_FIELD, str(exc)) from None
+    tier, tier_param = _parse_tier(body.get("tier"), headers.get(TIER_HEADER.lower()))
     intent = Intent(
-        tier=_parse_tier(body.get("tier"), headers.get(TIER_HEADER.lower())),
-        tags=_parse_tags(body.get("tags")),
-        prompt=body["prompt"],
-        headers=headers,
+        tier=tier, tags=_parse_tags(body.get("tags")), prompt=body["prompt"], headers=headers
     )
-    return ParsedRequest(intent, forward, forward_raw, _parse_model(body.get("model")), asset_id)
+    model = _parse_model(body.get("model"))
+    return ParsedRequest(intent, forward, forward_raw, model, asset_id, tier_param)
 
 
 def parse_request(raw: bytes, headers: Mapping[str, str]) -> ParsedRequest:

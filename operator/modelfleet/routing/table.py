@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from modelfleet.api.routingpolicy import AdmissionSpec, RoutingPolicy, ShadowSpec, VerifySpec
 from modelfleet.routing.intent import Intent
+from modelfleet.routing.tiers import PolicyTiers, policy_tiers
 
 DEFAULT_NAMESPACE = "default"
 
@@ -50,6 +51,7 @@ class PolicyTable:
     routes: tuple[RouteEntry, ...]
     admission: AdmissionSpec = field(default_factory=AdmissionSpec)
     anonymous: bool = False  # spec.access.anonymous: served without a client key
+    tiers: PolicyTiers = field(default_factory=PolicyTiers)  # spec.tiers, spec.defaultTier
 
     @property
     def key(self) -> str:
@@ -89,6 +91,7 @@ def compile_policy(policy: RoutingPolicy) -> PolicyTable:
         routes=tuple(routes),
         admission=policy.spec.admission,
         anonymous=policy.spec.access.anonymous,
+        tiers=policy_tiers(policy.spec),
     )
 
 
