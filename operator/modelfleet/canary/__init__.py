@@ -1,7 +1,8 @@
 """The canary: a pure decision core and the ports it owns.
 
-- `core`: plan_analysis() and decide(), the state machine (spec, status, observations,
-  now) -> Decision (next status + actions). Pure: no clock, no I/O.
+- `core`: decide(), the state machine (spec, status, observations, now) -> Decision
+  (next status + actions). Pure: no clock, no I/O.
+- `plan`: plan_analysis(), what to measure before decide() (full or early window).
 - `analysis`: judging one metric's measurements against its thresholds.
 - `types`: decide()'s inputs (Observations) and outputs (Decision, the actions).
 - `ports`: what the canary asks of others: MetricsProvider (implemented by
@@ -13,15 +14,10 @@
 from __future__ import annotations
 
 from modelfleet.canary.analysis import judge_metric, overall
-from modelfleet.canary.core import (
-    CONDITION_PROGRESSING,
-    CONDITION_READY,
-    decide,
-    early_check_period,
-    plan_analysis,
-)
+from modelfleet.canary.core import CONDITION_PROGRESSING, CONDITION_READY, decide
 from modelfleet.canary.manual import ACTION_ANNOTATION, ManualAction, action_value, parse_action
 from modelfleet.canary.measure import collect_analysis
+from modelfleet.canary.plan import early_check_period, plan_analysis
 from modelfleet.canary.ports import (
     Measurement,
     MetricQuery,

@@ -1,4 +1,4 @@
-"""The canary state machine: plan_analysis() and decide(). Pure: no clock, no I/O.
+"""The canary state machine: decide() (plan_analysis() is in plan.py). Pure: no clock, no I/O.
 
 One controller tick:
 
@@ -18,16 +18,14 @@ between the status write and applying the weight heals on the next tick.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from modelfleet.api.canary import (
-    REFERENCE_HORIZON_SECONDS,
     CanaryPhase,
     CanarySpec,
     CanaryStatus,
     MetricResult,
-    MetricSpec,
     StepRecord,
 )
 from modelfleet.api.common import format_time, parse_duration, parse_time
@@ -42,10 +40,10 @@ from modelfleet.canary.manual import (
     paused_for_lack_of_data,
     refusal,
 )
+from modelfleet.canary.plan import aware, early_check_period, early_metrics, interval_seconds
 from modelfleet.canary.types import (
     Action,
     AnalysisObservation,
-    AnalysisPlan,
     Decision,
     EmitEvent,
     Observations,
@@ -58,83 +56,16 @@ from modelfleet.canary.types import (
 
 PENDING_POLL_SECONDS = 5.0
 HISTORY_LIMIT = 30
-EARLY_METRICS = frozenset({"error-rate"})
 
 CONDITION_READY = "Ready"
 CONDITION_PROGRESSING = "Progressing"
-
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
-def interval_seconds(spec: CanarySpec) -> float:
-    return parse_duration(spec.interval).total_seconds()
-
-
-def early_check_period(interval: float) -> float:
-    """How often the early-abort check runs inside a window: 1-5 s, about 5 per window."""
-    return max(1.0, min(5.0, interval / 5.0))
-
-
-def early_metrics(spec: CanarySpec) -> tuple[MetricSpec, ...]:
-    """Metrics judged before the window ends: error rates only (latency is too noisy)."""
-    return tuple(m for m in spec.analysis.metrics if m.builtin in EARLY_METRICS)
-
-
-def plan_analysis(spec: CanarySpec, status: CanaryStatus, now: datetime) -> AnalysisPlan | None:
-    """What to measure before decide(), or None when no analysis is due.
-
-    full: the step's interval has elapsed; all metrics over the last `interval`.
-    early: inside the window; error-rate metrics over the elapsed part (fast abort).
-    """
-    if (
-        status.phase != "Progressing"
-        or spec.paused
-        or status.current_step is None
-        or status.step_started_at is None
-    ):
-        return None
-    elapsed = (_aware(now) - parse_time(status.step_started_at)).total_seconds()
-    interval = interval_seconds(spec)
-    reference = reference_window_seconds(spec, status, now)
-    if elapsed >= interval:
-        return AnalysisPlan(
-            kind="full",
-            step=status.current_step,
-            step_started_at=status.step_started_at,
-            window_seconds=max(1, math.floor(interval)),
-            metrics=tuple(spec.analysis.metrics),
-            reference_window_seconds=reference,
-        )
-    early = early_metrics(spec)
-    if early and elapsed >= early_check_period(interval):
-        return AnalysisPlan(
-            kind="early",
-            step=status.current_step,
-            step_started_at=status.step_started_at,
-            window_seconds=max(1, math.floor(elapsed)),
-            metrics=early,
-            reference_window_seconds=reference,
-        )
-    return None
-
-
-def reference_window_seconds(spec: CanarySpec, status: CanaryStatus, now: datetime) -> int | None:
-    """The stable's reference window, ending now: from referenceLookback before the canary
-    began (status.startedAt), at most REFERENCE_HORIZON_SECONDS. None without a start."""
-    if status.started_at is None:
-        return None
-    lookback = parse_duration(spec.analysis.reference_lookback).total_seconds()
-    span = (_aware(now) - parse_time(status.started_at)).total_seconds() + lookback
-    return max(1, min(REFERENCE_HORIZON_SECONDS, math.ceil(span)))
 
 
 def decide(
     spec: CanarySpec, status: CanaryStatus, observations: Observations, now: datetime
 ) -> Decision:
     """Next status and the actions to apply. Same inputs, same output."""
-    return _Tick(spec, status, observations, _aware(now)).run()
+    return _Tick(spec, status, observations, aware(now)).run()
 
 
 class _Tick:
