@@ -370,9 +370,10 @@ class Router:
         route, parsed, chosen, route_headers = got.route, got.parsed, got.chosen, got.headers
         admitted = self._clock()
         try:
-            held = await self.spend.hold(client, parsed, route, (ns, pname, route.name), start)
+            held = await self.spend.hold(client, parsed, route, policy, snap, start)
             if isinstance(held, web.Response):
                 return held
+            route, chosen, route_headers = held.routed(route, chosen, route_headers)
             text_gate: GateRequest | None = None
             verify = route.verify
             if verify is not None and not expected_text(

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from modelfleet.router.config import Snapshot
 from modelfleet.router.metrics import RouterMetrics
 from modelfleet.router.responses import rejected
 from modelfleet.router.spendstore import Account, MemorySpendStore, SpendStore
@@ -33,11 +35,13 @@ from modelfleet.routing.budget import (
     to_nano,
     to_usd,
 )
-from modelfleet.routing.clients import Budget, ClientKey
+from modelfleet.routing.clients import Budget, ClientKey, authorize
 from modelfleet.routing.intent import ParsedRequest
 from modelfleet.routing.ladder import Outcome
+from modelfleet.routing.models import route_for
 from modelfleet.routing.stats import COST_HEADER, parse_cost, response_images
-from modelfleet.routing.table import RouteEntry, pool_ladder
+from modelfleet.routing.table import PolicyTable, RouteEntry, choose_pool, pool_ladder
+from modelfleet.routing.tiers import DEGRADED_HEADER
 
 POOL_HEADER = "X-ModelFleet-Pool"  # the pool that served, as router/server.py sets it
 Labels = tuple[str, str, str]  # namespace, policy, route
@@ -153,6 +157,14 @@ class Spend:
             "modelfleet_router_client_cost_usd",
             "USD charged to each client key id (the workers' X-ModelFleet-Cost-USD).",
             label,
+            registry=registry,
+        )
+        self.degraded = Counter(
+            "modelfleet_router_budget_degraded",
+            "Requests of a client key over budget routed as the tier its policy names "
+            "(spec.tiers[].degradeTo.budget) instead of refused; tier: the one asked, to: "
+            "the one it ran as.",
+            [*label, "tier", "to"],
             registry=registry,
         )
         self.errors = Counter(
@@ -381,34 +393,72 @@ class Spend:
         key: ClientKey | None,
         parsed: ParsedRequest,
         route: RouteEntry,
-        where: Labels,
+        policy: PolicyTable,
+        snap: Snapshot,
         start: float,
     ) -> Hold | web.Response:
-        """Before forwarding: the key's budget reservation for the route's ladder, or the
-        refusal (429 budget_exceeded until the period resets; 503 budget_unavailable)."""
+        """Before forwarding: the key's budget reservation for the route's ladder. Refused
+        where the policy's tier says degradeTo.budget: the same request routed as that
+        tier (and on, while each names one) if its route fits and the key may use it.
+        Else the refusal: 429 budget_exceeded until the period resets, 503
+        budget_unavailable when the store does not answer."""
         if key is None:
             return _NO_HOLD
         if key.budget is None:
             return Hold(self, key, None)
-        try:
-            got = await self.reserve(key, _images(parsed), pool_ladder(route, None))
-        except StoreDown as exc:
-            resp = rejected("budget_unavailable", str(exc), {}, 1.0, status=503)
-            return self._refused(where, start, resp)
-        if isinstance(got, Refused):
-            b = key.budget
-            msg = budget_message(key.id, to_usd(got.account.spent), b.amount_usd, got.period)
-            wait = max(1.0, got.period.end - self._wall())
-            return self._refused(where, start, rejected("budget_exceeded", msg, {}, wait))
-        return Hold(self, key, got)
+        where = (policy.namespace, policy.name, route.name)
+        path, current = [parsed.intent.tier], route
+        while True:
+            try:
+                got = await self.reserve(key, _images(parsed), pool_ladder(current, None))
+            except StoreDown as exc:
+                resp = rejected("budget_unavailable", str(exc), {}, 1.0, status=503)
+                return self._refused(where, start, resp)
+            if isinstance(got, Ticket):
+                if len(path) == 1:
+                    return Hold(self, key, got)
+                self.degraded.labels(key.namespace, key.id, path[0], path[-1]).inc()
+                return Hold(self, key, got, (current, "budget " + "->".join(path)))
+            nxt = policy.tiers.degrade_target(path[-1], "budget")
+            if nxt is None or nxt in path:
+                break
+            intent = replace(parsed.intent, tier=nxt)
+            r = route_for(policy, intent, parsed.model, snap.model_names)
+            if not isinstance(r, RouteEntry) or authorize(key, nxt, parsed.model, r.name):
+                break
+            path.append(nxt)
+            current = r
+        b = key.budget
+        msg = budget_message(key.id, to_usd(got.account.spent), b.amount_usd, got.period)
+        if len(path) > 1:
+            msg += f" (degraded via {' -> '.join(path[1:])}, which does not fit either)"
+        wait = max(1.0, got.period.end - self._wall())
+        return self._refused(where, start, rejected("budget_exceeded", msg, {}, wait))
 
 
 class Hold:
     """One request's spend from admission to its answer: settled() charges the answer's
     cost (the worker's X-ModelFleet-Cost-USD, relayed) or releases the reservation."""
 
-    def __init__(self, spend: Spend | None, key: ClientKey | None, ticket: Ticket | None):
+    def __init__(
+        self,
+        spend: Spend | None,
+        key: ClientKey | None,
+        ticket: Ticket | None,
+        degraded: tuple[RouteEntry, str] | None = None,
+    ) -> None:
         self.spend, self.key, self.ticket = spend, key, ticket
+        self.degraded = degraded  # the route it runs as instead, and the header's value
+
+    def routed(
+        self, route: RouteEntry, chosen: str | None, headers: dict[str, str]
+    ) -> tuple[RouteEntry, str | None, dict[str, str]]:
+        """The route, pool and headers the request goes on with (degraded or not)."""
+        if self.degraded is None:
+            return route, chosen, headers
+        new, header = self.degraded
+        out = {**headers, "X-ModelFleet-Route": new.name, DEGRADED_HEADER: header}
+        return new, choose_pool(new.pools, random.random), out
 
     async def settled(self, answer: Awaitable[web.Response]) -> web.Response:
         if self.spend is None or self.key is None:

@@ -132,3 +132,52 @@ async def test_budget_edge_two_replicas_restart_and_rate(
     finally:
         for r in routers:
             r.__exit__()
+
+
+DEGRADE_KEY = "sk-degrade-91be2c"
+STRICT_KEY = "sk-strict-03d7aa"
+
+
+async def test_over_budget_degrades_to_the_policys_cheaper_tier(
+    tmp_path: Path, workers: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """production degradeTo.budget preview: a key whose budget no longer fits a
+    production render is served by the preview route's cheaper pool; a key allowed only
+    production is refused instead."""
+    dear = await workers("dear", cost_usd=0.04)
+    cheap = await workers("cheap", cost_usd=0.001)
+    doc = policy(
+        [
+            {"name": "prod", "match": {"tiers": ["production"]}, "pool": "dear"},
+            {"name": "prev", "match": {"tiers": ["preview"]}, "pool": "cheap"},
+        ]
+    )
+    doc["spec"]["tiers"] = [
+        {"name": "production", "priority": 100, "degradeTo": {"budget": "preview"}},
+        {"name": "preview", "priority": 0},
+    ]
+    keys = [
+        {"id": "team-d", "sha256": hashlib.sha256(DEGRADE_KEY.encode()).hexdigest(),
+         "budget": "0.1 USD/day"},
+        {"id": "team-s", "sha256": hashlib.sha256(STRICT_KEY.encode()).hexdigest(),
+         "budget": "0.1 USD/day", "tiers": ["production"]},
+    ]  # fmt: skip
+    cfg = tmp_path / "router.yaml"
+    endpoints = {"dear": [dear.url], "cheap": [cheap.url]}
+    cfg.write_text(yaml.safe_dump({"policies": [doc], "endpoints": endpoints, "clientKeys": keys}))
+    with RouterProcess(cfg, ["--client-auth", "keys"]) as r:
+        got = [await post(http, r.url, DEGRADE_KEY) for _ in range(4)]
+        assert [s for s, _, _ in got] == [200] * 4
+        pools = [h["X-ModelFleet-Pool"] for _, _, h in got]
+        assert pools == ["dear", "dear", "cheap", "cheap"]  # 0.08 spent: 0.04 does not fit
+        assert got[2][2]["X-ModelFleet-Degraded"] == "budget production->preview"
+        assert got[2][2]["X-ModelFleet-Route"] == "prev"
+        assert "X-ModelFleet-Degraded" not in got[1][2]
+        strict = [await post(http, r.url, STRICT_KEY) for _ in range(3)]
+        assert [s for s, _, _ in strict] == [200, 200, 429]
+        err = strict[2][1]["error"]
+        assert err["code"] == "budget_exceeded" and "'team-s'" in err["message"]
+        async with http.get(r.url + "/metrics") as resp:
+            metrics = await resp.text()
+        line = next(x for x in metrics.splitlines() if x.startswith("modelfleet_router_budget_d"))
+        assert 'key="team-d"' in line and 'to="preview"' in line and line.endswith(" 2.0")
