@@ -8,6 +8,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from modelfleet.controllers.requeue import Requeue, backoff_delay, namespace_terminating
+from polling import wait_for_async
 
 
 @pytest.mark.parametrize(
@@ -80,10 +81,7 @@ def test_forget_cancels_the_pending_retry() -> None:
         requeue.failed("kept")
         # The kept key's retry runs after the forgotten one would have: if the
         # forgotten timer were still armed, it would have fired first.
-        for _ in range(500):
-            if calls:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: calls, timeout=5, interval=0.01, what="a retry ran")
         return calls
 
     assert asyncio.run(scenario()) == ["kept"]
