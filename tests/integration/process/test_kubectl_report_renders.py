@@ -137,4 +137,4 @@ def test_golden_prompts_through_the_router_with_the_pool_pinned(
     assert wrong.stable.error is not None and "HTTP 403" in wrong.stable.error
     assert "not-the-token" not in wrong.stable.error
     # Without a pin the router's route decides: the stable drew it, whatever was asked.
-    assert text_verdict(wrong.candidate).status == "passed"
+    assert text_verdict(wrong.candidate).status == "passed", wrong.candidate
