@@ -160,7 +160,8 @@ def test_with_tier_routes_the_same_request_as_another_tier() -> None:
         (9, 1, 1, 2.0, 2.0, 9.5 * 2.0 + 2.0),  # one slot: each ahead takes a whole request
         (0, 6, 4, 1.0, 0.5, 2.5 * 1.0 / 4 + 0.5),  # limits lowered below what is in flight
         (0, 4, 4, None, 0.5, 0.5 * 0.5 / 4 + 0.5),  # no policy-wide time: the route's
-        (0, 4, 4, 1.0, None, 0.5 * 1.0 / 4 + 1.0),  # a route without times: the policy's
+        (0, 4, 4, 1.0, None, 0.5 * 1.0 / 4),  # a route without times: the wait alone
+        (0, 0, 4, 1.0, None, None),  # ...and with a free slot nothing is known
         (5, 4, 4, None, None, None),  # nothing recent: unknown
     ],
 )

@@ -110,15 +110,16 @@ def expected_seconds(
     route's own recent time per request. A request needs `ahead + 1 - free` slots to be
     given back before its turn; with `max_in_flight` slots each busy for `slot_s`, one
     comes back every slot_s / max_in_flight on average, the first after half that (the
-    requests in flight are halfway through, on average). None: no recent times to judge by."""
-    service = service_s if service_s is not None else slot_s
-    if service is None:
-        return None
+    requests in flight are halfway through, on average). A route without recent times
+    adds nothing to the wait (a lower bound: it may be fast); None when nothing at all
+    is known to judge by."""
     need = ahead + 1 - (max_in_flight - in_flight)
     if need <= 0:
-        return service
-    turnover = slot_s if slot_s is not None else service
-    return (need - 0.5) * turnover / max(1, max_in_flight) + service
+        return service_s
+    turnover = slot_s if slot_s is not None else service_s
+    if turnover is None:
+        return None
+    return (need - 0.5) * turnover / max(1, max_in_flight) + (service_s or 0.0)
 
 
 @dataclass(frozen=True)
