@@ -151,19 +151,21 @@ def test_manifest_round_trip_and_cached(tmp_path: Path) -> None:
     (dest / "model_index.json").write_bytes(b"{}")
     (dest / "unet" / "w.bin").write_bytes(b"1234")
     objects = {"model_index.json": ("e1", 2), "unet/w.bin": ("e2", 4)}
-    assert not cached(dest)  # no manifest
-    write_manifest(dest, "s3://models/tiny", False, objects)
-    assert read_manifest(dest) == (False, objects)
-    assert not cached(dest)  # not complete
-    write_manifest(dest, "s3://models/tiny", True, objects)
+    uri = "s3://models/tiny"
+    assert not cached(dest, uri)  # no manifest
+    write_manifest(dest, uri, False, objects)
+    assert read_manifest(dest, uri) == (False, objects)
+    assert not cached(dest, uri)  # not complete
+    write_manifest(dest, uri, True, objects)
     assert manifest_path(dest).parent == dest.parent / ".manifests"  # never in the model tree
-    assert cached(dest)
+    assert cached(dest, uri)
+    assert not cached(dest, "s3://models--tiny") and read_manifest(dest, "s3://x") == (False, {})
     (dest / "unet" / "w.bin").write_bytes(b"12")
-    assert not cached(dest)  # a file of another size
+    assert not cached(dest, uri)  # a file of another size
     (dest / "unet" / "w.bin").unlink()
-    assert not cached(dest)
+    assert not cached(dest, uri)
     manifest_path(dest).write_text("{not json")
-    assert read_manifest(dest) == (False, {})
+    assert read_manifest(dest, uri) == (False, {})
 
 
 def _s3_error(status: int, code: str) -> S3Error:

@@ -127,9 +127,13 @@ def manifest_path(dest: Path) -> Path:
     return dest.parent / ".manifests" / f"{dest.name}.json"
 
 
-def read_manifest(dest: Path) -> tuple[bool, dict[str, Listed]]:
+def read_manifest(dest: Path, uri: str) -> tuple[bool, dict[str, Listed]]:
+    """(complete, objects) of `uri`'s earlier fetch; nothing for another URI's (two
+    URIs can share a directory name: `a/b--c` and `a--b/c`)."""
     try:
         data = json.loads(manifest_path(dest).read_text())
+        if data["uri"] != uri:
+            return False, {}
         objects = {str(k): (str(v[0]), int(v[1])) for k, v in data["objects"].items()}
         return bool(data["complete"]), objects
     except (OSError, ValueError, KeyError, TypeError, IndexError):
@@ -154,9 +158,9 @@ def _sizes(dest: Path, rels: list[str]) -> dict[str, int]:
     return sizes
 
 
-def cached(dest: Path) -> bool:
-    """A complete earlier fetch, every file still there at its size."""
-    complete, recorded = read_manifest(dest)
+def cached(dest: Path, uri: str) -> bool:
+    """A complete earlier fetch of `uri`, every file still there at its size."""
+    complete, recorded = read_manifest(dest, uri)
     if not complete or not recorded:
         return False
     sizes = _sizes(dest, list(recorded))
@@ -183,7 +187,7 @@ def _client(settings: S3Settings) -> Any:
 
 def fetch_s3(ref: ModelRef, dest: Path) -> Path:
     uri = f"s3://{ref.location}"
-    if cached(dest):
+    if cached(dest, uri):
         log.info("%s: complete in %s (manifest %s)", uri, dest, manifest_path(dest))
         return dest
     settings = s3_settings(os.environ)
@@ -244,7 +248,7 @@ def _download(client: Any, uri: str, bucket: str, prefix: str, dest: Path) -> Pa
         keys[rel] = obj.object_name
     if not listing:
         raise FetchError(f"no objects under {uri}")
-    _, recorded = read_manifest(dest)
+    _, recorded = read_manifest(dest, uri)
     wanted = to_download(listing, recorded, _sizes(dest, list(listing)))
     # Files an earlier fetch wrote that the store no longer has (recorded ones only).
     for rel in recorded.keys() - listing.keys():
@@ -263,7 +267,12 @@ def _download(client: Any, uri: str, bucket: str, prefix: str, dest: Path) -> Pa
 
 
 def _get(client: Any, bucket: str, key: str, target: Path, size: int, uri: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FetchError(
+            f"{uri}: {key!r} cannot be written: the store has an object named like its folder"
+        ) from None
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
         got = 0

@@ -10,6 +10,7 @@ set; no key shows in any output."""
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import subprocess
@@ -171,4 +172,15 @@ def test_anonymous_public_bucket_and_missing_paths(s3: S3, tmp_path: Path) -> No
     r = fetch("s3://absent/tiny-sd", tmp_path, KEYS, s3.endpoint)
     assert r.returncode == 2, r.stderr
     assert "s3://absent/tiny-sd: the store has no such bucket" in r.stderr
+    # Keys the cache cannot hold: `prefix//x` would be the absolute path /x; an
+    # object named like another's folder. (minio's client refuses `..` itself.)
+    client = s3.client()
+    for key in ("evil/model_index.json", "evil//etc/passwd", "clash/a", "clash/a/b"):
+        client.put_object("models", key, io.BytesIO(b"{}"), 2)
+    r = fetch("s3://models/evil", tmp_path / "e", KEYS, s3.endpoint)
+    assert r.returncode == 2, r.stderr
+    assert "refusing s3 key that escapes the cache: 'evil//etc/passwd'" in r.stderr
+    r = fetch("s3://models/clash", tmp_path / "e", KEYS, s3.endpoint)
+    assert r.returncode == 2 and "'clash/a/b' cannot be written" in r.stderr, r.stderr
+
     # (An unreachable endpoint: minio retries for ~8 s; its message is unit-tested.)
