@@ -6,12 +6,16 @@ a tier the policy does not declare is 400 listing those it does."""
 from __future__ import annotations
 
 import asyncio
+import copy
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
-from modelfleet_dev.routerproc import policy
+from modelfleet.routing.clients import key_digest
+from modelfleet_dev.routerproc import RouterProcess, policy
 from polling import wait_for_async
 from router_client import metric, metrics, post
 
@@ -140,10 +144,38 @@ async def test_latency_budgets_refuse_at_once_or_degrade_and_tiers_are_checked(
     assert doc["error"]["message"].endswith("tier must be one of production, preview")
 
 
-async def test_saturation_sheds_previews_before_production(
-    workers: Any, http: aiohttp.ClientSession, router: Any
+LOW_KEY, HIGH_KEY = "mf-tiers-low-5c0e1d7a9b", "mf-tiers-high-8f2a4c6e1d"
+KEYED = policy(
+    [{"name": "all", "pool": "shed"}],
+    name="keyed",
+    admission={"maxInFlight": 1, "maxQueue": 1, "queueTimeoutMs": 30000},
+)
+
+
+def _keyed_config(path: Path, worker: str) -> Path:
+    anonymous = copy.deepcopy(SHED)
+    anonymous["spec"]["access"] = {"anonymous": True}
+    keys = [
+        {"id": "low", "sha256": key_digest(LOW_KEY).hex(), "priority": 0},
+        {"id": "high", "sha256": key_digest(HIGH_KEY).hex(), "priority": 5},
+    ]
+    doc = {"policies": [anonymous, KEYED], "endpoints": {"shed": [worker]}, "clientKeys": keys}
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+async def test_saturation_sheds_previews_before_production_and_low_keys_first(
+    workers: Any, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    r, worker = await _router(workers, router)
+    worker = await workers("shed", delay_s=0.5)
+    with RouterProcess(
+        _keyed_config(tmp_path / "r.yaml", worker.url), ("--client-auth", "keys")
+    ) as r:
+        await _sheds(http, r, worker)
+        await _sheds_low_keys_first(http, r, worker)
+
+
+async def _sheds(http: aiohttp.ClientSession, r: RouterProcess, worker: Any) -> None:
     p0 = asyncio.create_task(post(http, r, {"prompt": "p0"}, _as("shed")))
     await wait_for_async(lambda: worker.requests == 1, **SOON, what="p0 at the worker")
 
@@ -174,3 +206,30 @@ async def test_saturation_sheds_previews_before_production(
     assert metric(m, shed, policy="shed", tier="preview", reason="evicted") == 2
     assert metric(m, shed, policy="shed", tier="preview", reason="queue_full") == 1
     assert metric(m, shed, policy="shed", tier="production") == 0
+
+
+async def _sheds_low_keys_first(http: aiohttp.ClientSession, r: RouterProcess, worker: Any) -> None:
+    """One tier, two keys: a full queue sheds the low-priority key's request for the
+    high one's, and refuses the low key while the high one waits."""
+    before = worker.requests
+    low = {"X-ModelFleet-Policy": "keyed", "Authorization": f"Bearer {LOW_KEY}"}
+    high = {"X-ModelFleet-Policy": "keyed", "Authorization": f"Bearer {HIGH_KEY}"}
+    h0 = asyncio.create_task(post(http, r, {"prompt": "h0"}, high))
+    await wait_for_async(lambda: worker.requests == before + 1, **SOON, what="h0 at the worker")
+    l1 = asyncio.create_task(post(http, r, {"prompt": "l1"}, low))
+
+    async def queued() -> bool:
+        m = await metrics(http, r)
+        return bool(metric(m, "modelfleet_router_queue_depth", policy="keyed") == 1)
+
+    await wait_for_async(queued, **SOON, what="l1 queued")
+    h1 = asyncio.create_task(post(http, r, {"prompt": "h1"}, high))
+    status, _h, doc, _e = await l1
+    assert status == 429 and doc["error"]["code"] == "overloaded"
+    status, _h, doc, _e = await post(http, r, {"prompt": "l2"}, low)
+    assert status == 429 and doc["error"]["code"] == "overloaded"
+    assert [s for s, *_ in await asyncio.gather(h0, h1)] == [200, 200]
+    m = await metrics(http, r)
+    shed = "modelfleet_router_shed_total"
+    assert metric(m, shed, policy="keyed", reason="evicted") == 1
+    assert metric(m, shed, policy="keyed", reason="queue_full") == 1
