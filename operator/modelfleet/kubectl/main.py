@@ -16,6 +16,8 @@ from modelfleet.canary.manual import RULES, Request
 from modelfleet.kubectl import PROG
 from modelfleet.kubectl.actions import cmd_action
 from modelfleet.kubectl.client import Kube, PluginError, connect
+from modelfleet.kubectl.keys import add_parser as add_keys_parser
+from modelfleet.kubectl.keys import show_keys
 from modelfleet.kubectl.pause import cmd_pause, cmd_resume
 from modelfleet.kubectl.pools import cmd_pools
 from modelfleet.kubectl.report import add_parser as add_report_parser
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_pools)
 
     add_report_parser(sub, common)
+    add_keys_parser(sub, common)
     return parser
 
 
@@ -85,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
+        if args.command == "keys" and args.router_url:  # routers named: no cluster needed
+            return show_keys(args)
         return _run(handler, args)
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)

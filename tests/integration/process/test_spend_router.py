@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
+from modelfleet.kubectl.main import main as kubectl_main
 from modelfleet.router.spendstore import RedisSpendStore
 from modelfleet.routing.budget import period_of
 from modelfleet_dev.fakeworker import FakeWorker
@@ -65,6 +68,7 @@ async def test_budget_edge_two_replicas_restart_and_rate(
     redis_server: RedisServer,
     workers: Callable[..., Any],
     http: aiohttp.ClientSession,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     worker = await workers("p", cost_usd=COST, delay_s=0.05)
     cfg = config(tmp_path / "router.yaml", worker)
@@ -116,8 +120,22 @@ async def test_budget_edge_two_replicas_restart_and_rate(
         assert body["error"]["code"] == "rate_limit_exceeded"
         assert "'team-rate'" in body["error"]["message"] and int(headers["Retry-After"]) >= 1
 
+        # The plugin's view over both replicas: counts summed, the store's spend.
+        capsys.readouterr()
+        assert kubectl_main(["keys", "-o", "json", *_urls(routers)]) == 0
+        rows = {r["key"]: r for r in json.loads(capsys.readouterr().out)}
+        # (Counts are each router's since it started: the restarted one's are new.)
+        assert 0 < rows["team-budget"]["images"] < ok
+        budget = rows["team-budget"]["budget"]
+        assert (budget["images"], budget["requests"]) == (ok, ok)  # the store's, all along
+        assert abs(budget["spent_usd"] - spent) < 1e-9
+        assert rows["team-rate"]["requests"] == 3 and rows["team-rate"]["rejected"] == 1
+        assert kubectl_main(["keys", *_urls(routers)]) == 0
+        table = capsys.readouterr().out
+        assert "team-budget" in table and "0.3050/day" in table
+
         # The keys themselves appear nowhere the router writes.
-        seen = [repr(got), repr(rate)]
+        seen = [repr(got), repr(rate), table]
         for proc in routers:
             for path in ("/metrics", "/v1/stats"):
                 async with http.get(proc.url + path) as resp:
@@ -132,6 +150,10 @@ async def test_budget_edge_two_replicas_restart_and_rate(
     finally:
         for r in routers:
             r.__exit__()
+
+
+def _urls(routers: list[RouterProcess]) -> list[str]:
+    return [a for r in routers for a in ("--router-url", r.url)]
 
 
 DEGRADE_KEY = "sk-degrade-91be2c"
