@@ -4,6 +4,7 @@ unsettled reservations, requests per minute, the /v1/stats rows."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -156,3 +157,28 @@ async def test_clients_rows_and_metrics_never_hold_the_key() -> None:
     text = generate_latest(reg).decode()
     assert 'modelfleet_router_client_images_total{key="team-a",namespace="ns"} 2.0' in text
     assert "sk-secret" not in text and "sk-secret" not in repr(row)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--spend-store", "mysql://x"], "--spend-store: 'mysql://x' is not memory"),
+        (["--spend-store", "redis://:pw@r:6379/0"], "must not carry a password"),
+        (["--spend-store", "asset-store"], "needs a redis:// --asset-store"),
+        (["--spend-store-password-file", "/x"], "needs a redis:// --spend-store"),
+        (["--spend-store", "redis://r:6379/0", "--spend-store-password-file", "/nonexistent"],
+         "--spend-store-password-file /nonexistent: No such file"),
+        (["--spend-hold", "0.5"], "--spend-hold: 0.5 is not at least 1 second"),
+    ],
+)  # fmt: skip
+def test_spend_flags_refused_naming_the_flag(flags: list[str], message: str) -> None:
+    import argparse
+
+    from modelfleet.router.assets import add_asset_args
+    from modelfleet.router.spendstore import SpendConfigError, add_spend_args, spend_store_from_args
+
+    p = argparse.ArgumentParser()
+    add_asset_args(p)
+    add_spend_args(p)
+    with pytest.raises(SpendConfigError, match=re.escape(message)):
+        spend_store_from_args(p.parse_args(flags), 120.0)
