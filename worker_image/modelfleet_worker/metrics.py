@@ -1,8 +1,12 @@
-"""Prometheus metrics, all prefixed modelfleet_worker_, on a private registry."""
+"""Prometheus metrics, all prefixed modelfleet_worker_, on a private registry.
+
+ImageSeries declares the series every worker kind exports (the diffusers worker here, the
+hosted adapter in hosted/metrics.py): one name, label set and bucket set each, so
+dashboards, canary queries and histogram_quantile read both kinds of pool alike."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -36,13 +40,25 @@ def endpoint_of(path: str) -> str:
     return tail if tail != path and tail in ENDPOINTS else "other"
 
 
-class WorkerMetrics:
+# Seconds from admission to response: a hosted call can answer in 10 ms, a big model in minutes.
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
+# USD per image: a tiny local model's fraction of a cent up to a hosted model's dollar.
+COST_BUCKETS = (
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.12, 0.17, 0.25, 0.5, 1.0,
+)  # fmt: skip
+
+
+class ImageSeries:
+    """The series shared by every worker kind: identity, requests by endpoint and outcome,
+    request duration, images made, ready, cost. `outcomes`: the kind's outcome labels,
+    exported at zero with each endpoint so rate() works from the first scrape."""
+
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, pool: str, model: str, family: str) -> None:
+    def __init__(self, pool: str, identity: Mapping[str, str], outcomes: Sequence[str]) -> None:
         r = self.registry = CollectorRegistry()
         self.info = Info(P.rstrip("_"), "Worker identity (pool, model, family)", registry=r)
-        self.info.info({"pool": pool, "model": model, "family": family, "version": __version__})
+        self.info.info({"pool": pool, **identity, "version": __version__})
         self.requests = Counter(
             P + "requests", "Requests by endpoint and outcome", ["endpoint", "outcome"], registry=r
         )
@@ -50,9 +66,37 @@ class WorkerMetrics:
             P + "request_duration_seconds",
             "Request latency by endpoint, admission to response",
             ["endpoint"],
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
+            buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.images = Counter(
+            P + "images_generated", "Images made, by endpoint", ["endpoint"], registry=r
+        )
+        for e in ENDPOINTS:
+            self.images.labels(endpoint=e)
+            self.request_duration.labels(endpoint=e)
+            for o in outcomes:
+                self.requests.labels(endpoint=e, outcome=o)
+        self.ready = Gauge(P + "ready", "1 when serving, 0 loading or draining", registry=r)
+        self.cost_usd = Counter(
+            P + "cost_usd", "Cost of the images made (USD)", ["pool"], registry=r
+        ).labels(pool=pool)
+        self.cost_per_image = Histogram(
+            P + "cost_per_image_usd",
+            "Cost per image (USD)",
+            ["pool"],
+            buckets=COST_BUCKETS,
+            registry=r,
+        ).labels(pool=pool)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class WorkerMetrics(ImageSeries):
+    def __init__(self, pool: str, model: str, family: str) -> None:
+        super().__init__(pool, {"model": model, "family": family}, OUTCOMES)
+        r = self.registry
         self.queue_wait = Histogram(
             P + "queue_wait_seconds",
             "Time an image waited before its batch started",
@@ -67,25 +111,6 @@ class WorkerMetrics:
         )
         self.queue_depth = Gauge(P + "queue_depth", "Images waiting to be batched", registry=r)
         self.in_flight = Gauge(P + "in_flight_images", "Images in the running batch", registry=r)
-        self.images = Counter(
-            P + "images_generated", "Images made, by endpoint", ["endpoint"], registry=r
-        )
-        for e in ENDPOINTS:  # export zeros so rate() works from the first scrape
-            self.images.labels(endpoint=e)
-            self.request_duration.labels(endpoint=e)
-            for o in OUTCOMES:
-                self.requests.labels(endpoint=e, outcome=o)
-        # Same names as the hosted adapter's, so dashboards and canaries read both.
-        self.cost_usd = Counter(
-            P + "cost_usd", "Cost of the images made (USD)", ["pool"], registry=r
-        ).labels(pool=pool)
-        self.cost_per_image = Histogram(
-            P + "cost_per_image_usd",
-            "Cost per image (USD)",
-            ["pool"],
-            buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32),
-            registry=r,
-        ).labels(pool=pool)
         self.prompt_truncated = Counter(
             P + "prompt_truncated",
             "Prompts longer than a text encoder takes (cut there), by encoder",
@@ -106,7 +131,6 @@ class WorkerMetrics:
             registry=r,
         )
         self.load_seconds = Gauge(P + "model_load_seconds", "Model load + warm-up time", registry=r)
-        self.ready = Gauge(P + "ready", "1 when serving, 0 loading or draining", registry=r)
         self.fault_latency = Gauge(
             P + "fault_latency_ms", "Injected latency per request (drill)", registry=r
         )
@@ -151,6 +175,3 @@ class WorkerMetrics:
         """read() -> (free, total); evaluated at scrape time."""
         self.gpu_free.set_function(lambda: float(read()[0]))
         self.gpu_used.set_function(lambda: float(max(0, read()[1] - read()[0])))
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)

@@ -384,7 +384,7 @@ class HostedServer:
             for _ in result.images:
                 self.metrics.cost_per_image.observe(price)
             total += price * len(result.images)
-        self.metrics.cost.inc(total)
+        self.metrics.cost_usd.inc(total)
         return total
 
     async def _download(self, images: list[ProviderImage]) -> list[ProviderImage]:
