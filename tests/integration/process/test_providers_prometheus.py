@@ -284,10 +284,10 @@ async def test_service_time_strata_from_real_prometheus(stack: Stack) -> None:
         assert alone.total == pytest.approx(1.5 * batched.total, rel=0.05)
         assert m.samples == pytest.approx(alone.total + batched.total, abs=1)
         # Each stratum's observations sit in the one bucket holding its service time.
-        assert alone.counts[SERVICE_TIME_BUCKETS.index(0.0125)] == pytest.approx(alone.total)
-        assert batched.counts[SERVICE_TIME_BUCKETS.index(0.01)] == pytest.approx(batched.total)
+        assert alone.counts[SERVICE_TIME_BUCKETS.index(0.0112)] == pytest.approx(alone.total)
+        assert batched.counts[SERVICE_TIME_BUCKETS.index(0.009)] == pytest.approx(batched.total)
         # The median over all strata: 3 of 5 observations are the 11 ms ones.
-        assert m.value is not None and 0.01 < m.value <= 0.0125
+        assert m.value is not None and 0.01 < m.value <= 0.0112
 
         none = await p.measure(q(SVC, "stable"))
         assert (none.value, none.samples, none.error, none.no_series) == (None, 0, None, True)
