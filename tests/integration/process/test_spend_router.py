@@ -132,6 +132,8 @@ async def test_budget_edge_two_replicas_restart_and_rate(
         assert rows["team-rate"]["requests"] == 3 and rows["team-rate"]["rejected"] == 1
         assert kubectl_main(["keys", *_urls(routers)]) == 0
         table = capsys.readouterr().out
+        with capsys.disabled():
+            print(table)
         assert "team-budget" in table and "0.3050/day" in table
 
         # The keys themselves appear nowhere the router writes.
