@@ -140,11 +140,12 @@ class Spend:
         self.keys: dict[str, tuple[str, str, int | None, Budget | None]] = {}
         self.totals: dict[str, _Totals] = {}
         label = ["namespace", "key"]
-        self.requests = Counter(
-            "modelfleet_router_client_requests",
-            "Requests by client key id (never the key) and outcome: ok, failed, "
-            "rate_limited, budget_exceeded.",
-            [*label, "outcome"],
+        # Requests per key by outcome are router.access's modelfleet_router_client_requests.
+        self.limited = Counter(
+            "modelfleet_router_client_limited",
+            "Requests of a client key id (never the key) refused by its limits: "
+            "rate_limited (requests per minute), budget_exceeded.",
+            [*label, "reason"],
             registry=registry,
         )
         self.images = Counter(
@@ -207,7 +208,7 @@ class Spend:
             verdict = await self._local.hit(scope, rpm, self._wall())
         if not verdict.admitted:
             totals.rejected += 1
-            self.requests.labels(key.namespace, key.id, "rate_limited").inc()
+            self.limited.labels(key.namespace, key.id, "rate_limited").inc()
         return verdict
 
     async def reserve(self, key: ClientKey, images: int, ladder: Iterable[str]) -> Ticket | Refused:
@@ -249,7 +250,7 @@ class Spend:
         if not ok:
             self._end_probe(scope, estimate)
             totals.rejected += 1
-            self.requests.labels(key.namespace, key.id, "budget_exceeded").inc()
+            self.limited.labels(key.namespace, key.id, "budget_exceeded").inc()
             return Refused(p, acct)
         return Ticket(scope, key.id, key.namespace, p, rid, estimate)
 
@@ -308,7 +309,6 @@ class Spend:
         totals.requests += 1
         totals.images += images
         totals.cost_nano += cost
-        self.requests.labels(key.namespace, key.id, "ok" if pool else "failed").inc()
         if images:
             self.images.labels(key.namespace, key.id).inc(images)
         if cost:

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet.kubectl.main import main as kubectl_main
 from modelfleet.router.spendstore import RedisSpendStore
@@ -145,8 +146,11 @@ async def test_budget_edge_two_replicas_restart_and_rate(
             seen.append(proc.logs())
         async with http.get(routers[1].url + "/metrics") as resp:
             metrics = await resp.text()
-        spend_lines = [x for x in metrics.splitlines() if x.startswith("modelfleet_router_client")]
-        assert any('key="team-budget"' in x for x in spend_lines)
+        limited = [x for x in metrics.splitlines() if x.startswith("modelfleet_router_client_lim")]
+        assert any('key="team-budget"' in x and "budget_exceeded" in x for x in limited)
+        # One family per name: the exposition parses (router.access has client_requests).
+        families = [f.name for f in text_string_to_metric_families(metrics)]
+        assert len(families) == len(set(families))
         for text in seen:
             assert BUDGET_KEY not in text and RATE_KEY not in text
     finally:
