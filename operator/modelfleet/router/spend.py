@@ -316,10 +316,16 @@ class Spend:
 
     async def clients(self) -> list[dict[str, object]]:
         """The /v1/stats `clients` section: every key id this replica has seen, its
-        counts here, and its budget period's figures from the store (every replica's)."""
-        out: list[dict[str, object]] = []
+        counts here, and its budget period's figures from the store (every replica's),
+        read all at once."""
         now = self._wall()
-        for scope, (ns, key_id, rpm, budget) in sorted(self.keys.items()):
+        rows = sorted(self.keys.items())
+        figures = await asyncio.gather(
+            *(self._account(scope, k[3], now) for scope, k in rows if k[3] is not None)
+        )
+        found = iter(figures)
+        out: list[dict[str, object]] = []
+        for scope, (ns, key_id, rpm, budget) in rows:
             t = self.totals[scope]
             row: dict[str, object] = {
                 "namespace": ns,
@@ -332,29 +338,31 @@ class Spend:
             if rpm is not None:
                 row["requests_per_minute"] = rpm
             if budget is not None:
-                p = period_of(now, budget.period)
-                b: dict[str, object] = {
-                    "usd": budget.amount_usd,
-                    "period": budget.period,
-                    "label": p.label,
-                    "resets": reset_time(p),
-                }
-                try:
-                    acct = await self.store.account(scope, p)
-                except Exception as exc:
-                    self._failed("account", exc)
-                else:
-                    spent = to_usd(acct.spent)
-                    b |= {
-                        "spent_usd": spent,
-                        "reserved_usd": to_usd(acct.reserved),
-                        "remaining_usd": max(0.0, budget.amount_usd - spent),
-                        "requests": acct.requests + acct.failed,
-                        "images": acct.images,
-                    }
-                row["budget"] = b
+                row["budget"] = next(found)
             out.append(row)
         return out
+
+    async def _account(self, scope: str, budget: Budget, now: float) -> dict[str, object]:
+        p = period_of(now, budget.period)
+        b: dict[str, object] = {
+            "usd": budget.amount_usd,
+            "period": budget.period,
+            "label": p.label,
+            "resets": reset_time(p),
+        }
+        try:
+            acct = await self.store.account(scope, p)
+        except Exception as exc:
+            self._failed("account", exc)
+            return b
+        spent = to_usd(acct.spent)
+        return b | {
+            "spent_usd": spent,
+            "reserved_usd": to_usd(acct.reserved),
+            "remaining_usd": max(0.0, budget.amount_usd - spent),
+            "requests": acct.requests + acct.failed,
+            "images": acct.images,
+        }
 
     async def close(self) -> None:
         await self.store.close()

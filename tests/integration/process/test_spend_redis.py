@@ -105,3 +105,40 @@ async def test_requests_per_minute_shared(redis_server: RedisServer) -> None:
         await a.close()
         await b.close()
         await raw.aclose()
+
+
+async def test_a_dead_store_refuses_budgets_and_counts_rates_locally(
+    redis_server: RedisServer,
+) -> None:
+    """Redis killed: a budgeted key is refused (StoreDown: 503 budget_unavailable), the
+    rate limit is this replica's own; Redis back: both work again."""
+    import pytest
+    from prometheus_client import CollectorRegistry
+
+    from modelfleet.router.spend import Spend, StoreDown, Ticket
+    from modelfleet.routing.clients import Budget, ClientKey, key_digest
+
+    reg = CollectorRegistry()
+    s = Spend(reg, store=RedisSpendStore(redis_server.url))
+    key = ClientKey("k", "ns", key_digest("sk-x"), requests_per_minute=2, budget=Budget(1.0))
+    try:
+        s.costs.learn("ns", "p", 1000)
+        assert isinstance(await s.reserve(key, 1, ("p",)), Ticket)
+        redis_server.kill()
+        with pytest.raises(StoreDown, match="did not answer"):
+            await s.reserve(key, 1, ("p",))
+        verdicts = [(await s.rate(key)).admitted for _ in range(3)]
+        assert verdicts == [True, True, False]  # the local fallback still limits
+        assert (
+            reg.get_sample_value("modelfleet_router_spend_store_errors_total", {"op": "reserve"})
+            == 1.0
+        )
+        assert (
+            reg.get_sample_value("modelfleet_router_spend_store_errors_total", {"op": "hit"}) == 3.0
+        )
+        redis_server.start()
+        assert isinstance(await s.reserve(key, 1, ("p",)), Ticket)
+        acct = await s.store.account("ns/k", period_of(time.time(), "day"))
+        assert acct.reserved == 2000  # the first reservation survived the restart (AOF)
+    finally:
+        await s.close()
