@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -205,7 +206,21 @@ async def test_over_budget_degrades_to_the_policys_cheaper_tier(
         assert [s for s, _, _ in strict] == [200, 200, 429]
         err = strict[2][1]["error"]
         assert err["code"] == "budget_exceeded" and "'team-s'" in err["message"]
+        # The official SDK with the key: served while the budget fits (degraded here),
+        # and its RateLimitError carries budget_exceeded.
+        async with openai.AsyncOpenAI(
+            base_url=r.url + "/v1", api_key=DEGRADE_KEY, max_retries=0
+        ) as sdk:
+            img = await sdk.images.generate(prompt="a lighthouse")
+            assert img.data and img.data[0].b64_json
+        async with openai.AsyncOpenAI(
+            base_url=r.url + "/v1", api_key=STRICT_KEY, max_retries=0
+        ) as sdk:
+            with pytest.raises(openai.RateLimitError) as refused:
+                await sdk.images.generate(prompt="a lighthouse")
+            assert refused.value.code == "budget_exceeded"
+            assert STRICT_KEY not in str(refused.value)
         async with http.get(r.url + "/metrics") as resp:
             metrics = await resp.text()
         line = next(x for x in metrics.splitlines() if x.startswith("modelfleet_router_budget_d"))
-        assert 'key="team-d"' in line and 'to="preview"' in line and line.endswith(" 2.0")
+        assert 'key="team-d"' in line and 'to="preview"' in line and line.endswith(" 3.0")
