@@ -57,6 +57,7 @@ def _refs(env: list[dict[str, Any]]) -> dict[str, Any]:
                 "AWS_ACCESS_KEY_ID": {"name": "r2", "key": "AWS_ACCESS_KEY_ID"},
                 "AWS_SECRET_ACCESS_KEY": {"name": "r2", "key": "AWS_SECRET_ACCESS_KEY"},
                 "AWS_ENDPOINT_URL": {"name": "r2", "key": "AWS_ENDPOINT_URL", "optional": True},
+                "AWS_REGION": {"name": "r2", "key": "AWS_REGION", "optional": True},
             },
         ),
         (  # an s3 model with a VAE from the Hub: both stores' keys
@@ -64,13 +65,19 @@ def _refs(env: list[dict[str, Any]]) -> dict[str, Any]:
                 "source": "s3://m/x",
                 "family": "sdxl",
                 "vae": {"source": "hf://madebyollin/sdxl-vae-fp16-fix", "family": "sdxl"},
-                "credentials": {"name": "c", "endpointKey": "url", "accessKeyIdKey": "id"},
+                "credentials": {
+                    "name": "c",
+                    "endpointKey": "url",
+                    "accessKeyIdKey": "id",
+                    "regionKey": "zone",
+                },
             },
             {
                 "HF_TOKEN": {"name": "c", "key": "HF_TOKEN"},
                 "AWS_ACCESS_KEY_ID": {"name": "c", "key": "id"},
                 "AWS_SECRET_ACCESS_KEY": {"name": "c", "key": "AWS_SECRET_ACCESS_KEY"},
                 "AWS_ENDPOINT_URL": {"name": "c", "key": "url", "optional": True},
+                "AWS_REGION": {"name": "c", "key": "zone", "optional": True},
             },
         ),
         ({"source": "hf://a/b"}, {}),

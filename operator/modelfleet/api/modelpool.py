@@ -78,6 +78,9 @@ class ModelCredentials(ApiModel):
     endpoint_key: str = _secret_key(
         "AWS_ENDPOINT_URL", "the S3 endpoint URL, for MinIO or R2 (s3://; optional in the Secret)"
     )
+    region_key: str = _secret_key(
+        "AWS_REGION", "the S3 signing region, e.g. auto for R2 (s3://; optional in the Secret)"
+    )
 
 
 class ModelSpec(ApiModel):

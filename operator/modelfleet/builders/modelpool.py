@@ -138,6 +138,8 @@ def credentials_env(model: ModelSpec) -> list[dict[str, Any]]:
         env.append(from_secret("AWS_SECRET_ACCESS_KEY", ref.secret_access_key_key))
         # AWS itself needs no endpoint; MinIO and R2 do.
         env.append(from_secret("AWS_ENDPOINT_URL", ref.endpoint_key, optional=True))
+        # Without a region the client asks the store (GetBucketLocation) or assumes us-east-1.
+        env.append(from_secret("AWS_REGION", ref.region_key, optional=True))
     return env
 
 
