@@ -27,7 +27,7 @@ def router_args(tmp_path: Path, *sets: str) -> argparse.Namespace:
         "HELM_CACHE_HOME": str(tmp_path / "cache"),
         "HELM_CONFIG_HOME": str(tmp_path / "config"),
     }
-    cmd = [binaries.binary_path("helm"), "template", "mf", str(CHART)]
+    cmd: list[str] = [str(binaries.binary_path("helm")), "template", "mf", str(CHART)]
     cmd += ["--show-only", "templates/router.yaml", *(a for s in sets for a in ("--set", s))]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
