@@ -322,7 +322,8 @@ def test_least_privilege_rbac(
             (op_user, "create", "pods", ""),
             (op_user, "list", "configmaps", ""),
             (router_user, "patch", "routingpolicies", "modelfleet.io"),
-            (router_user, "get", "secrets", ""),
+            # The router reads Secrets of its own namespace only, the client keys
+            # (test_client_keys_cluster.py checks where it may and may not).
             (router_user, "list", "pods", ""),
         ):
             assert not _can(cluster, user, verb, resource, namespace, group), (user, verb, resource)
@@ -479,7 +480,12 @@ def test_least_privilege_rbac(
             ]
             assert forbidden == [], forbidden[:5]
             with RouterProcess(
-                None, ["--kube", "--namespace", namespace, "--kubeconfig", str(env_router)]
+                None,
+                # --client-auth keys: it lists the namespace's client-key Secrets too.
+                [
+                    *("--kube", "--namespace", namespace, "--kubeconfig", str(env_router)),
+                    *("--client-auth", "keys"),
+                ],
             ) as router:
                 import urllib.request
 
