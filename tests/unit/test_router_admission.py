@@ -186,3 +186,16 @@ async def test_hold_times_feed_the_expected_time() -> None:
     g.release()
     g.release()
     assert g.in_flight == 0
+
+
+async def test_a_tier_budget_shorter_than_the_queue_timeout_bounds_the_wait() -> None:
+    g = AdmissionGate(Limits(max_in_flight=1, max_queue=4, queue_timeout_s=5))
+    await g.acquire(PROD)
+    with pytest.raises(QueueTimeout) as err:
+        await asyncio.wait_for(g.acquire(PREVIEW, "preview", budget_s=0.05), 1)
+    assert err.value.budget
+    assert g.shed == {("preview", "latency_budget"): 1} and g.queued == 0
+    g.update(Limits(max_in_flight=1, max_queue=4, queue_timeout_s=0.05))
+    with pytest.raises(QueueTimeout) as err:  # the queue's own limit is the shorter one
+        await asyncio.wait_for(g.acquire(PREVIEW, "preview", budget_s=10), 1)
+    assert not err.value.budget and g.shed[("preview", "queue_timeout")] == 1

@@ -40,7 +40,12 @@ class Rejected(Exception):
 
 
 class QueueTimeout(Exception):
-    """Waited queue_timeout_ms for a slot without getting one."""
+    """Waited queue_timeout_ms (or the tier's latency budget, when shorter: `budget`) for
+    a slot without getting one."""
+
+    def __init__(self, budget: bool = False) -> None:
+        super().__init__()
+        self.budget = budget
 
 
 @dataclass
@@ -79,24 +84,32 @@ class AdmissionGate:
         self.limits = limits
         self._hand_over()
 
-    async def acquire(self, priority: Priority = (0, 0), tier: str = "") -> None:
-        """A slot, now or after waiting in priority order. `tier` only labels what is
-        shed (self.shed)."""
+    async def acquire(
+        self, priority: Priority = (0, 0), tier: str = "", budget_s: float | None = None
+    ) -> None:
+        """A slot, now or after waiting in priority order, at most queue_timeout_s or
+        `budget_s` (the tier's latency budget: past it the answer is late anyway).
+        `tier` only labels what is shed (self.shed)."""
+        timeout = self.limits.queue_timeout_s
+        by_budget = budget_s is not None and budget_s < timeout
+        if by_budget and budget_s is not None:
+            timeout = budget_s
+        reason = "latency_budget" if by_budget else "queue_timeout"
         if self.in_flight < self.limits.max_in_flight and self.queued == 0:
             self.in_flight += 1
             return
         if self.queued >= self.limits.max_queue and not self._evict_for(priority):
             self.shed[(tier, "queue_full")] += 1
             raise Rejected()
-        if self.limits.queue_timeout_s <= 0:
-            self.shed[(tier, "queue_timeout")] += 1
-            raise QueueTimeout()
+        if timeout <= 0:
+            self.shed[(tier, reason)] += 1
+            raise QueueTimeout(by_budget)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(lambda f: self._count_evicted(f, tier))
         queue = self._queues.setdefault(priority, deque())
         queue.append(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), self.limits.queue_timeout_s)
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
         except (TimeoutError, asyncio.CancelledError) as exc:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 # The slot arrived just as we gave up: pass it on rather than leak it.
@@ -108,8 +121,8 @@ class AdmissionGate:
                     queue.remove(fut)
                 self._drop_empty(priority)
             if isinstance(exc, TimeoutError):
-                self.shed[(tier, "queue_timeout")] += 1
-                raise QueueTimeout() from None
+                self.shed[(tier, reason)] += 1
+                raise QueueTimeout(by_budget) from None
             raise
 
     def release(self, route: str | None = None, held_s: float | None = None) -> None:
@@ -259,7 +272,7 @@ async def admit(
     queued[qkey] = queued.get(qkey, 0) + 1
     limits = gate.limits
     try:
-        await gate.acquire(priority, asked)
+        await gate.acquire(priority, asked, plan.budget_s)
     except Rejected:
         return Refused(
             "overloaded",
@@ -267,7 +280,15 @@ async def admit(
             f"({limits.max_in_flight} in flight, {limits.max_queue} queued)",
             headers,
         )
-    except QueueTimeout:
+    except QueueTimeout as exc:
+        if exc.budget:
+            return Refused(
+                "latency_budget_exceeded",
+                f"tier {asked}: no slot in RoutingPolicy {policy.key} within the tier's "
+                f"latency budget of {(plan.budget_s or 0) * 1000:.0f} ms (RoutingPolicy "
+                "spec.tiers[].latencyBudgetMs); retry later or ask for a faster tier",
+                headers,
+            )
         return Refused(
             "queue_timeout",
             f"no slot in RoutingPolicy {policy.key} within {limits.queue_timeout_s * 1000:.0f} ms",
