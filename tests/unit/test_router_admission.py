@@ -7,7 +7,19 @@ import asyncio
 
 import pytest
 
-from modelfleet.router.admission import AdmissionGate, Limits, QueueTimeout, Rejected
+from modelfleet.api.routingpolicy import RoutingPolicy
+from modelfleet.router.admission import (
+    AdmissionGate,
+    Admitted,
+    Limits,
+    QueueTimeout,
+    Refused,
+    Rejected,
+    admit,
+)
+from modelfleet.routing.intent import parse_request
+from modelfleet.routing.table import PolicyTable, compile_policy, match_route
+from modelfleet.routing.tiers import resolve_tier
 
 PROD, PREVIEW = (100, 0), (0, 0)  # the builtin tiers' priorities, no key priority
 
@@ -199,3 +211,60 @@ async def test_a_tier_budget_shorter_than_the_queue_timeout_bounds_the_wait() ->
     with pytest.raises(QueueTimeout) as err:  # the queue's own limit is the shorter one
         await asyncio.wait_for(g.acquire(PREVIEW, "preview", budget_s=10), 1)
     assert not err.value.budget and g.shed[("preview", "queue_timeout")] == 1
+
+
+def _policy() -> PolicyTable:
+    spec = {
+        "tiers": [
+            {"name": "production", "priority": 100, "latencyBudgetMs": 500,
+             "degradeTo": {"slow": "preview"}},
+            {"name": "preview", "latencyBudgetMs": 500},
+        ],
+        "routes": [
+            {"name": "fast", "match": {"tiers": ["preview"]}, "pool": "small"},
+            {"name": "all", "pool": "big"},
+        ],
+    }  # fmt: skip
+    return compile_policy(RoutingPolicy.model_validate({"metadata": {"name": "p"}, "spec": spec}))
+
+
+async def _admit(g: AdmissionGate, table: PolicyTable, tier: str) -> Admitted | Refused:
+    parsed = resolve_tier(parse_request(f'{{"prompt": "x", "tier": "{tier}"}}'.encode(), {}),
+                          table.tiers, table.key)  # fmt: skip
+    route = match_route(table.routes, parsed.intent)
+    assert route is not None
+    queued: dict[tuple[str, str], int] = {}
+    got = await admit(
+        g, table, parsed, route, lambda p: match_route(table.routes, p.intent), 0, lambda: 0.0,
+        queued,
+    )  # fmt: skip
+    assert queued == {}
+    return got
+
+
+async def test_admit_degrades_a_slow_tier_and_refuses_when_nothing_fits() -> None:
+    table = _policy()
+    g = AdmissionGate(Limits(max_in_flight=4, max_queue=8, queue_timeout_s=5))
+    got = await _admit(g, table, "production")  # nothing measured yet: admitted as asked
+    assert (
+        isinstance(got, Admitted)
+        and got.route.name == "all"
+        and "X-ModelFleet-Degraded" not in got.headers
+    )
+    g.release("all", 0.8)
+    got = await _admit(g, table, "production")
+    assert isinstance(got, Admitted)
+    assert (got.route.name, got.parsed.intent.tier, got.chosen) == ("fast", "preview", "small")
+    assert got.headers == {
+        "X-ModelFleet-Degraded": "slow production->preview",
+        "X-ModelFleet-Route": "fast",
+    }
+    g.release("fast", 0.9)  # the preview route is slow now too
+    got = await _admit(g, table, "production")
+    assert isinstance(got, Refused) and got.code == "latency_budget_exceeded"
+    assert "degraded via preview" in got.message and got.retry_after_s == 1.0
+    got = await _admit(g, table, "preview")
+    assert isinstance(got, Refused) and got.code == "latency_budget_exceeded"
+    assert g.degraded == {("production", "preview", "slow"): 1}
+    assert g.shed == {("production", "latency_budget"): 1, ("preview", "latency_budget"): 1}
+    assert g.in_flight == 0
