@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelfleet_common.textscore import score
-from modelfleet_worker.server import text_summary_headers
+from modelfleet_worker.response import text_summary_headers
 from modelfleet_worker.verify import FAILED, PASSED, UNREADABLE, Verification
 
 
