@@ -82,9 +82,10 @@ class Access:
         )
         self.key_requests = Counter(
             PREFIX + "client_requests_total",
-            "Data-path requests by client key id (never the key; 'anonymous' where a policy "
-            "allows it) and outcome (ok, forbidden, rejected, client_error, upstream_error).",
-            ["key", "outcome"],
+            "Image requests by client key id (never the key; 'anonymous', namespace '', "
+            "where a policy allows it) and outcome (ok, forbidden, rejected, client_error, "
+            "upstream_error); namespace is the key's Secret's.",
+            ["namespace", "key", "outcome"],
             registry=registry,
         )
         self.keys_loaded = Gauge(
@@ -173,5 +174,6 @@ class Access:
         resp = await handler(request)
         if CLIENT in request and request.path.startswith("/v1/images/"):
             key: ClientKey | None = request[CLIENT]
-            self.key_requests.labels(key.id if key else ANONYMOUS, outcome_of(resp.status)).inc()
+            ns, kid = (key.namespace, key.id) if key else ("", ANONYMOUS)
+            self.key_requests.labels(ns, kid, outcome_of(resp.status)).inc()
         return resp

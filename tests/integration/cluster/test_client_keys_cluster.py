@@ -118,9 +118,10 @@ def test_keys_follow_the_secrets(cluster: LocalCluster, namespace: str) -> None:
             f'modelfleet_router_client_keys_refused{{field="annotations[modelfleet.io/budget]",'
             f'namespace="{namespace}",secret="bad"}} 1.0'
         ) in metrics
-        assert 'modelfleet_router_client_requests_total{key="team-a",outcome="upstream_error"}' in (
-            metrics
-        )
+        assert (
+            f'modelfleet_router_client_requests_total{{key="team-a",namespace="{namespace}",'
+            'outcome="upstream_error"}'
+        ) in metrics
         logs = r.logs()
     events = core.list_namespaced_event(namespace).items
     seen = [logs, metrics, *bodies, *(f"{e.message} {e.reason}" for e in events)]

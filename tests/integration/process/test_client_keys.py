@@ -125,9 +125,10 @@ async def test_keys_with_the_openai_sdk(
         async with http.get(r.url + "/metrics") as resp:
             text = await resp.text()
         no_secret(text)
-        assert 'modelfleet_router_client_requests_total{key="team-a",outcome="ok"} 1.0' in text
-        assert 'key="previewer",outcome="forbidden"} 1.0' in text
-        assert 'key="anonymous",outcome="ok"} 1.0' in text
+        prefix = "modelfleet_router_client_requests_total"
+        assert f'{prefix}{{key="team-a",namespace="default",outcome="ok"}} 1.0' in text
+        assert f'{prefix}{{key="previewer",namespace="default",outcome="forbidden"}} 1.0' in text
+        assert f'{prefix}{{key="anonymous",namespace="",outcome="ok"}} 1.0' in text
         assert 'modelfleet_router_auth_failures_total{reason="missing_key"} 1.0' in text
         assert "modelfleet_router_client_keys 1.0" in text
 
