@@ -36,7 +36,8 @@ binaries: venv
 # Container images as OCI archives in dist/images/, no Docker daemon (buildah on a
 # Debian base from mmdebstrap; scripts/images.sh). `make test` builds and proves the
 # operator/router image (a few minutes cold); the worker image (torch: gigabytes)
-# is built and proven by `make test-images` only.
+# is built and proven by `make test-images` only, which also rebuilds the
+# operator/router image from scratch and checks it gives the same layers.
 .PHONY: images image-modelfleet image-worker test-images
 images: prereqs
 	bash scripts/images.sh modelfleet worker
@@ -48,10 +49,12 @@ image-worker: prereqs
 	bash scripts/images.sh worker
 
 test-images: prereqs venv binaries images
-	MODELFLEET_TEST_WORKER_IMAGE=1 $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
+	MODELFLEET_TEST_WORKER_IMAGE=1 MODELFLEET_TEST_IMAGE_REBUILD=1 \
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
 		tests/integration/process/test_images_router.py \
 		tests/integration/process/test_images_worker.py \
-		tests/integration/cluster/test_images_operator.py
+		tests/integration/cluster/test_images_operator.py \
+		tests/integration/process/test_images_reproducible.py
 
 unit: venv
 	$(PY) -m pytest -p no:cacheprovider tests/unit

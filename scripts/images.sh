@@ -10,6 +10,10 @@
 # Writes dist/images/<name>-<version>.oci.tar (an OCI image layout, the image under
 # the tag <version>), the version being pyproject.toml's. Needs root, buildah and
 # mmdebstrap (scripts/prereqs.sh installs them).
+#
+# MODELFLEET_IMAGE_OUT=DIR writes the archives there instead; MODELFLEET_IMAGE_NO_CACHE=1
+# rebuilds every step (buildah --no-cache) rather than reusing cached layers, which is
+# how tests/integration/process/test_images_reproducible.py builds its second copy.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 names=("$@")
@@ -17,9 +21,10 @@ names=("$@")
 
 version=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-# File times and the created date come from the last commit, not the clock.
+# File times and the created date come from the last commit, not the clock: the same
+# commit builds the same layers (tests/integration/process/test_images_reproducible.py).
 epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
-out=dist/images
+out=${MODELFLEET_IMAGE_OUT:-dist/images}
 mkdir -p "$out"
 base=$(bash scripts/image-base.sh)
 
@@ -29,7 +34,9 @@ build_opts=(--quiet --layers --timestamp "$epoch"
   --isolation=chroot
   --build-arg BASE_IMAGE="$base"
   --build-arg VERSION="$version"
-  --build-arg REVISION="$revision")
+  --build-arg REVISION="$revision"
+  --build-arg SOURCE_DATE_EPOCH="$epoch")
+[ -z "${MODELFLEET_IMAGE_NO_CACHE:-}" ] || build_opts+=(--no-cache)
 
 # Behind a TLS-intercepting proxy the host trusts a CA that the build's pip does
 # not: lend pip that bundle for the build only, through root's pip config on a

@@ -6,11 +6,14 @@ context), under crun. The host network is shared so tests reach it on loopback."
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import threading
 import tomllib
 import uuid
@@ -114,6 +117,77 @@ def unpack(archive_path: Path, work: Path) -> Unpacked:
     # umoci's runtime spec for the image (user, env, cwd, entrypoint); each run adapts a copy.
     (bundle / "config.json").rename(bundle / "image-spec.json")
     return Unpacked(layout, bundle, read_config(layout, tag))
+
+
+def timestamp_pycs(rootfs: Path) -> tuple[int, list[str]]:
+    """(how many .pyc files, those that are timestamp-based). A timestamp .pyc is
+    valid only while its source keeps the mtime it recorded; an image build that sets
+    every file's time makes it stale, and Python then recompiles the module at every
+    start. Hash-based ones (PEP 552, flags bit 0) carry no time."""
+    total, stale = 0, []
+    for pyc in rootfs.rglob("*.pyc"):
+        if not pyc.is_file() or pyc.is_symlink():
+            continue
+        total += 1
+        with pyc.open("rb") as f:
+            header = f.read(8)
+        if not int.from_bytes(header[4:8], "little") & 1:
+            stale.append(str(pyc.relative_to(rootfs)))
+    return total, stale
+
+
+@dataclass(frozen=True)
+class Archive:
+    """An OCI archive's one image, read in place: manifest, config and blobs."""
+
+    path: Path
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: Path) -> Archive:
+        with tarfile.open(path) as tar:
+            index = json.loads(_member(tar, "index.json"))
+            (ref,) = index["manifests"]
+            manifest = json.loads(_member(tar, _blob_name(ref["digest"])))
+            config = json.loads(_member(tar, _blob_name(manifest["config"]["digest"])))
+        return cls(path, manifest, config)
+
+    @property
+    def layers(self) -> list[str]:
+        return [layer["digest"] for layer in self.manifest["layers"]]
+
+    def blob(self, digest: str) -> bytes:
+        with tarfile.open(self.path) as tar:
+            return _member(tar, _blob_name(digest))
+
+
+def _blob_name(digest: str) -> str:
+    algo, _, hexdigest = digest.partition(":")
+    return f"blobs/{algo}/{hexdigest}"
+
+
+def _member(tar: tarfile.TarFile, name: str) -> bytes:
+    f = tar.extractfile(name)
+    assert f is not None, f"{name} is not a file in {tar.name!r}"
+    return f.read()
+
+
+def layer_entries(layer: bytes) -> dict[str, tuple[str, int, int, int, int]]:
+    """Each entry of a layer tarball: (content digest or link target, mtime, mode, uid, gid)."""
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(layer), mode="r:*") as tar:
+        for entry in tar:
+            f = tar.extractfile(entry) if entry.isfile() else None
+            what = hashlib.sha256(f.read()).hexdigest() if f else entry.linkname
+            out[entry.name] = (what, int(entry.mtime), entry.mode, entry.uid, entry.gid)
+    return out
+
+
+def layer_differences(a: bytes, b: bytes) -> list[str]:
+    """Entries two layers disagree on (missing in one, other content or metadata)."""
+    x, y = layer_entries(a), layer_entries(b)
+    return [name for name in sorted(x.keys() | y.keys()) if x.get(name) != y.get(name)]
 
 
 @dataclass(frozen=True)

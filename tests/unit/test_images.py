@@ -79,7 +79,15 @@ def test_local_build_and_release_build_the_same_containerfiles() -> None:
     )
     released = {line.split("=")[0] for line in step["with"]["build-args"].splitlines()}
     built = set(re.findall(r"--build-arg (\w+)=", script))
-    assert built - {"BASE_IMAGE"} == released == {"VERSION", "REVISION"}
+    assert built - {"BASE_IMAGE", "SOURCE_DATE_EPOCH"} == released == {"VERSION", "REVISION"}
+    # SOURCE_DATE_EPOCH, the commit's time, in both: a build argument here, the
+    # environment there (buildx passes it on as the build argument).
+    assert "epoch=$(git log -1 --format=%ct" in script
+    commit_time = 'echo "SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)" >> "$GITHUB_ENV"'
+    steps = workflow()["jobs"]["images"]["steps"]
+    assert [s.get("run") for s in steps].index(commit_time) < steps.index(step)
+    for file in CONTAINERFILES.values():
+        assert "ARG SOURCE_DATE_EPOCH" in [f"{w} {rest}" for w, rest in instructions(file)]
 
 
 @pytest.mark.parametrize("name", sorted(CONTAINERFILES))

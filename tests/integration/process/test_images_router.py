@@ -50,6 +50,15 @@ def test_image_config_and_labels(image: oci_image.Unpacked) -> None:
     assert not list(site.glob("modelfleet_dev*")) and not (site / "torch").exists()
     assert not (image.rootfs / "etc/pip.conf").exists()
     assert not (image.rootfs / "src").exists()
+    # No build-time state that differs from build to build (apt lists and logs, ldconfig's cache).
+    assert not list((image.rootfs / "var/lib/apt/lists").glob("*_*"))
+    assert not (image.rootfs / "var/cache/ldconfig/aux-cache").exists()
+    assert not (image.rootfs / "var/log/dpkg.log").exists()
+    # Bytecode stays valid in the built image: every .pyc hash-based, none recording
+    # an mtime that the build's fixed file times made stale (each start would
+    # recompile every module, and could not save it on the read-only root).
+    total, stale = oci_image.timestamp_pycs(image.rootfs)
+    assert total > 1000 and not stale, (total, stale[:10])
 
 
 async def test_router_serves_a_static_config(

@@ -56,6 +56,10 @@ def test_worker_image_config(image: oci_image.Unpacked) -> None:
     site = image.rootfs / "opt/venv/lib/python3.11/site-packages"
     assert (site / "torch").is_dir() and (site / "modelfleet_worker").is_dir()
     assert not list(site.glob("modelfleet_dev*"))
+    # Hash-based bytecode only (see test_images_router.py): torch's thousands of
+    # modules are not recompiled at every start.
+    total, stale = oci_image.timestamp_pycs(image.rootfs)
+    assert total > 5000 and not stale, (total, stale[:10])
 
 
 def test_worker_image_serves_a_tiny_model(image: oci_image.Unpacked, tmp_path: Path) -> None:
