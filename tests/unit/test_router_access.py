@@ -265,3 +265,15 @@ def test_static_config_refuses_bad_keys_naming_the_field(
         parse_static_config({"policies": [POLICY], "clientKeys": keys})
     assert needle in str(err.value)
     assert KEY not in str(err.value)  # a key pasted where its digest belongs is not echoed
+
+
+def test_kube_snapshot_carries_the_labelled_secrets_as_keys() -> None:
+    from modelfleet.router.kube import build_snapshot
+
+    policy = {**POLICY, "metadata": {"name": "p", "namespace": "mf"}}
+    secrets = {("mf", "team-a"): secret(), ("mf", "bad"): secret("bad", budget="lots")}
+    snap = build_snapshot({("mf", "p"): policy}, {}, None, secrets)
+    key = snap.client_keys.find(KEY)
+    assert key is not None and key.id == "team-a"
+    assert [r.secret for r in snap.client_keys.refused] == ["bad"]
+    assert build_snapshot({("mf", "p"): policy}, {}).client_keys.keys == {}
