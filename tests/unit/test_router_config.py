@@ -57,8 +57,13 @@ def _set(doc: dict[str, Any], path: list[Any], value: Any) -> dict[str, Any]:
         ),
         (
             ["policies", 0, "spec", "routes", 0, "match", "tiers"],
-            ["gold"],
+            ["Gold_1"],
             "policies[0].spec.routes[0].match.tiers[0]",
+        ),
+        (  # a tier the policy does not declare (spec.tiers; none: preview, production)
+            ["policies", 0, "spec", "routes", 0, "match", "tiers"],
+            ["gold"],
+            "spec.routes[0].match.tiers[0] 'gold' is not a declared tier (preview, production)",
         ),
         (
             ["policies", 0, "spec", "routes", 0, "match", "promptPatterns"],
