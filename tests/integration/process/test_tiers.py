@@ -123,16 +123,19 @@ async def test_latency_budgets_refuse_at_once_or_degrade_and_tiers_are_checked(
     assert metric(m, shed, policy="strict", tier="production", reason="latency_budget") == 1
     assert metric(m, "modelfleet_router_requests_total", policy="strict", outcome="rejected") == 1
 
-    # From queue depth: one slot, 0.2 s a request; behind six queued production requests
-    # (no budget, a higher priority) a preview would wait ~1.5 s, over its 1 s budget.
+    # From queue depth: one slot, 0.2 s a request; behind nine queued production requests
+    # (no budget, a higher priority) a preview would wait ~2 s, over its 1 s budget.
     assert (await post(http, r, {"prompt": "warm"}, _as("queue", "preview")))[0] == 200
-    prod = [asyncio.create_task(post(http, r, {"prompt": f"p{i}"}, _as("queue"))) for i in range(7)]
+    prod = [
+        asyncio.create_task(post(http, r, {"prompt": f"p{i}"}, _as("queue"))) for i in range(10)
+    ]
 
-    async def six_queued() -> bool:
+    async def nine_queued() -> bool:
         m = await metrics(http, r)
-        return bool(metric(m, "modelfleet_router_queue_depth", policy="queue") == 6)
+        return bool(metric(m, "modelfleet_router_queue_depth", policy="queue") == 9)
 
-    await wait_for_async(six_queued, **SOON, what="6 production requests queued")
+    # Even if a few are served before the preview arrives, it would wait over 1 s.
+    await wait_for_async(nine_queued, **SOON, what="9 production requests queued")
     status, _h, doc, elapsed = await post(http, r, {"prompt": "v"}, _as("queue", "preview"))
     assert status == 429 and doc["error"]["code"] == "latency_budget_exceeded", doc
     assert elapsed < AT_ONCE_S, f"refusal took {elapsed * 1000:.0f} ms"
@@ -167,7 +170,9 @@ def _keyed_config(path: Path, worker: str) -> Path:
 async def test_saturation_sheds_previews_before_production_and_low_keys_first(
     workers: Any, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    worker = await workers("shed", delay_s=0.5)
+    # 1 s a request: the steps below, each awaited, fit well inside one (a production
+    # request finishing early would free a slot and leave the queue not full).
+    worker = await workers("shed", delay_s=1.0)
     with RouterProcess(
         _keyed_config(tmp_path / "r.yaml", worker.url), ("--client-auth", "keys")
     ) as r:
