@@ -57,12 +57,11 @@ class SdkWorker(FakeWorker):
             headers={"Retry-After": self.retry_after},
         )
 
-    async def _generate(self, request: web.Request) -> web.StreamResponse:
+    async def _generate(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         limited = self._rate_limited()
         if limited is not None:
-            await request.read()
             return limited
-        return await super()._generate(request)
+        return await super()._generate(request, body)
 
     async def edit(self, request: web.Request) -> web.Response:
         self.edit_types.append(request.headers.get("Content-Type", ""))
