@@ -482,10 +482,12 @@ def test_canary(given: Given) -> None:
     """Swap the default route from production to production-v2 in four steps, judged by
     the routers' own metrics. Applied verbatim it starts at 10% and the router splits
     90/10. Its 5 min interval would make the whole swap take 20 minutes: the interval is
-    then shortened to 20 s, and minRequests to what a 10% share of ~13 requests/s brings
-    in that time (the two changes), and the swap runs to the end. production-v2 is the
-    stable's model, so its service time per image must pass the rank test at every step,
-    100% included (judged against the stable's reference sample)."""
+    then shortened to 20 s, and minRequests to a little less than what a 10% share brings
+    in that time on a busy 2-core host (~6 requests/s: 12, so 10; with 20, two runs on a
+    loaded host paused at 10% for lack of data, 5 and 13 candidate requests a window)
+    (the two changes), and the swap runs to the end. production-v2 is the stable's
+    model, so its service time per image must pass the rank test at every step, 100%
+    included (judged against the stable's reference sample)."""
     [canary] = example("canary.yaml")
     then = (
         given.manifests(example("routingpolicy.yaml")).manifest(canary)
@@ -499,7 +501,7 @@ def test_canary(given: Given) -> None:
         # 10%: 400 requests, 4 sigma either side
         .candidate_share("images", "production-v2", n=400, low=0.04, high=0.16,
                          body=PROBE_BODY, status=400)
-        .when().load_runs("images", clients=4).canary_patched("production-v2", {"interval": "20s", "analysis": {"minRequests": 20}})
+        .when().load_runs("images", clients=4).canary_patched("production-v2", {"interval": "20s", "analysis": {"minRequests": 10}})
         .wait_for_phase("production-v2", "Succeeded", timeout=300, interval=0.5)
         .load_stops()
         .then().passed_steps("production-v2", [0, 1, 2, 3])
@@ -507,15 +509,13 @@ def test_canary(given: Given) -> None:
         .route_pool("images", "production-v2", route=2)
         .no_server_errors()
     )  # fmt: skip
-    results = []
     for record in then.status("production-v2")["history"]:
         st = {m["name"]: m for m in record["metrics"]}["service-time"]
-        assert st["method"] == "mann-whitney", (record["weight"], st)
+        # The same model passes every window. (CI once read one 10% window as 1.213x
+        # slower: a few percent from the busier neighbour, straddling a bound of the old
+        # x1.26 buckets; the buckets are now x1.12, finer than the 1.2 limit.)
+        assert (st["method"], st["result"]) == ("mann-whitney", "pass"), (record["weight"], st)
         assert st["samples"] >= 8 and st["stableSamples"] >= 8, st
-        results.append(st["result"])
-    # The same model: on 2 shared cores one window's candidate can measure ~1.2x slower
-    # (seen once in CI at 1.213), but never two in a row, which is what rolls back.
-    assert results.count("fail") <= 1, results
 
 
 @covers("canary-prometheus.yaml")
