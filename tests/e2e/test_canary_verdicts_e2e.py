@@ -104,8 +104,17 @@ def canary_after_warmup(given: Given, name: str, candidate: str) -> When:
 
 
 def service_time(then: Then, canary: str) -> dict[str, Any]:
-    """The service-time check of the canary's last analysis, with what it must explain."""
-    m: dict[str, Any] = then.metric(canary, "service-time")
+    """The service-time check of the canary's last judged analysis, with what it must
+    explain. (At 100% the stable serves nothing, so the check says it is not judged.)"""
+    history = then.status(canary)["history"]
+    judged = [
+        m
+        for h in history
+        for m in h["metrics"]
+        if m["name"] == "service-time" and not m.get("informational")
+    ]
+    assert judged, f"{canary}: service-time never judged: {history}"
+    m: dict[str, Any] = judged[-1]
     assert m.get("method") == "mann-whitney", f"{canary}: judged by {m}"
     for key in ("ratio", "pValue", "samples", "stableSamples"):
         assert isinstance(m.get(key), int | float), f"{canary}: service-time lacks {key}: {m}"

@@ -514,6 +514,10 @@ def test_canary(given: Given) -> None:
         # The same model passes every window. (CI once read one 10% window as 1.213x
         # slower: a few percent from the busier neighbour, straddling a bound of the old
         # x1.26 buckets; the buckets are now x1.12, finer than the 1.2 limit.)
+        if record["weight"] == 100:  # the stable idle: not judged against earlier minutes
+            assert st["result"] == "inconclusive" and st.get("informational"), st
+            assert "the stable served nothing in this window" in st["message"], st
+            continue
         assert (st["method"], st["result"]) == ("mann-whitney", "pass"), (record["weight"], st)
         assert st["samples"] >= 8 and st["stableSamples"] >= 8, st
 

@@ -382,8 +382,9 @@ class WindowedProvider:
     """Answers service time by pool and window: the stable served traffic only before the
     100% step (its samples lie in the reference window, none in the last 10 s)."""
 
-    def __init__(self, candidate_median: float) -> None:
+    def __init__(self, candidate_median: float, stable_in_window: bool = False) -> None:
         self.candidate_median = candidate_median
+        self.stable_in_window = stable_in_window  # a step below 100%
         self.queries: list[MetricQuery] = []
 
     async def measure(self, query: MetricQuery) -> Measurement:
@@ -395,6 +396,8 @@ class WindowedProvider:
                     "2": draws(20, 0.8 * self.candidate_median, 2),
                 }
             )
+        if query.window_seconds <= 10 and self.stable_in_window:
+            return service({"1": draws(40, 0.040, 5), "2": draws(30, 0.032, 6)})
         if query.window_seconds <= 10:
             return Measurement(value=None, samples=0, strata=())
         return service({"1": draws(80, 0.040, 3), "2": draws(60, 0.032, 4)})
@@ -403,8 +406,13 @@ class WindowedProvider:
         return None
 
 
-@pytest.mark.parametrize(("median", "phase"), [(0.040, "Succeeded"), (0.060, "RolledBack")])
-def test_last_step_is_judged_against_the_reference(median: float, phase: str) -> None:
+@pytest.mark.parametrize("median", [0.040, 0.060])
+def test_last_step_is_not_judged_against_an_earlier_load(median: float) -> None:
+    """At 100% the stable serves nothing in the window; its only sample is the reference
+    from earlier minutes, and times per image drift with the machine's load (an identical
+    candidate was rolled back at 1.28x that way). The rank test is not judged then: the
+    check is informational, says why, and neither rolls back nor passes the candidate
+    (a slower model is caught at 10-60%, against the stable's same window)."""
     s = spec(failureLimit=1)
     st = status_at_last_step(0, 30)
     now = T0 + timedelta(seconds=40)
@@ -417,14 +425,11 @@ def test_last_step_is_judged_against_the_reference(median: float, phase: str) ->
     assert windows == {("cand", 10), ("stable", 100), ("stable", 10)}
     ready = PoolReadiness(True, ready_replicas=1)
     d = decide(s, st, Observations(ready, ready, generation=1, analysis=a), now)
-    assert d.next_status.phase == phase, d.next_status.message
+    assert d.next_status.phase == "Progressing", d.next_status.message
     [result] = d.next_status.history[-1].metrics
-    assert result.method == "mann-whitney" and result.stable_samples == 140
-    assert result.p_value is not None and result.worse_probability is not None
-    assert result.message.endswith(REFERENCE), result.message
-    if phase == "RolledBack":
-        assert "service-time: median (matched by stratum)" in d.next_status.message
-        assert "one-sided p" in d.next_status.message
+    assert result.result == "inconclusive" and result.informational
+    assert "the stable served nothing in this window (100%)" in result.message
+    assert result.p_value is None
 
 
 async def test_controller_observes_ready_replicas() -> None:
@@ -452,11 +457,11 @@ def test_rollback_event_explains_the_test() -> None:
     now = T0 + timedelta(seconds=40)
     plan = plan_analysis(s, st, now)
     assert plan is not None
-    a = asyncio.run(collect_analysis(WindowedProvider(0.060), plan, s, "ns"))
+    a = asyncio.run(collect_analysis(WindowedProvider(0.060, stable_in_window=True), plan, s, "ns"))
     ready = PoolReadiness(True, ready_replicas=1)
     d = decide(s, st, Observations(ready, ready, generation=1, analysis=a), now)
     [event] = [e for e in d.actions if isinstance(e, EmitEvent) and e.reason == "RolledBack"]
-    for part in ("Mann-Whitney U within strata", "n 60 candidate / 140 stable", "one-sided p"):
+    for part in ("Mann-Whitney U within strata", "n 60 candidate / 70 stable", "one-sided p"):
         assert part in event.message, event.message
     assert "P(candidate higher)" in event.message
 
@@ -475,10 +480,10 @@ def windows(same: dict[str, Sequence[float]], reference: dict[str, Sequence[floa
         # candidate, its reference (quieter minutes before) 20% faster. Same window: pass.
         ("drift", {"2": draws(60, 0.060, 1)}, {"2": draws(60, 0.060, 2)},
          {"2": draws(600, 0.050, 3)}, "pass", SAME_WINDOW),
-        # The same candidate against the reference alone would fail (this is the false
-        # rollback the same window prevents).
+        # The stable idle in the window (100%): against the reference alone this
+        # candidate would fail; it is not judged against an earlier load instead.
         ("drift, reference only", {"2": draws(60, 0.060, 1)}, {},
-         {"2": draws(600, 0.050, 3)}, "fail", REFERENCE),
+         {"2": draws(600, 0.050, 3)}, "inconclusive", "decided on the other checks"),
         # 10%: the candidate runs alone (batch 1), the stable batched in this window.
         ("no shared stratum", {"1": draws(20, 0.090, 4)}, {"4": draws(90, 0.040, 5)},
          {"1": draws(80, 0.060, 6), "4": draws(500, 0.040, 7)}, "fail", REFERENCE),

@@ -48,7 +48,13 @@ from modelfleet.api.canary import (
 from modelfleet.canary.ports import Measurement
 from modelfleet.canary.statistics import Verdict, binomial_tail
 from modelfleet.canary.types import MetricObservation
-from modelfleet.canary.verdicts import PROPORTION_FLOORS, compare, load_mismatch, method_for
+from modelfleet.canary.verdicts import (
+    PROPORTION_FLOORS,
+    compare,
+    load_mismatch,
+    method_for,
+    stable_idle,
+)
 
 NO_SERIES = "query returned no series (misconfigured?)"
 NOT_ENOUGH_SAMPLES = "not enough samples"
@@ -214,8 +220,15 @@ def judge_metric(
             f"not judged in this window: {mismatch}; decided on the other checks",
             value=observed.candidate.usable_value,
         ).model_copy(update={"informational": True})
+    idle = stable_idle(method, observed) if metric.compares_with_stable else None
+    if idle is not None and _only_relative(metric):
+        return result(
+            "inconclusive",
+            f"not judged in this window: {idle}; decided on the other checks",
+            value=observed.candidate.usable_value,
+        ).model_copy(update={"informational": True})
     # With an absolute limit too, that limit is judged and the ratio left out (and said).
-    if method != "value" and mismatch is None:
+    if method != "value" and mismatch is None and idle is None:
         verdict = compare(metric, observed, method, gate.least)
     value_checks = metric.max is not None or metric.min is not None or verdict is None
     why = _missing(observed.candidate, "candidate", gate)

@@ -204,6 +204,26 @@ def _pair_strata(
     return out
 
 
+def stable_idle(method: Method, observed: MetricObservation) -> str | None:
+    """Why a rank test cannot be judged in this window, or None: the stable served
+    nothing in it (the 100% step). Its only sample is then the reference from earlier
+    minutes, and times per image drift with what else the machine runs, so that would
+    judge the candidate's window against another load (issue 11: equal footing or
+    inconclusive). Rates (errors, passed renders) do not drift with load and still use
+    the reference."""
+    same = observed.stable_same_window
+    if method != "mann-whitney" or same is None or same.error is not None:
+        return None
+    if same.strata is not None and any(h.total > 0 for _, h in same.strata):
+        return None
+    if same.strata is None and (same.samples or 0) > 0:
+        return None
+    return (
+        "the stable served nothing in this window (100%), and its reference was measured "
+        "minutes earlier under another load"
+    )
+
+
 def load_mismatch(
     metric: MetricSpec,
     observed: MetricObservation,
