@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from modelfleet.router.redisflags import checked_redis_flag
 from modelfleet.routing.sticky import (
     ASSET_MOVED_HEADER,
     ASSET_POOL_HEADER,
@@ -458,34 +459,16 @@ def asset_store_from_args(args: argparse.Namespace) -> AssetStore | None:
         if args.asset_store_password_file:
             raise AssetConfigError("--asset-store-password-file needs a redis:// --asset-store")
         return MemoryAssetStore(ttl_s=ttl)
-    parts = urlsplit(spec)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise AssetConfigError(
-            f"--asset-store: {spec!r} is not memory, none or redis://HOST:PORT/DB"
+    try:
+        password_file = checked_redis_flag(
+            "--asset-store",
+            spec,
+            "memory, none",
+            "--asset-store-password-file",
+            args.asset_store_password_file,
         )
-    if parts.password is not None:
-        # Secrets by reference only: a URL ends up in args, logs and `ps`.
-        raise AssetConfigError(
-            "--asset-store: the URL must not carry a password; use --asset-store-password-file"
-        )
-    db = parts.path.strip("/")
-    if db and not db.isdigit():
-        raise AssetConfigError(f"--asset-store: database {db!r} is not a number")
-    password = None
-    password_file = None
-    if args.asset_store_password_file:
-        password_file = Path(args.asset_store_password_file)
-        try:
-            password = password_file.read_text().strip() or None
-        except OSError as exc:
-            raise AssetConfigError(
-                f"--asset-store-password-file {args.asset_store_password_file}: {exc.strerror}"
-            ) from None
-        if password is None:
-            raise AssetConfigError(
-                f"--asset-store-password-file {args.asset_store_password_file}: empty"
-            )
-    # Checked here so a missing Secret stops the router at start; read again per connection.
+    except ValueError as exc:
+        raise AssetConfigError(str(exc)) from None
     return RedisAssetStore(spec, password_file=password_file, ttl_s=ttl)
 
 

@@ -30,6 +30,7 @@ from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from modelfleet.router.assets import PasswordFile
+from modelfleet.router.redisflags import checked_redis_flag
 from modelfleet.routing.budget import WINDOW_S, Period, RateVerdict, decide, rate_decision
 
 KEY_PREFIX = "modelfleet:spend:"
@@ -376,26 +377,12 @@ def spend_store_from_args(args: argparse.Namespace, request_timeout_s: float) ->
         if pwfile:
             raise SpendConfigError("--spend-store-password-file needs a redis:// --spend-store")
         return MemorySpendStore(hold_s=hold)
-    parts = urlsplit(spec)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise SpendConfigError(
-            f"--spend-store: {spec!r} is not memory, asset-store or redis://HOST:PORT/DB"
+    try:
+        password_file = checked_redis_flag(
+            "--spend-store", spec, "memory, asset-store", "--spend-store-password-file", pwfile
         )
-    if parts.password is not None:
-        raise SpendConfigError(
-            "--spend-store: the URL must not carry a password; use --spend-store-password-file"
-        )
-    password_file = None
-    if pwfile:
-        password_file = Path(pwfile)
-        try:
-            ok = bool(password_file.read_text().strip())
-        except OSError as exc:
-            raise SpendConfigError(
-                f"--spend-store-password-file {pwfile}: {exc.strerror}"
-            ) from None
-        if not ok:
-            raise SpendConfigError(f"--spend-store-password-file {pwfile}: empty")
+    except ValueError as exc:
+        raise SpendConfigError(str(exc)) from None
     return RedisSpendStore(spec, password_file=password_file, hold_s=hold)
 
 
