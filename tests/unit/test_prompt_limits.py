@@ -4,6 +4,8 @@ pipeline's real (offline) CLIP and T5 tokenizers."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,16 @@ class _Sd3Like:
         pass
 
 
+class _ClipOnly:
+    """StableDiffusionPipeline's one tokenizer."""
+
+    def __init__(self, clip: Any) -> None:
+        self.tokenizer = clip
+
+    def __call__(self, prompt: str) -> None:
+        pass
+
+
 class _FluxLike:
     def __init__(self, clip: Any, t5: Any) -> None:
         self.tokenizer, self.tokenizer_2 = clip, t5
@@ -128,3 +140,33 @@ def test_encoders_of_real_tokenizers(tokenizers: tuple[Any, Any]) -> None:
         TRUNCATED_HEADER: f"clip_l:77/{full_clip},clip_g:77/{full_clip},t5:256/{full_t5}"
     }
     assert guard.headers("a red cube") == {}
+
+
+def test_counting_beside_the_pipeline_leaves_its_padding_alone(tokenizers: tuple[Any, Any]) -> None:
+    """Counting runs on a request thread while the inference thread encodes a batch with
+    the same tokenizer. A fast tokenizer's padding and truncation settings are one shared
+    object that each call sets; counting must not reset the pipeline's padding (seen as
+    a failed batch: negative prompts of 2 tokens beside prompts of 77)."""
+    clip, _t5 = tokenizers
+    [encoder] = encoders_of(_ClipOnly(clip))
+    stop = threading.Event()
+    lengths: list[list[int]] = []
+
+    def count() -> None:
+        while not stop.is_set():
+            encoder.count("a poster that reads GRAND OPENING " * 5)
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            ids = clip([""] * 4, padding="max_length", max_length=77, truncation=True)
+            lengths.append([len(i) for i in ids["input_ids"]])
+            if lengths[-1] != [77] * 4:
+                break
+    finally:
+        stop.set()
+        counter.join()
+    assert len(lengths) > 100, "too few encodings to have raced"
+    assert all(n == [77] * 4 for n in lengths), lengths[-1]

@@ -5,6 +5,7 @@ the pipeline's own tokenizers and says so, or refuses (truncate: false)."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,7 +53,13 @@ def refusal_message(cuts: Sequence[Truncation]) -> str:
     )
 
 
-def _count_with(tokenizer: Any) -> Callable[[str], int]:
+def _count_with(pipeline_tokenizer: Any) -> Callable[[str], int]:
+    # A private copy: a fast tokenizer keeps its padding and truncation settings in one
+    # shared Rust object that every call sets, so counting on a request thread while the
+    # pipeline encodes a batch left the batch's negative prompts unpadded (2 tokens
+    # instead of 77) and failed it.
+    tokenizer = copy.deepcopy(pipeline_tokenizer)
+
     def count(prompt: str) -> int:
         # No truncation here: the full length is what we want to know.
         return len(tokenizer(prompt, add_special_tokens=True, truncation=False)["input_ids"])
