@@ -100,6 +100,9 @@ class ModelPoolController:
         self.settings = settings or build.BuildSettings()
         self.pools: dict[Key, Any] = {}  # compact bodies, also used to post Events
         self.deployments: dict[Key, dict[str, Any]] = {}
+        # Deployment watch events seen per pool: an apply's answer may be older than an
+        # event that arrived while it was in flight, and must not replace it.
+        self.deployment_events: dict[Key, int] = {}
         self.pods: dict[Key, dict[str, dict[str, Any]]] = {}
         self.nodes: dict[str, poolstatus.NodeSummary] = {}
         # Generation of each child right after our last apply: a different one means drift.
@@ -134,9 +137,12 @@ class ModelPoolController:
         fingerprints: dict[str, Any] = {}
         self.stale.discard(key)
         for manifest in build.children(pool, self.settings):
+            seen = self.deployment_events.get(key, 0)
             applied = await kube.run(kube.apply, manifest)
             fingerprints[manifest["kind"]] = _child_fingerprint(applied)
-            if manifest["kind"] == "Deployment":
+            if manifest["kind"] == "Deployment" and self.deployment_events.get(key, 0) == seen:
+                # Else the watch already holds a state at least as new (a change this
+                # apply made arrives as its own event): a stale readyReplicas would stick.
                 self.deployments[key] = compact(applied)
         first = key not in self.applied
         self.applied[key] = (pool.metadata.generation, fingerprints)
@@ -304,6 +310,7 @@ class ModelPoolController:
             self.applied.pop(key, None)
             self.stale.discard(key)
             self.deployments.pop(key, None)
+            self.deployment_events.pop(key, None)
             self.pods.pop(key, None)
             self.retry.forget(key)
             return
@@ -328,6 +335,8 @@ class ModelPoolController:
             return
         key = (body["metadata"]["namespace"], pool)
         record = self.applied.get(key)
+        if kind == "Deployment":
+            self.deployment_events[key] = self.deployment_events.get(key, 0) + 1
         if event["type"] == "DELETED":
             if kind == "Deployment":
                 self.deployments.pop(key, None)
