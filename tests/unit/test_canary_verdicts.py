@@ -562,3 +562,15 @@ def test_errors_proof_needs_counts_and_a_max_below_one() -> None:
     assert judge_metric(strict, MetricObservation(candidate=rate(2, 2)), 8).result == (
         "inconclusive"
     )
+
+
+def test_idle_stable_leaves_the_ratio_out_and_judges_an_absolute_limit() -> None:
+    """With an absolute max beside the ratio, a window whose stable served nothing (100%)
+    judges the max and leaves the ratio out, saying so, instead of a value ratio against
+    the earlier reference."""
+    metric = SERVICE.model_copy(update={"max": 1.0})
+    observed = windows({}, {"2": draws(600, 0.050, 3)})({"2": draws(60, 0.060, 1)})
+    r = judge_metric(metric, observed, min_requests=8)
+    assert r.result == "pass" and not r.informational, r.message
+    assert "ratio to stable not judged in this window: the stable served nothing" in r.message
+    assert r.ratio is None, r

@@ -207,28 +207,22 @@ def judge_metric(
         ).model_copy(update={"informational": True})
 
     verdict: Verdict | None = None
-    # End-to-end latency is compared only at matched load, whatever the test.
-    mismatch = load_mismatch(
+    # Why the ratio to stable cannot be judged in this window, whatever the test:
+    # end-to-end latency at unequal load per replica, or a rank test whose stable served
+    # nothing in it (100%: its only sample is from an earlier load).
+    unjudged = load_mismatch(
         metric, observed, load_match_tolerance, candidate_replicas, stable_replicas
-    )
-    if mismatch is not None and _only_relative(metric):
-        # Not judgeable in this window (unequal load per replica, or the stable idle at
-        # 100%): said in status, but the step does not hold for it, so a canary with a
-        # latency ratio can still finish; it is judged in the windows where loads match.
+    ) or (stable_idle(method, observed) if metric.compares_with_stable else None)
+    if unjudged is not None and _only_relative(metric):
+        # Said in status, but the step does not hold for it, so such a canary can still
+        # finish; it is judged in the windows where the footing is equal.
         return result(
             "inconclusive",
-            f"not judged in this window: {mismatch}; decided on the other checks",
-            value=observed.candidate.usable_value,
-        ).model_copy(update={"informational": True})
-    idle = stable_idle(method, observed) if metric.compares_with_stable else None
-    if idle is not None and _only_relative(metric):
-        return result(
-            "inconclusive",
-            f"not judged in this window: {idle}; decided on the other checks",
+            f"not judged in this window: {unjudged}; decided on the other checks",
             value=observed.candidate.usable_value,
         ).model_copy(update={"informational": True})
     # With an absolute limit too, that limit is judged and the ratio left out (and said).
-    if method != "value" and mismatch is None and idle is None:
+    if method != "value" and unjudged is None:
         verdict = compare(metric, observed, method, gate.least)
     value_checks = metric.max is not None or metric.min is not None or verdict is None
     why = _missing(observed.candidate, "candidate", gate)
@@ -252,7 +246,7 @@ def judge_metric(
     if value_checks:
         assert value is not None  # _missing() checked it
         _absolute(metric, value, fails, limits)
-        if verdict is None and metric.compares_with_stable and mismatch is None:
+        if verdict is None and metric.compares_with_stable and unjudged is None:
             baseline = _relative(
                 metric,
                 observed,
@@ -270,8 +264,8 @@ def judge_metric(
     samples = observed.candidate.samples
     where = f" ({samples} {gate.unit})" if samples is not None else ""
     tail = f"; {verdict.message}" if verdict is not None else ""
-    if mismatch is not None:
-        tail += f"; ratio to stable not judged in this window: {mismatch}"
+    if unjudged is not None:
+        tail += f"; ratio to stable not judged in this window: {unjudged}"
     if verdict is not None and verdict.result == "fail":
         text = "; ".join(fails) + where + tail if fails else verdict.message
         return result("fail", text, value, baseline, threshold, verdict)
