@@ -209,10 +209,12 @@ def judge_metric(
     verdict: Verdict | None = None
     # Why the ratio to stable cannot be judged in this window, whatever the test:
     # end-to-end latency at unequal load per replica, or a rank test whose stable served
-    # nothing in it (100%: its only sample is from an earlier load).
+    # (next to) nothing in it (100%: its only sample is from an earlier load).
     unjudged = load_mismatch(
         metric, observed, load_match_tolerance, candidate_replicas, stable_replicas
-    ) or (stable_idle(method, observed) if metric.compares_with_stable else None)
+    ) or (
+        stable_idle(method, observed, metric, gate.least) if metric.compares_with_stable else None
+    )
     if unjudged is not None and _only_relative(metric):
         # Said in status, but the step does not hold for it, so such a canary can still
         # finish; it is judged in the windows where the footing is equal.

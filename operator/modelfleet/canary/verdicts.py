@@ -162,10 +162,15 @@ def _baseline(
     same, reference = observed.stable_same_window, observed.stable
     if same is None:
         return reference, ""
-    least = max(1, metric.min_samples if metric.min_samples is not None else min_samples)
+    least = _least(metric, min_samples)
     if _unusable(same, "stable") is None and _enough(observed.candidate, same, method, least):
         return same, SAME_WINDOW
     return reference, REFERENCE
+
+
+def _least(metric: MetricSpec, min_samples: int) -> int:
+    """The samples each side needs in the same window to be compared there."""
+    return max(1, metric.min_samples if metric.min_samples is not None else min_samples)
 
 
 def _enough(cand: Measurement, stable: Measurement, method: Method, least: int) -> bool:
@@ -204,22 +209,28 @@ def _pair_strata(
     return out
 
 
-def stable_idle(method: Method, observed: MetricObservation) -> str | None:
-    """Why a rank test cannot be judged in this window, or None: the stable served
-    nothing in it (the 100% step). Its only sample is then the reference from earlier
-    minutes, and times per image drift with what else the machine runs, so that would
-    judge the candidate's window against another load (issue 11: equal footing or
-    inconclusive). Rates (errors, passed renders) do not drift with load and still use
-    the reference."""
+def stable_idle(
+    method: Method, observed: MetricObservation, metric: MetricSpec, min_samples: int
+) -> str | None:
+    """Why a rank test cannot be judged in this window, or None: the stable served fewer
+    requests in it than a same-window comparison needs (the 100% step, where it serves
+    only what began before the step). Its sample would then be the reference from earlier minutes, and times
+    per image drift with what else the machine runs, so that would judge the
+    candidate's window against another load (issue 11: equal footing or inconclusive).
+    Rates (errors, passed renders) do not drift with load and still use the reference."""
     same = observed.stable_same_window
     if method != "mann-whitney" or same is None or same.error is not None:
         return None
-    if same.strata is not None and any(h.total > 0 for _, h in same.strata):
+    if same.strata is not None:
+        served = round(sum(h.total for _, h in same.strata))
+    else:
+        served = same.samples or 0
+    least = _least(metric, min_samples)
+    if served >= least:
         return None
-    if same.strata is None and (same.samples or 0) > 0:
-        return None
+    what = "nothing" if served == 0 else f"only {served} (fewer than {least})"
     return (
-        "the stable served nothing in this window (100%), and its reference was measured "
+        f"the stable served {what} in this window (100%), and its reference was measured "
         "minutes earlier under another load"
     )
 
