@@ -14,6 +14,7 @@ from modelfleet.routing.budget import (
     per_image_cost_nano,
     period_of,
     rate_decision,
+    reserved_renders,
     reset_time,
     to_nano,
 )
@@ -71,6 +72,21 @@ def test_estimate(
     images: int, known: dict[str, int], ladder: tuple[str, ...], expected: int | None
 ) -> None:
     assert estimate_nano(images, known, ladder) == expected
+
+
+@pytest.mark.parametrize(
+    ("images", "max_rerenders", "renders"),
+    [
+        (1, None, 1),  # no text gate
+        (4, None, 4),
+        (1, 0, 1),  # a gate that only marks
+        (1, 1, 2),
+        (3, 3, 12),  # every image re-rendered three times
+        (0, 2, 3),  # n defaults to 1
+    ],
+)
+def test_reserved_renders(images: int, max_rerenders: int | None, renders: int) -> None:
+    assert reserved_renders(images, max_rerenders) == renders
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,26 @@ async def test_release_frees_the_reservation_and_settle_charges_real_cost() -> N
     )  # fmt: skip
 
 
+async def test_rerenders_are_charged_but_not_learnt_as_the_pools_cost() -> None:
+    s = spend()
+    k = key(1.0)
+    s.costs.learn("ns", "a", 100_000_000)
+    t = await s.reserve(k, 2, ("a",))
+    assert isinstance(t, Ticket) and t.estimate == 200_000_000
+    # The first render 0.1, the text gate's re-render 0.3: the key pays 0.4; pool a's
+    # cost per image stays its own answer's (the re-renders are in the reservation).
+    await s.settle(t, k, "a", 0.1, 1, 0.3)
+    acct = await s.store.account("ns/team-a", period_of(NOW, "day"))
+    assert (acct.spent, acct.reserved) == (400_000_000, 0)
+    assert s.costs.per_image("ns", ("a",)) == {"a": 100_000_000}
+    # An answer refused by the gate (422, no pool) is charged what its renders cost.
+    t2 = await s.reserve(k, 1, ("a",))
+    assert isinstance(t2, Ticket)
+    await s.settle(t2, k, None, 0.1, 0, 0.1)
+    acct = await s.store.account("ns/team-a", period_of(NOW, "day"))
+    assert (acct.spent, acct.reserved) == (600_000_000, 0)
+
+
 async def test_unsettled_reservations_expire_after_hold() -> None:
     wall = Wall()
     s = spend(hold_s=60.0, wall=wall)

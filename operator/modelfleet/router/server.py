@@ -539,7 +539,10 @@ class Router:
         deadline = start + self.settings.request_timeout_s
 
         async def render_on(pool: str, payload: Payload, until: float) -> Served | Unserved:
-            return await self.ladder.serve(snap, ns, route.name, (pool,), payload, until)
+            got = await self.ladder.serve(snap, ns, route.name, (pool,), payload, until)
+            if isinstance(got, Served) and got.res.outcome is Attempt.OK:  # for estimates
+                await self.spend.learn(ns, pool, got.res.cost_usd, got.res.images)
+            return got
 
         tg = TextGate(self.metrics, self._clock, (ns, pname, route.name))
         ans = await tg.run(gate, first, deadline, render_on, headers)

@@ -31,6 +31,7 @@ from modelfleet.routing.budget import (
     per_image_cost_nano,
     period_of,
     rate_message,
+    reserved_renders,
     reset_time,
     to_nano,
     to_usd,
@@ -39,9 +40,15 @@ from modelfleet.routing.clients import Budget, ClientKey, authorize
 from modelfleet.routing.intent import ParsedRequest
 from modelfleet.routing.ladder import Outcome
 from modelfleet.routing.models import route_for
-from modelfleet.routing.stats import COST_HEADER, parse_cost, response_images
+from modelfleet.routing.stats import (
+    COST_HEADER,
+    RERENDER_COST_HEADER,
+    parse_cost,
+    response_images,
+)
 from modelfleet.routing.table import PolicyTable, RouteEntry, choose_pool, pool_ladder
 from modelfleet.routing.tiers import DEGRADED_HEADER
+from modelfleet_common.expected_text import expected_text
 
 POOL_HEADER = "X-ModelFleet-Pool"  # the pool that served, as router/server.py sets it
 Labels = tuple[str, str, str]  # namespace, policy, route
@@ -280,22 +287,29 @@ class Spend:
             if ev is not None:
                 ev.set()
 
+    async def learn(self, ns: str, pool: str, cost_usd: float | None, images: int) -> None:
+        """One ok answer of `pool` (a served one, or a text gate's re-render): its cost
+        per image for the estimates here, and for the other replicas when it changed."""
+        per = per_image_cost_nano(cost_usd, images)
+        self.costs.learn(ns, pool, per)
+        if self._published.get((ns, pool)) != per:
+            self._published[(ns, pool)] = per
+            try:
+                await self.store.publish_cost(ns, pool, per)
+            except Exception as exc:
+                self._failed("cost", exc)
+
     async def settle(
         self, t: Ticket | None, key: ClientKey, pool: str | None, cost_usd: float | None,
-        images: int,
+        images: int, rerender_usd: float | None = None,
     ) -> None:  # fmt: skip
-        """After the answer (pool: the one that served; None: none did): charge its cost,
-        or release the reservation. t None: a key without a budget (metrics only)."""
+        """After the answer (pool: the one that served; None: none did): charge its cost
+        and its text gate's re-renders' (rerender_usd), or release the reservation. t
+        None: a key without a budget (metrics only). The pool's cost per image is learnt
+        from its own answer only: the re-renders are in the reservation already."""
         if pool is not None:
-            per = per_image_cost_nano(cost_usd, images)
-            self.costs.learn(key.namespace, pool, per)
-            if self._published.get((key.namespace, pool)) != per:
-                self._published[(key.namespace, pool)] = per
-                try:
-                    await self.store.publish_cost(key.namespace, pool, per)
-                except Exception as exc:
-                    self._failed("cost", exc)
-        cost = to_nano(cost_usd or 0.0)
+            await self.learn(key.namespace, pool, cost_usd, images)
+        cost = to_nano(cost_usd or 0.0) + to_nano(rerender_usd or 0.0)
         if t is not None:
             self._end_probe(t.scope, t.estimate)
             try:
@@ -418,7 +432,7 @@ class Spend:
         path, current = [parsed.intent.tier], route
         while True:
             try:
-                got = await self.reserve(key, _images(parsed), pool_ladder(current, None))
+                got = await self.reserve(key, *_reserved(parsed, current))
             except StoreDown as exc:
                 resp = rejected("budget_unavailable", str(exc), {}, 1.0, status=503)
                 return self._refused(where, start, resp)
@@ -446,7 +460,8 @@ class Spend:
 
 class Hold:
     """One request's spend from admission to its answer: settled() charges the answer's
-    cost (the worker's X-ModelFleet-Cost-USD, relayed) or releases the reservation."""
+    cost (the worker's X-ModelFleet-Cost-USD, relayed, and the text gate's
+    X-ModelFleet-Rerender-Cost-USD) or releases the reservation."""
 
     def __init__(
         self,
@@ -480,7 +495,9 @@ class Hold:
         body = resp.body if ok and isinstance(resp.body, bytes) else b""
         pool = resp.headers.get(POOL_HEADER) if ok else None
         cost = parse_cost(resp.headers.get(COST_HEADER))
-        await self.spend.settle(self.ticket, self.key, pool, cost, response_images(body))
+        rerenders = parse_cost(resp.headers.get(RERENDER_COST_HEADER))
+        images = response_images(body)
+        await self.spend.settle(self.ticket, self.key, pool, cost, images, rerenders)
         return resp
 
 
@@ -490,6 +507,19 @@ _NO_HOLD = Hold(None, None, None)
 def _images(parsed: ParsedRequest) -> int:
     n = parsed.forward.get("n")
     return n if isinstance(n, int) and n >= 1 else 1
+
+
+def _reserved(parsed: ParsedRequest, route: RouteEntry) -> tuple[int, tuple[str, ...]]:
+    """What a reservation covers: the request's images on the route's ladder and, behind
+    a text gate (a route with verify, a request with expected text), every re-render it
+    may ask for, on its re-render pool too, so one request stays the overspend bound."""
+    ladder = pool_ladder(route, None)
+    v = route.verify
+    if v is None or not expected_text(parsed.intent.prompt, parsed.forward.get("text")):
+        return _images(parsed), ladder
+    extra = v.on_fail.pool
+    pools = ladder if extra is None or extra in ladder else (*ladder, extra)
+    return reserved_renders(_images(parsed), v.max_rerenders), pools
 
 
 @dataclass

@@ -19,6 +19,7 @@ from modelfleet.router.upstream import AttemptResult, Payload
 from modelfleet.routing.form import boundary_of, replace_text_fields
 from modelfleet.routing.hold import ColdFailure
 from modelfleet.routing.ladder import Attempt, Tried, exhausted
+from modelfleet.routing.stats import RERENDER_COST_HEADER
 from modelfleet.routing.verify_gate import (
     ERROR_CODE,
     ERROR_STATUS,
@@ -152,6 +153,7 @@ class TextGate:
         rounds, render_s = 0, first.seconds
         first_reason: str | None = None
         rerender_pool: str | None = None
+        rerender_usd: float | None = None  # what the re-renders' workers said they cost
         stop: str | None
         while True:
             step = next_step(slots, rounds, spec, first.pool, deadline - self.clock(), render_s)
@@ -171,6 +173,8 @@ class TextGate:
             if isinstance(got, Unserved) or got.res.outcome is not Attempt.OK:
                 stop = _why_unserved(pool, got)
                 break
+            if got.res.cost_usd is not None:
+                rerender_usd = (rerender_usd or 0.0) + got.res.cost_usd
             again = _data(got.res.body)
             if again is None:
                 stop = f"re-render on pool {pool} answered a body that is not JSON"
@@ -186,6 +190,8 @@ class TextGate:
             out["X-ModelFleet-Rerender-Reason"] = header_value(first_reason)
         if rerender_pool is not None:
             out["X-ModelFleet-Rerender-Pool"] = rerender_pool
+        if rerender_usd is not None:
+            out[RERENDER_COST_HEADER] = f"{rerender_usd:.9f}"
         failing = [s for s in slots if s.best.check.status == FAILED]
         for s in slots:
             if s.best.check.status == PASSED and s.attempts > 1:

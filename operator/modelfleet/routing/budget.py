@@ -86,6 +86,12 @@ def estimate_nano(
     return max(1, images) * max(known)
 
 
+def reserved_renders(images: int, max_rerenders: int | None) -> int:
+    """The most images one request may render: its own and, behind a text gate
+    (max_rerenders set), each of them re-rendered up to max_rerenders times."""
+    return max(1, images) * (1 + (max_rerenders or 0))
+
+
 def per_image_cost_nano(cost_usd: float | None, images: int) -> int:
     """One answer's cost per image (nano-USD, rounded up); no cost header: 0."""
     if cost_usd is None:

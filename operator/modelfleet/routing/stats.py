@@ -54,6 +54,9 @@ TEXT_ACCURACY_SUM_HEADER = "X-ModelFleet-Text-Accuracy-Sum"
 _ACC_SCALE = 1_000_000
 # The worker's cost of one response in USD (brief contract 1: the total for the response).
 COST_HEADER = "X-ModelFleet-Cost-USD"
+# What the text gate's re-renders of a response cost beside it, USD (the router's, to the
+# client): the key is charged both.
+RERENDER_COST_HEADER = "X-ModelFleet-Rerender-Cost-USD"
 # Costs are kept in the integer ring in pico-USD: a tiny CPU pool's image at a GPU-hour
 # price costs micro-dollars, and integers add up exactly across routers.
 _COST_SCALE = 1_000_000_000_000

@@ -224,3 +224,48 @@ async def test_over_budget_degrades_to_the_policys_cheaper_tier(
             metrics = await resp.text()
         line = next(x for x in metrics.splitlines() if x.startswith("modelfleet_router_budget_d"))
         assert 'key="team-d"' in line and 'to="preview"' in line and line.endswith(" 3.0")
+
+
+GATED_KEY = "sk-gated-5e0b7c21"
+SIGN = 'a shop sign saying "SALE NOW"'
+
+
+async def test_text_gate_rerenders_are_reserved_and_charged(
+    tmp_path: Path, workers: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """A verify route whose first pool misreads its text (0.01 USD an image) and whose
+    onFail pool passes (0.03 USD): each rescued request is charged both renders, 0.04,
+    and reserves its worst case, one re-render at the dearer pool (2 x 0.03), so the
+    key's 0.11 USD stops after two rescued requests (0.08 spent) instead of admitting a
+    third on the first pool's price. A request without expected text on the same route
+    reserves its own render only."""
+    typo = await workers("typo", 0.5, cost_usd=0.01)
+    good = await workers("good", 1.0, cost_usd=0.03)
+    route = {"name": "typo", "pool": "typo",
+             "verify": {"minWordAccuracy": 0.9, "onFail": {"pool": "good"}}}  # fmt: skip
+    keys = [{"id": "team-g", "sha256": hashlib.sha256(GATED_KEY.encode()).hexdigest(),
+             "budget": "0.11 USD/day"}]  # fmt: skip
+    cfg = tmp_path / "router.yaml"
+    doc = {
+        "policies": [policy([route])],
+        "endpoints": {"typo": [typo.url], "good": [good.url]},
+        "clientKeys": keys,
+    }
+    cfg.write_text(yaml.safe_dump(doc))
+    with RouterProcess(cfg, ["--client-auth", "keys"]) as r:
+        got = [await post(http, r.url, GATED_KEY, SIGN) for _ in range(3)]
+        assert [s for s, _, _ in got] == [200, 200, 429], got
+        for _, _, h in got[:2]:
+            assert h["X-ModelFleet-Verify"] == "rescued"
+            assert float(h["X-ModelFleet-Cost-USD"]) == pytest.approx(0.01)
+            assert float(h["X-ModelFleet-Rerender-Cost-USD"]) == pytest.approx(0.03)
+        assert got[2][1]["error"]["code"] == "budget_exceeded"
+        assert "0.080000" in got[2][1]["error"]["message"]
+        status, _, h = await post(http, r.url, GATED_KEY, "a cat on a sofa")
+        assert status == 200 and "X-ModelFleet-Rerender-Cost-USD" not in h
+        async with http.get(r.url + "/v1/stats") as resp:
+            stats = await resp.json()
+        (row,) = [c for c in stats["clients"] if c["key"] == "team-g"]
+        assert row["budget"]["spent_usd"] == pytest.approx(0.09)
+        assert row["budget"]["reserved_usd"] == 0
+        assert (len(typo.bodies), len(good.bodies)) == (3, 2)
