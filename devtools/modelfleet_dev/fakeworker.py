@@ -235,6 +235,7 @@ def main() -> None:
         "--score", help="word accuracy (0-1) or 'unreadable' of every image with expected text"
     )
     p.add_argument("--scores", default="", help="comma-separated scores of the first images")
+    p.add_argument("--cost-usd", type=float, help="USD per image (X-ModelFleet-Cost-USD)")
     args = p.parse_args()
 
     def score(v: str) -> float | str:
@@ -245,6 +246,7 @@ def main() -> None:
         w.mode, w.delay_s, w.keep_bodies = args.mode, args.delay_ms / 1000.0, False
         w.default_score = None if args.score is None else score(args.score)
         w.scores = [score(v) for v in args.scores.split(",") if v]
+        w.cost_usd = args.cost_usd
         await w.start()
         print(f"fake worker {args.name} on {w.url}", flush=True)
         await asyncio.Event().wait()

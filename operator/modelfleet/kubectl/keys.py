@@ -115,15 +115,23 @@ def _fetch_pod(kube: Kube, pod: str, port: str) -> dict[str, Any]:
     core = k8s.CoreV1Api(kube.api)
     name = f"{pod}:{port}" if port else pod
     try:
-        text = core.connect_get_namespaced_pod_proxy_with_path(
-            name, kube.namespace, "v1/stats", _request_timeout=REQUEST_TIMEOUT
+        # The body unread by the client: it would turn a JSON object into its Python repr.
+        resp = core.connect_get_namespaced_pod_proxy_with_path(
+            name,
+            kube.namespace,
+            "v1/stats",
+            _request_timeout=REQUEST_TIMEOUT,
+            _preload_content=False,
         )
+        body = resp.data
     except ApiException as exc:
         raise PluginError(f"router pod {pod}: /v1/stats via the API server: {exc.reason}") from None
     try:
-        doc: dict[str, Any] = json.loads(text) if isinstance(text, str) else dict(text)
+        doc = json.loads(body)
     except ValueError:
         raise PluginError(f"router pod {pod}: /v1/stats is not JSON") from None
+    if not isinstance(doc, dict):
+        raise PluginError(f"router pod {pod}: /v1/stats is not a JSON object")
     return doc
 
 
