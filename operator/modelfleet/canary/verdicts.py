@@ -214,10 +214,11 @@ def stable_idle(
 ) -> str | None:
     """Why a rank test cannot be judged in this window, or None: the stable served fewer
     requests in it than a same-window comparison needs (the 100% step, where it serves
-    only what began before the step). Its sample would then be the reference from earlier minutes, and times
-    per image drift with what else the machine runs, so that would judge the
-    candidate's window against another load (issue 11: equal footing or inconclusive).
-    Rates (errors, passed renders) do not drift with load and still use the reference."""
+    only what began before the step). Its sample would then be the reference from
+    earlier minutes, and times per image drift with what else the machine runs, so that
+    would judge the candidate's window against another load (issue 11: equal footing or
+    inconclusive). Rates (errors, passed renders) do not drift with load and still use
+    the reference."""
     same = observed.stable_same_window
     if method != "mann-whitney" or same is None or same.error is not None:
         return None
