@@ -93,12 +93,15 @@ def test_erroring_candidate_rolls_back_fast(given: Given) -> None:
 
 def test_slow_candidate_rolls_back_on_latency_relative_to_stable(given: Given) -> None:
     """End-to-end latency (the drill adds 600 ms per request) against the stable's, judged
-    only where one replica each carries the same share: at 50% (the tolerance allows for
-    a 4 s window's split of a few dozen requests)."""
-    analysis = {**DEFAULT_CANARY["analysis"], "loadMatchTolerance": 1.0}
+    only where one replica each carries about the same share: at 45% and 55%. A 4 s
+    window holds a few dozen requests, so its split varies: CI once saw 9 vs 19 at 50%,
+    beyond a x2 tolerance, leaving latency unjudged and the slow candidate Succeeded. The
+    tolerance is x3 and there are two such windows (failureLimit 1: the first judged one
+    rolls it back)."""
+    analysis = {**DEFAULT_CANARY["analysis"], "loadMatchTolerance": 2.0}
     (
         given.policy("slowc", "stable")
-        .canary("slowc", "stable", "slow", steps=[50, 100], analysis=analysis)
+        .canary("slowc", "stable", "slow", steps=[45, 55, 100], analysis=analysis)
         .when().load_runs("slowc").apply()
         .wait_for_phase("slowc", "RolledBack", timeout=90, interval=0.2)
         .load_stops()
