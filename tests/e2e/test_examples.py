@@ -552,22 +552,25 @@ def test_canary_prometheus(given: Given, fleet: Fleet, tmp_path: Path) -> None:
     )
     canary["spec"]["analysis"]["provider"]["address"] = prom.url
     canary["spec"]["interval"] = "30s"
-    canary["spec"]["analysis"]["minRequests"] = 25
+    # A 10% share of ~6 requests/s brings ~18 requests in 30 s: minRequests 15. A thinner
+    # window holds the step (inconclusive) and the next one judges, so the test waits for
+    # the step to pass rather than for the first analysis (CI saw one hold at 25).
+    canary["spec"]["analysis"]["minRequests"] = 15
     then = (
         when.given().prometheus(prom).manifest(canary)
         .when().prometheus_starts().load_runs("images", clients=4).apply()
-        .wait_for_status(name, lambda s: len(s.get("history", [])) >= 1, "the first analysis",
+        .wait_for_status(name, lambda s: s.get("canaryWeight") == 30, "step 1 at 30%",
                          timeout=240, interval=0.5)
         .load_stops()
         .then().step(name, 1).weight(name, 30)  # passed: on to 30%
     )  # fmt: skip
-    first = then.status(name)["history"][0]
+    first = [h for h in then.status(name)["history"] if h["step"] == 0][-1]
     assert (first["step"], first["weight"], first["result"]) == (0, 10, "pass"), first
     checks = {m["name"]: m for m in first["metrics"]}
     assert sorted(checks) == ["oom-rate", "p99", "service-time"], first
     p99, oom, st = checks["p99"], checks["oom-rate"], checks["service-time"]
     # p99 of the candidate from the routers' histograms in Prometheus, against its absolute max
-    assert p99["samples"] >= 25, p99  # minRequests
+    assert p99["samples"] >= 15, p99  # minRequests
     assert (p99["threshold"], p99["result"]) == (15, "pass") and 0 < p99["value"] <= 15, p99
     # service time per image from the routers' histograms by batch size: the rank test
     # against the stable's reference sample
