@@ -40,6 +40,9 @@ DEFAULT_CANARY: dict[str, Any] = {
         "minRequests": 3,
         "failureLimit": 1,
         "inconclusiveLimit": 2,
+        # p95's ratio must be judged in some window before 100% (at 50% here); a 4 s
+        # window's split of a few dozen requests is within x3 but often not within x1.25.
+        "loadMatchTolerance": 2.0,
         "metrics": [
             {"name": "errors", "builtin": "error-rate", "max": 0.1},
             {"name": "p95", "builtin": "latency-p95", "maxRatioToStable": 2.0},

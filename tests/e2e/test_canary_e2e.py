@@ -57,7 +57,7 @@ def test_no_traffic_pauses_never_promotes_or_rolls_back(given: Given) -> None:
 
 
 def test_healthy_candidate_succeeds_across_an_operator_kill(given: Given) -> None:
-    (
+    then = (
         given.policy("healthy", "stable2").canary("healthy", "stable2", "good")
         .when().load_runs("healthy").apply()
         .wait_for_step("healthy", 1, interval=0.2)
@@ -70,6 +70,17 @@ def test_healthy_candidate_succeeds_across_an_operator_kill(given: Given) -> Non
         .route_pool("healthy", "good")  # route promoted to the candidate
         .pool_replicas_become("stable2", 0, timeout=30)  # old stable scaled down
     )  # fmt: skip
+    # The latency ratio was judged in some window before the candidate took all traffic.
+    status = then.status("healthy")
+    assert not status.get("unjudgedMetrics"), status
+    judged = [
+        m
+        for h in status["history"]
+        if h["weight"] < 100
+        for m in h["metrics"]
+        if m["name"] == "p95" and not m.get("unjudged")
+    ]
+    assert judged and all(m["result"] == "pass" for m in judged), status["history"]
 
 
 def test_erroring_candidate_rolls_back_fast(given: Given) -> None:

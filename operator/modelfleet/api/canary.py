@@ -521,6 +521,13 @@ class MetricResult(ApiModel):
         "neither pool produced a verified render, e.g. pools that draw no text): reported, "
         "but it does not hold the analysis.",
     )
+    unjudged: bool | None = Field(
+        default=None,
+        description="True when a check with only limits relative to the stable could not be "
+        "judged in this window (unequal load per replica for end-to-end latency, or a stable "
+        "that served next to nothing): informational here, but the candidate does not take "
+        "all the traffic until some window of the canary has judged the check.",
+    )
 
 
 class StepRecord(ApiModel):
@@ -566,6 +573,12 @@ class CanaryStatus(ApiModel):
     finished_at: str | None = Field(default=None, description="When it finished.")
     failed_checks: int = Field(default=0, description="Consecutive failed analyses.")
     inconclusive_checks: int = Field(default=0, description="Consecutive inconclusive analyses.")
+    unjudged_metrics: list[str] = Field(
+        default_factory=list,
+        description="Checks with only limits relative to the stable that no window of this "
+        "run has judged yet; the canary holds before its 100% step (or success) while any "
+        "remain.",
+    )
     last_action: str | None = Field(default=None, description="Last manual action id handled.")
     metrics: list[MetricResult] = Field(
         default_factory=list, description="Latest per-check results."

@@ -216,13 +216,14 @@ def judge_metric(
         stable_idle(method, observed, metric, gate.least) if metric.compares_with_stable else None
     )
     if unjudged is not None and _only_relative(metric):
-        # Said in status, but the step does not hold for it, so such a canary can still
-        # finish; it is judged in the windows where the footing is equal.
+        # Said in status; this step does not hold for it, as it is judged in the windows
+        # where the footing is equal. The canary holds before 100% until one has judged it
+        # (core: unjudged_metrics).
         return result(
             "inconclusive",
             f"not judged in this window: {unjudged}; decided on the other checks",
             value=observed.candidate.usable_value,
-        ).model_copy(update={"informational": True})
+        ).model_copy(update={"informational": True, "unjudged": True})
     # With an absolute limit too, that limit is judged and the ratio left out (and said).
     if method != "value" and unjudged is None:
         verdict = compare(metric, observed, method, gate.least)
@@ -296,6 +297,25 @@ def judge_metric(
 def _only_relative(metric: MetricSpec) -> bool:
     """The metric has only limits relative to the stable (no absolute max or min)."""
     return metric.max is None and metric.min is None
+
+
+def needs_a_judged_window(metric: MetricSpec) -> bool:
+    """A check that a window may leave unjudged (informational), with no absolute limit
+    to fall back on: some window of the canary must judge it before the candidate takes
+    all the traffic, or the swap would rest on no measurement of it at all."""
+    return metric.compares_with_stable and _only_relative(metric)
+
+
+def still_unjudged(pending: Sequence[str], results: Iterable[MetricResult]) -> list[str]:
+    """`pending` less the checks these results decided: passed or failed, or not
+    applicable to either pool (no text drawn). Holding results and windows that left a
+    check unjudged keep it pending."""
+    decided = {
+        r.name
+        for r in results
+        if r.result != "inconclusive" or (r.informational and not r.unjudged)
+    }
+    return [name for name in pending if name not in decided]
 
 
 def _ratio_limit(metric: MetricSpec, stable: float) -> float | None:

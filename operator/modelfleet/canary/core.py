@@ -32,7 +32,13 @@ from modelfleet.api.common import format_time, parse_duration, parse_time
 from modelfleet.api.conditions import ConditionStatus, get_condition, set_condition
 from modelfleet.canary import capacity, replay
 from modelfleet.canary import reasons as R
-from modelfleet.canary.analysis import judge_metric, overall, summarize
+from modelfleet.canary.analysis import (
+    judge_metric,
+    needs_a_judged_window,
+    overall,
+    still_unjudged,
+    summarize,
+)
 from modelfleet.canary.manual import (
     ACTION_ANNOTATION,
     ManualAction,
@@ -157,6 +163,7 @@ class _Tick:
         st.step_started_at = None
         st.failed_checks = 0
         st.inconclusive_checks = 0
+        st.unjudged_metrics = []
         st.metrics = []
         st.replay = None  # a new run replays again
         self.reason = R.POOLS_NOT_READY
@@ -310,6 +317,9 @@ class _Tick:
         for type_, reason, message in g.events:
             self._event(type_, reason, message)
         if g.verdict == "proceed":
+            st.unjudged_metrics = [
+                m.name for m in self.spec.analysis.metrics if needs_a_judged_window(m)
+            ]
             self._enter_step(0, "pools ready" + ("; pre-flight replay passed" if g.status else ""))
         elif g.verdict == "rollback":
             self._rollback(g.reason, g.message)
@@ -384,16 +394,17 @@ class _Tick:
             results = [r.model_copy(update={"message": prefix + r.message}) for r in results]
         return results
 
-    def _record(self, results: list[MetricResult], early: bool) -> StepRecord:
+    def _record(self, results: list[MetricResult], early: bool, held: bool = False) -> StepRecord:
         st = self.st
         record = StepRecord(
             step=st.current_step or 0,
             weight=st.canary_weight or 0,
-            result=overall(results),
+            result="inconclusive" if held else overall(results),
             time=self.ts,
             metrics=results,
         )
         st.history.append(record)
+        st.unjudged_metrics = still_unjudged(st.unjudged_metrics, results)
         names = {r.name for r in results}
         st.metrics = [m for m in st.metrics if m.name not in names] + results
         order = {m.name: i for i, m in enumerate(self.spec.analysis.metrics)}
@@ -404,8 +415,17 @@ class _Tick:
     def _judge_full(self, a: AnalysisObservation) -> None:
         st = self.st
         results = self._judge(a, "")
-        record = self._record(results, early=False)
-        if record.result == "pass":
+        held = (
+            overall(results) == "pass"
+            and self._takes_all_traffic_next()
+            and bool(still_unjudged(st.unjudged_metrics, results))
+        )
+        record = self._record(results, early=False, held=held)
+        if held:
+            # Recorded as inconclusive: it holds the weight for a window on equal footing,
+            # and after inconclusiveLimit such windows pauses (resume or promote decide).
+            self._analysis_inconclusive(results, unjudged=self._unjudged_text(results))
+        elif record.result == "pass":
             st.failed_checks = 0
             st.inconclusive_checks = 0
             passed = f"analysis passed at {st.canary_weight}%"
@@ -421,6 +441,21 @@ class _Tick:
             self._analysis_failed(results)
         else:
             self._analysis_inconclusive(results)
+
+    def _takes_all_traffic_next(self) -> bool:
+        """Passing this step would succeed, or enter a step where the stable serves nothing
+        (so a ratio to it can no longer be judged)."""
+        step = self.st.current_step or 0
+        return step >= len(self.steps) - 1 or self.steps[step + 1] >= 100
+
+    def _unjudged_text(self, results: list[MetricResult]) -> str:
+        st = self.st
+        names = st.unjudged_metrics
+        why = "; ".join(f"{r.name}: {r.message}" for r in results if r.name in names)
+        return (
+            f"analysis passed at {st.canary_weight}%, but {', '.join(names)} has not been "
+            f"judged in any window of this canary ({why or 'not measured'})"
+        )
 
     def _judge_early(self, a: AnalysisObservation) -> None:
         results = self._judge(a, f"early check over {a.plan.window_seconds}s: ")
@@ -451,14 +486,25 @@ class _Tick:
         )
         self._event("Warning", R.ANALYSIS_FAILED, st.message)
 
-    def _analysis_inconclusive(self, results: list[MetricResult]) -> None:
+    def _analysis_inconclusive(
+        self, results: list[MetricResult], unjudged: str | None = None
+    ) -> None:
+        """Hold the weight and retry; pause after inconclusiveLimit in a row. `unjudged`:
+        the window passed, but a check was never judged (see _unjudged_text)."""
         st = self.st
         st.inconclusive_checks += 1
         limit = self.spec.analysis.inconclusive_limit
         if st.inconclusive_checks >= limit:
             st.phase = "Paused"
             self.reason = R.PAUSED_NO_DATA
-            st.message = self._no_data_message()
+            st.message = (
+                self._no_data_message()
+                if unjudged is None
+                else f"paused {self._where()} after {st.inconclusive_checks} windows in a row "
+                f"(inconclusiveLimit {limit}): {unjudged}; weight held. Annotate "
+                f"{ACTION_ANNOTATION}=resume:<id> to look again, or promote:<id> to accept "
+                "the candidate without that check"
+            )
             self._event("Warning", R.PAUSED_NO_DATA, st.message)
             return
         st.step_started_at = self.ts
@@ -466,6 +512,9 @@ class _Tick:
         st.message = self._progress_message(
             f"analysis inconclusive ({st.inconclusive_checks}/{limit}): "
             f"{summarize(results, 'inconclusive')}; holding weight and retrying"
+            if unjudged is None
+            else f"{unjudged}; holding {st.canary_weight}% for a window that judges it "
+            f"({st.inconclusive_checks}/{limit})"
         )
         self._event("Normal", R.ANALYSIS_INCONCLUSIVE, st.message)
 
