@@ -523,10 +523,8 @@ class MetricResult(ApiModel):
     )
     unjudged: bool | None = Field(
         default=None,
-        description="True when a check with only limits relative to the stable could not be "
-        "judged in this window (unequal load per replica for end-to-end latency, or a stable "
-        "that served next to nothing): informational here, but the candidate does not take "
-        "all the traffic until some window of the canary has judged the check.",
+        description="True when this window could not judge a ratio-only check (unequal load "
+        "per replica, or a stable serving next to nothing); see status.unjudgedMetrics.",
     )
 
 
@@ -575,9 +573,8 @@ class CanaryStatus(ApiModel):
     inconclusive_checks: int = Field(default=0, description="Consecutive inconclusive analyses.")
     unjudged_metrics: list[str] = Field(
         default_factory=list,
-        description="Checks with only limits relative to the stable that no window of this "
-        "run has judged yet; the canary holds before its 100% step (or success) while any "
-        "remain.",
+        description="Ratio-only checks no window of this run has judged yet; the canary "
+        "holds before its 100% step while any remain.",
     )
     last_action: str | None = Field(default=None, description="Last manual action id handled.")
     metrics: list[MetricResult] = Field(
