@@ -146,6 +146,46 @@ def test_manual_abort_retry_promote(given: Given) -> None:
     )  # fmt: skip
 
 
+def test_latency_ratio_never_judged_pauses_before_100_until_a_person_promotes(
+    given: Given,
+) -> None:
+    """One replica each at 20% is 1:4 requests per replica, far beyond the default x1.25
+    loadMatchTolerance, so p95's ratio is never judged: the canary must not hand the
+    candidate all the traffic on the error check alone (docs/canary.md, "A check must be
+    judged before 100%")."""
+    analysis = {**DEFAULT_CANARY["analysis"], "loadMatchTolerance": 0.25}
+    then = (
+        given.policy("unjudged", "stable")
+        .canary(
+            "unjudged", "stable", "good", steps=[20, 100], interval="8s",
+            analysis=analysis, scaleDownDelay="1h",  # the stable serves the next tests
+        )
+        .when().load_runs("unjudged").apply()
+        .wait_for_phase("unjudged", "Paused", timeout=90, interval=0.2, what="paused at 20%")
+        .then()
+        .weight("unjudged", 20).step("unjudged", 0, why="held before 100%")
+        .never_saw("unjudged", {"Succeeded"})
+        .message_contains("unjudged", "p95 has not been judged in any window")
+        .message_contains("unjudged", "loads differ")
+        .message_contains("unjudged", "promote:<id>")
+        .event_seen("Canary", "unjudged", "PausedNoData", "Warning", timeout=10)
+    )  # fmt: skip
+    status = then.status("unjudged")
+    assert status["unjudgedMetrics"] == ["p95"], status
+    held = [h for h in status["history"] if h["step"] == 0]
+    assert [h["result"] for h in held] == ["inconclusive", "inconclusive"], held
+    for h in held:
+        checks = {m["name"]: m for m in h["metrics"]}
+        assert checks["errors"]["result"] == "pass", h
+        assert checks["p95"]["unjudged"] is True, h
+    (
+        then.when().action_requested("unjudged", "promote:1")
+        .wait_for_phase("unjudged", "Succeeded", timeout=30, what="promoted by hand")
+        .load_stops()
+        .then().route_pool("unjudged", "good")
+    )  # fmt: skip
+
+
 # ---- the router against the real cluster (issue: router and RoutingPolicy) -----------------
 
 
