@@ -172,6 +172,15 @@ def test_status_and_history_show_the_test() -> None:
     assert "service-time=fail(p 2e-11)" in out
 
 
+def test_status_names_checks_not_yet_judged_until_the_canary_ends() -> None:
+    obj = {**CANARY, "status": {**CANARY["status"], "unjudgedMetrics": ["p95"]}}
+    obj["status"]["phase"] = "Progressing"
+    assert "Unjudged:   p95 (no window has judged it yet;" in status.format_status(obj)
+    obj["status"]["phase"] = "RolledBack"
+    assert "Unjudged:" not in status.format_status(obj)
+    assert "Unjudged:" not in status.format_status(CANARY)
+
+
 def test_format_status_without_status_and_with_action() -> None:
     obj = {
         "metadata": {

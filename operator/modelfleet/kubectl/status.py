@@ -54,6 +54,12 @@ def format_status(canary: dict[str, Any]) -> str:
         handled = "handled" if st.get("lastAction") == action else "pending"
         lines.append(f"Action:     {action} ({handled})")
     lines.append(f"Message:    {st.get('message') or '-'}")
+    unjudged = st.get("unjudgedMetrics") or []
+    if unjudged and st.get("phase") not in TERMINAL_PHASES:
+        lines.append(
+            f"Unjudged:   {', '.join(unjudged)} (no window has judged it yet; the candidate "
+            "does not take 100% until one does)"
+        )
     if cost_checks(canary):
         lines.append(f"Cost/image: {cost_line(canary)}")
     lines.append("")
