@@ -69,7 +69,7 @@ def measured(
     c, n = loads(weight, seen.get(weight, 0))
     if plan.kind == "full":
         seen[weight] = seen.get(weight, 0) + 1
-    values = {"errors": 0.0, "p95": 0.2}
+    values = {"errors": 0.0, "p95": 0.2, "p99": 0.3}
     return AnalysisObservation(
         plan=plan,
         metrics={
@@ -236,3 +236,14 @@ def r(
 )
 def test_still_unjudged(result: MetricResult, pending: list[str]) -> None:
     assert still_unjudged(["p95"], [result]) == pending
+
+
+def test_every_check_never_judged_is_named() -> None:
+    p99 = MetricSpec(name="p99", builtin="latency-p99", max_ratio_to_stable=2.0)
+    s = spec([20, 50, 100])
+    s = s.model_copy(
+        update={"analysis": s.analysis.model_copy(update={"metrics": [ERRORS, P95, p99]})}
+    )
+    st, _ = drive(s, by_weight({20: [LOPSIDED_20], 50: [LOPSIDED_50]}))
+    assert st.phase == "Paused" and st.unjudged_metrics == ["p95", "p99"], st.message
+    assert "p95, p99 have not been judged in any window" in st.message, st.message

@@ -452,8 +452,9 @@ class _Tick:
         st = self.st
         names = st.unjudged_metrics
         why = "; ".join(f"{r.name}: {r.message}" for r in results if r.name in names)
+        verb = "has" if len(names) == 1 else "have"
         return (
-            f"analysis passed at {st.canary_weight}%, but {', '.join(names)} has not been "
+            f"analysis passed at {st.canary_weight}%, but {', '.join(names)} {verb} not been "
             f"judged in any window of this canary ({why or 'not measured'})"
         )
 
