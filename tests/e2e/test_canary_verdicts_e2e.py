@@ -10,11 +10,16 @@ The workers share this machine's cores, so they report CPU time per image
 (MODELFLEET_WORKER_SERVICE_CLOCK=cpu, one inference thread): wall time would measure the
 neighbours (docs/canary.md, "Shared cores").
 
-Before each canary the stable serves one client alone for a while, as a production pool
+Before each canary the stable serves one client for a while, as a production pool
 serves its own traffic before a canary begins. Its reference sample (from
 referenceLookback before the canary) then holds images run alone, which is how the
 candidate runs them at 10%; under six clients the stable itself only ever batches them,
-and a 10% step compared within batch sizes would have no stratum in common."""
+and a 10% step compared within batch sizes would have no stratum in common. Meanwhile
+the candidate pool serves five clients of its own (a side policy), so the reference's
+images ran beside a busy neighbour, as the candidate's do at 10% beside the busy stable:
+on shared cores an inference thread's CPU time per image depends on what the other core
+runs, and with an idle neighbour in the warm-up one identical candidate read 1.31-1.38x
+its reference at 10% and was rolled back (fresh-clone CI at 4178867)."""
 
 from __future__ import annotations
 
@@ -87,10 +92,13 @@ def given(fleet: Fleet) -> Iterator[Given]:
 
 
 def canary_after_warmup(given: Given, name: str, candidate: str) -> When:
-    """The policy on the stable, one client on it alone, then the canary under CLIENTS."""
+    """The policy on the stable and one client on it, while the candidate pool serves
+    CLIENTS - 1 of its own through a side policy; then the canary under CLIENTS."""
+    side = f"{name}-side"
     return (
-        given.policy(name, "stable")
-        .when().apply().wait_for_router_knows(name)
+        given.policy(name, "stable").policy(side, candidate)
+        .when().apply().wait_for_router_knows(name).wait_for_router_knows(side)
+        .load_runs(side, clients=CLIENTS - 1)
         .load_runs(name, clients=1).wait_for_traffic(WARMUP_REQUESTS, name).load_stops()
         .given().canary(
             name, "stable", candidate,
@@ -129,7 +137,7 @@ def test_identical_candidate_succeeds(given: Given) -> None:
         .wait_for_phase("ident", "Succeeded", timeout=150, interval=0.5)
         .load_stops()
         .then()
-        .load_served().no_server_errors()
+        .load_served("ident").no_server_errors("ident").no_server_errors("ident-side")
         .passed_steps("ident", [0, 1, 2, 3])
         .never_saw("ident", {"RolledBack"})
         .route_pool("ident", "same")
@@ -154,7 +162,7 @@ def test_slower_model_rolls_back_on_service_time(given: Given) -> None:
         .load_stops()
         .then()
         .weight("slow", 0)
-        .no_server_errors(why="slower, not broken")
+        .no_server_errors("slow", why="slower, not broken")
         .metric_result_is_not("slow", "errors", "fail", why="service time alone rolled it back")
         .message_contains("slow", "service-time")
         .event_seen("Canary", "slow", "RolledBack", "Warning", timeout=10)
