@@ -404,7 +404,6 @@ class _Tick:
             metrics=results,
         )
         st.history.append(record)
-        st.unjudged_metrics = still_unjudged(st.unjudged_metrics, results)
         names = {r.name for r in results}
         st.metrics = [m for m in st.metrics if m.name not in names] + results
         order = {m.name: i for i, m in enumerate(self.spec.analysis.metrics)}
@@ -415,10 +414,11 @@ class _Tick:
     def _judge_full(self, a: AnalysisObservation) -> None:
         st = self.st
         results = self._judge(a, "")
+        st.unjudged_metrics = still_unjudged(st.unjudged_metrics, results)
         held = (
             overall(results) == "pass"
             and self._takes_all_traffic_next()
-            and bool(still_unjudged(st.unjudged_metrics, results))
+            and bool(st.unjudged_metrics)
         )
         record = self._record(results, early=False, held=held)
         if held:
@@ -464,6 +464,7 @@ class _Tick:
         # wait for the full window.
         if overall(results) != "fail":
             return
+        self.st.unjudged_metrics = still_unjudged(self.st.unjudged_metrics, results)
         self._record(results, early=True)
         self._analysis_failed(results)
 
